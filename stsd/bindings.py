@@ -1,0 +1,127 @@
+# -*- test-case-name: tests.test_bindings -*-
+"""
+PolicyBindings held in memory, indexed by (tenant namespace, application
+namespace, ServiceAccount) so that a request's lookup costs the same with
+ten bindings or a hundred thousand.
+
+The index is fed either by a full list (L{BindingIndex.replace}) or by
+single watch events (L{BindingIndex.apply}); both keep it consistent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+
+log = Logger()
+
+AppKey = tuple[str, str, str]  # (tenant namespace, app namespace, serviceaccount)
+ObjectKey = tuple[str, str]  # (namespace, name) of the PolicyBinding
+
+
+@dataclass(frozen=True)
+class Binding:
+    namespace: str
+    name: str
+    app_namespace: str
+    serviceaccount: str
+    policies: tuple[str, ...]
+
+    @property
+    def app_key(self) -> AppKey:
+        return (self.namespace, self.app_namespace, self.serviceaccount)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """
+    What the bindings of one ServiceAccount in one tenant namespace give.
+    """
+
+    bindings: tuple[str, ...]  # binding names, for the audit trail
+    policies: tuple[str, ...]  # sorted, distinct policy names
+
+
+def parse_binding(obj: Mapping[str, Any]) -> Binding | None:
+    """
+    A PolicyBinding object as the API server returns it; L{None} (and a
+    warning) when it lacks what a binding needs.
+    """
+    metadata = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    application = spec.get("application") if isinstance(spec, dict) else None
+    policies = spec.get("policies") if isinstance(spec, dict) else None
+    namespace, name = metadata.get("namespace"), metadata.get("name")
+    if not isinstance(application, dict) or not isinstance(policies, list):
+        log.warn("ignoring PolicyBinding {namespace}/{name}: no spec.application or spec.policies",
+                 namespace=namespace, name=name)
+        return None
+    app_ns, sa = application.get("namespace"), application.get("serviceaccount")
+    names = tuple(p for p in policies if isinstance(p, str) and p)
+    if not all(isinstance(v, str) and v for v in (namespace, name, app_ns, sa)):
+        log.warn("ignoring malformed PolicyBinding {namespace}/{name}", namespace=namespace, name=name)
+        return None
+    return Binding(namespace, name, app_ns, sa, names)
+
+
+class BindingIndex:
+    def __init__(self) -> None:
+        self._objects: dict[ObjectKey, Binding] = {}
+        self._by_app: dict[AppKey, dict[str, Binding]] = {}
+        self._grants: dict[AppKey, Grant] = {}
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def replace(self, bindings: Iterable[Binding]) -> None:
+        """
+        Swap in the full set (from a list); built aside, then swapped, so a
+        lookup never sees half of it.
+        """
+        objects: dict[ObjectKey, Binding] = {}
+        by_app: dict[AppKey, dict[str, Binding]] = {}
+        for b in bindings:
+            objects[(b.namespace, b.name)] = b
+            by_app.setdefault(b.app_key, {})[b.name] = b
+        self._objects, self._by_app, self._grants = objects, by_app, {}
+
+    def apply(self, event: str, binding: Binding) -> None:
+        """
+        Apply one watch event (C{ADDED}, C{MODIFIED} or C{DELETED}).
+        """
+        key = (binding.namespace, binding.name)
+        old = self._objects.pop(key, None)
+        if old is not None:
+            self._forget(old)
+        if event != "DELETED":
+            self._objects[key] = binding
+            self._by_app.setdefault(binding.app_key, {})[binding.name] = binding
+            self._grants.pop(binding.app_key, None)
+
+    def _forget(self, binding: Binding) -> None:
+        group = self._by_app.get(binding.app_key)
+        if group is not None:
+            group.pop(binding.name, None)
+            if not group:
+                del self._by_app[binding.app_key]
+        self._grants.pop(binding.app_key, None)
+
+    def lookup(self, tenant_namespace: str, app_namespace: str, serviceaccount: str) -> Grant | None:
+        """
+        The grant of a ServiceAccount in a tenant namespace, or L{None}.
+        """
+        key = (tenant_namespace, app_namespace, serviceaccount)
+        grant = self._grants.get(key)
+        if grant is None:
+            group = self._by_app.get(key)
+            if not group:
+                return None
+            grant = Grant(
+                bindings=tuple(sorted(group)),
+                policies=tuple(sorted({p for b in group.values() for p in b.policies})),
+            )
+            self._grants[key] = grant
+        return grant

@@ -1,0 +1,58 @@
+# -*- test-case-name: tests.test_cache -*-
+"""
+A small time-bounded cache with single flight: concurrent misses for one
+key share a single upstream fetch, and failures are not cached.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+V = TypeVar("V")
+
+
+class TTLCache(Generic[V]):
+    def __init__(self, clock: IReactorTime, ttl: float, max_entries: int = 10_000) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._max = max_entries
+        self._entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
+        self._inflight: dict[Hashable, list[Deferred[V]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def invalidate(self, key: Hashable) -> None:
+        self._entries.pop(key, None)
+
+    async def get(self, key: Hashable, fetch: Callable[[], Awaitable[V]]) -> V:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock.seconds():
+            self._entries.move_to_end(key)
+            return entry[1]
+        waiters = self._inflight.get(key)
+        if waiters is not None:
+            d: Deferred[V] = Deferred()
+            waiters.append(d)
+            return await d
+        self._inflight[key] = waiters = []
+        try:
+            value = await fetch()
+        except BaseException as e:
+            del self._inflight[key]
+            for w in waiters:
+                w.errback(e)
+            raise
+        del self._inflight[key]
+        self._entries[key] = (self._clock.seconds() + self._ttl, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        for w in waiters:
+            w.callback(value)
+        return value

@@ -1,0 +1,131 @@
+# -*- test-case-name: tests.test_refresh -*-
+"""
+Keep the in-memory view of PolicyBindings, Tenants and their Secrets fresh:
+a full list every C{resync_seconds}, in the background.
+
+A failed refresh keeps the last good state and is logged; it never stops
+the loop (an exception escaping a LoopingCall would stop it for good while
+the service still reports itself running).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from stsd.bindings import BindingIndex, parse_binding
+from stsd.kube import KubernetesError
+from stsd.tenants import TenantIndex, parse_tenant, root_credentials, secret_config_env
+
+log = Logger()
+
+BINDINGS_PATH = "/apis/sts.min.io/v1beta1/policybindings"
+TENANTS_PATH = "/apis/minio.min.io/v2/tenants"
+
+
+class Lister(Protocol):
+    async def list(self, path: str, what: str) -> tuple[list[dict[str, Any]], str]: ...
+    async def get(self, path: str, what: str) -> dict[str, Any] | None: ...
+
+
+class Refresher(Service):
+    """
+    Lists bindings and tenants (and gets each tenant's Secret) every
+    C{interval} seconds into the given indexes.
+
+    @ivar synced_at: clock time of the last successful list, per resource.
+    """
+
+    def __init__(
+        self,
+        kubernetes: Lister,
+        bindings: BindingIndex,
+        tenants: TenantIndex,
+        clock: IReactorTime,
+        interval: float,
+    ) -> None:
+        self._kubernetes = kubernetes
+        self._bindings = bindings
+        self._tenants = tenants
+        self._clock = clock
+        self._interval = interval
+        self._loop: LoopingCall | None = None
+        self._loop_done: Deferred[object] | None = None
+        self.synced_at: dict[str, float] = {}
+
+    @property
+    def ready(self) -> bool:
+        """
+        Both bindings and tenants have been listed at least once: before
+        that, a missing binding means "not known yet", not "denied".
+        """
+        return "bindings" in self.synced_at and "tenants" in self.synced_at
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.refresh)
+        self._loop.clock = self._clock
+        self._loop_done = self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> Deferred[object] | None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return self._loop_done
+
+    def refresh(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._refresh())
+
+    async def _refresh(self) -> None:
+        # Each step catches its own failures, so one failing resource
+        # neither stops the loop nor keeps the others stale.
+        await self._guarded("bindings", self._refresh_bindings())
+        await self._guarded("tenants", self._refresh_tenants())
+
+    async def _guarded(self, what: str, step: Any) -> None:
+        try:
+            await step
+        except KubernetesError as e:
+            log.warn("refreshing {what} failed, keeping the last good state: {reason}",
+                     what=what, reason=str(e))
+        except Exception:
+            log.failure("refreshing {what} failed, keeping the last good state", what=what)
+        else:
+            self.synced_at[what] = self._clock.seconds()
+
+    async def _refresh_bindings(self) -> None:
+        items, version = await self._kubernetes.list(BINDINGS_PATH, "PolicyBindings")
+        parsed = [b for b in (parse_binding(i) for i in items) if b is not None]
+        self._bindings.replace(parsed)
+        log.debug("listed {count} PolicyBindings at resourceVersion {version}",
+                  count=len(parsed), version=version)
+
+    async def _refresh_tenants(self) -> None:
+        items, version = await self._kubernetes.list(TENANTS_PATH, "Tenants")
+        tenants = [t for t in (parse_tenant(i) for i in items) if t is not None]
+        self._tenants.replace(tenants)
+        for tenant in tenants:
+            if tenant.secret_name is None:
+                self._tenants.set_credentials(tenant, root_credentials(tenant, {}))
+                continue
+            path = f"/api/v1/namespaces/{tenant.namespace}/secrets/{tenant.secret_name}"
+            try:
+                secret = await self._kubernetes.get(path, f"Secret {tenant.namespace}/{tenant.secret_name}")
+            except KubernetesError as e:
+                # Keep the credentials read last time: a hiccup must not lock a tenant out.
+                log.warn("reading the Secret of Tenant {namespace}/{name} failed: {reason}",
+                         namespace=tenant.namespace, name=tenant.name, reason=str(e))
+                continue
+            config_env = secret_config_env(secret) if secret is not None else {}
+            credentials = root_credentials(tenant, config_env)
+            if credentials is None:
+                log.warn("Tenant {namespace}/{name}: no root credentials in Secret {secret}",
+                         namespace=tenant.namespace, name=tenant.name, secret=tenant.secret_name)
+            self._tenants.set_credentials(tenant, credentials)
+        log.debug("listed {count} Tenants at resourceVersion {version}",
+                  count=len(tenants), version=version)

@@ -1,0 +1,298 @@
+"""
+A simulated cluster on loopback: a throwaway CA, a ServiceAccount token
+signer, a fake Kubernetes API server and fake MinIO tenants, all over TLS,
+plus the real stsd daemon started as a C{twistd} process against them.
+
+Used by the demo (C{python -m stsd.demo}), the end-to-end tests and, as a
+fixture, by users' own tests.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.web.server import Site
+
+from stsd.testing.fake_kube import FakeKubernetes
+from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
+from stsd.testing.pki import TestPKI
+from stsd.testing.tokens import TokenIssuer
+
+READWRITE = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::*"]},
+    ],
+}
+READONLY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetBucketLocation", "s3:GetObject", "s3:ListBucket"],
+            "Resource": ["arn:aws:s3:::*"],
+        },
+    ],
+}
+PHOTOS = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": ["arn:aws:s3:::photos/*"],
+        },
+    ],
+}
+
+
+@dataclass
+class TenantWorld:
+    namespace: str
+    name: str
+    region: str
+    minio: FakeMinIO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def twistd_command() -> list[str]:
+    """
+    The C{twistd} of the running interpreter's environment.
+    """
+    script = Path(sys.executable).parent / "twistd"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("twistd")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class _DaemonProtocol(ProcessProtocol):
+    def __init__(self, log_path: Path) -> None:
+        self._log = log_path.open("ab")
+        self.ended: Deferred[int | None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self._log.write(data)
+        self._log.flush()
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self._log.close()
+        code = reason.value.exitCode if isinstance(reason.value, (ProcessDone, ProcessTerminated)) else None
+        self.ended.callback(code)
+
+
+@dataclass
+class Daemon:
+    """
+    A running C{twistd stsd} process.
+    """
+
+    url: str
+    config_path: Path
+    log_path: Path
+    protocol: _DaemonProtocol
+    transport: Any
+
+    def sts_url(self, namespace: str) -> str:
+        return f"{self.url}/sts/{namespace}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def stop(self) -> int | None:
+        if not self.protocol.ended.called:
+            try:
+                self.transport.signalProcess("TERM")
+            except Exception:
+                pass
+        return await self.protocol.ended
+
+
+@dataclass
+class World:
+    """
+    The simulated cluster. Create with L{World.start}.
+    """
+
+    directory: Path
+    reactor: Any
+    pki: TestPKI
+    issuer: TokenIssuer
+    kubernetes: FakeKubernetes
+    tenants: dict[str, TenantWorld]
+    kube_url: str
+    minio_url: str
+    client_token: str
+    _ports: list[Any] = field(default_factory=list)
+    _daemons: list[Daemon] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, directory: Path, reactor: Any = None) -> World:
+        """
+        Generate the CA and keys, populate the fakes with two tenants and
+        one bound application, and listen on loopback.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        pki = TestPKI.create(directory / "pki")
+        issuer = TokenIssuer(clock=reactor)
+        client_token = secrets.token_urlsafe(32)
+        kubernetes = FakeKubernetes(issuer, client_token=client_token, clock=reactor)
+        tenants = {
+            "tenant-1": TenantWorld("tenant-1", "storage", "us-east-1", FakeMinIO(
+                access_key="root-" + secrets.token_hex(4), secret_key=secrets.token_urlsafe(24),
+                region="us-east-1", clock=reactor,
+                policies={"readwrite": READWRITE, "readonly": READONLY, "photos": PHOTOS},
+            )),
+            "tenant-2": TenantWorld("tenant-2", "archive", "eu-west-1", FakeMinIO(
+                access_key="root-" + secrets.token_hex(4), secret_key=secrets.token_urlsafe(24),
+                region="eu-west-1", clock=reactor,
+                policies={"readonly": READONLY},
+            )),
+        }
+        for t in tenants.values():
+            kubernetes.config_env_secret(
+                t.namespace, f"{t.name}-env-configuration", t.minio.access_key, t.minio.secret_key
+            )
+            kubernetes.add_tenant(
+                t.namespace, t.name, configuration_secret=f"{t.name}-env-configuration"
+            )
+        kubernetes.create_serviceaccount("apps", "photo-sa")
+        kubernetes.create_serviceaccount("apps", "unbound-sa")
+        kubernetes.add_policybinding(
+            "tenant-1", "photo-readwrite", app_namespace="apps", serviceaccount="photo-sa",
+            policies=["readwrite"],
+        )
+        kubernetes.add_policybinding(
+            "tenant-2", "photo-archive", app_namespace="apps", serviceaccount="photo-sa",
+            policies=["readonly"],
+        )
+        options = pki.server_options()
+        kube_port = reactor.listenSSL(0, Site(kubernetes.resource()), options, interface="127.0.0.1")
+        router = FakeMinIORouter({t.namespace: t.minio for t in tenants.values()})
+        minio_port = reactor.listenSSL(0, Site(router), options, interface="127.0.0.1")
+        world = cls(
+            directory=directory, reactor=reactor, pki=pki, issuer=issuer,
+            kubernetes=kubernetes, tenants=tenants,
+            kube_url=f"https://127.0.0.1:{kube_port.getHost().port}",
+            minio_url=f"https://127.0.0.1:{minio_port.getHost().port}",
+            client_token=client_token,
+        )
+        world._ports += [kube_port, minio_port]
+        world.write_kubeconfig()
+        return world
+
+    def mint(self, namespace: str = "apps", serviceaccount: str = "photo-sa", **kw: Any) -> str:
+        return self.issuer.mint(namespace, serviceaccount, **kw)
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        return self.directory / "kubeconfig"
+
+    def write_kubeconfig(self) -> None:
+        document = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "sim", "cluster": {
+                "server": self.kube_url, "certificate-authority": str(self.pki.ca_path)}}],
+            "users": [{"name": "stsd", "user": {"token": self.client_token}}],
+            "contexts": [{"name": "sim", "context": {"cluster": "sim", "user": "stsd"}}],
+            "current-context": "sim",
+        }
+        self.kubeconfig_path.write_text(yaml.safe_dump(document))
+        os.chmod(self.kubeconfig_path, 0o600)
+
+    def config(self, port: int, **overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """
+        An stsd configuration for this world (sections may be overridden).
+        """
+        document: dict[str, Any] = {
+            "server": {"interface": "127.0.0.1", "port": port,
+                       "tls_cert": str(self.pki.cert_path), "tls_key": str(self.pki.key_path)},
+            "kubernetes": {"kubeconfig": str(self.kubeconfig_path), "audience": "sts.min.io",
+                           "resync_seconds": 1, "timeout_seconds": 2},
+            "tenants": {"endpoint": self.minio_url + "/{namespace}",
+                        "ca_file": str(self.pki.ca_path), "timeout_seconds": 2},
+            "sts": {"default_duration_seconds": 3600, "max_duration_seconds": 43200},
+        }
+        for section, values in overrides.items():
+            document.setdefault(section, {}).update(values)
+        return document
+
+    async def start_daemon(self, name: str = "stsd", **overrides: Mapping[str, Any]) -> Daemon:
+        """
+        Start C{twistd -n --pidfile= stsd --config FILE} and wait until it
+        answers C{/readyz}.
+        """
+        port = free_port()
+        config_path = self.directory / f"{name}.yaml"
+        config_path.write_text(yaml.safe_dump(self.config(port, **overrides)))
+        log_path = self.directory / f"{name}.log"
+        protocol = _DaemonProtocol(log_path)
+        argv = [*twistd_command(), "-n", "--pidfile=", "stsd", "--config", str(config_path)]
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        transport = self.reactor.spawnProcess(protocol, argv[0], argv, env=env)
+        daemon = Daemon(f"https://127.0.0.1:{port}", config_path, log_path, protocol, transport)
+        self._daemons.append(daemon)
+        await self.wait_ready(daemon)
+        return daemon
+
+    async def wait_ready(self, daemon: Daemon, timeout: float = 30.0) -> None:
+        import treq
+        from stsd import tls
+        from stsd.upstream import make_client
+
+        client = make_client(self.reactor, tls.VerifiedHTTPS(tls.trust_from_files(
+            [str(self.pki.ca_path)], system=False)))
+        deadline = self.reactor.seconds() + timeout
+        try:
+            while True:
+                if daemon.protocol.ended.called:
+                    raise RuntimeError(f"stsd exited during start-up:\n{daemon.log_text()}")
+                try:
+                    response = await client.get(daemon.url + "/readyz")
+                    await treq.content(response)
+                    if response.code == 200:
+                        return
+                except Exception:
+                    pass
+                if self.reactor.seconds() > deadline:
+                    raise RuntimeError(f"stsd not ready after {timeout}s:\n{daemon.log_text()}")
+                await deferLater(self.reactor, 0.1, lambda: None)
+        finally:
+            await client._agent._pool.closeCachedConnections()
+
+    async def stop(self) -> None:
+        for daemon in self._daemons:
+            await daemon.stop()
+        self.kubernetes.clear_faults()
+        for port in self._ports:
+            await port.stopListening()

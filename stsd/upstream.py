@@ -1,0 +1,104 @@
+# -*- test-case-name: tests.test_upstream -*-
+"""
+Calls to upstream HTTP services (Kubernetes, MinIO) with treq: a bounded
+persistent connection pool per client and a deadline on the whole call.
+
+treq's own C{timeout=} covers only the wait for response headers; a
+server that sends headers and then trickles the body would hold a request
+forever, so the deadline here covers reading the body too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+
+
+class UpstreamError(Exception):
+    """
+    An upstream call failed: no answer in time, a connection error, or a
+    response too large. The message names the target, never a credential.
+    """
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def make_client(reactor: object, policy: IPolicyForHTTPS, *, per_host: int = 8) -> HTTPClient:
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = per_host
+    pool.retryAutomatically = False  # never replay a POST (TokenReview, AssumeRole) silently
+    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+
+async def request(
+    client: HTTPClient,
+    clock: IReactorTime,
+    method: str,
+    url: str,
+    *,
+    target: str,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+    data: bytes | None = None,
+) -> Response:
+    """
+    Perform one HTTP request and read its whole body within C{timeout}
+    seconds of C{clock}.
+
+    @param target: a short name of what is called, for error messages.
+    @raise UpstreamError: on timeout or connection failure.
+    """
+
+    async def call() -> Response:
+        response = await client.request(
+            method, url, headers={k: [v] for k, v in (headers or {}).items()}, data=data
+        )
+        body = await treq.content(response)
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise UpstreamError(f"{target}: response larger than {MAX_RESPONSE_BYTES} bytes")
+        flat = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
+                for k, v in response.headers.getAllRawHeaders()}
+        return Response(response.code, flat, body)
+
+    d = Deferred.fromCoroutine(call())
+    d.addTimeout(timeout, clock)
+    try:
+        return await d
+    except (TimeoutError, CancelledError):
+        raise UpstreamError(f"{target}: no answer within {timeout:g} seconds") from None
+    except UpstreamError:
+        raise
+    except Exception as e:
+        # Connection refused, TLS verification failure, reset: name the kind
+        # of failure only; exception texts can quote request details.
+        raise UpstreamError(f"{target}: {_describe(e)}") from None
+
+
+def _describe(error: Exception) -> str:
+    name = type(error).__name__
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        # twisted.web's ResponseNeverReceived / RequestTransmissionFailed wrap the cause.
+        inner = reasons[0].value
+        return f"{name} ({type(inner).__name__}: {_safe_text(inner)})"
+    return f"{name}: {_safe_text(error)}"
+
+
+def _safe_text(error: BaseException) -> str:
+    # Connection errors say "Connection refused" or name an SSL alert; cap the
+    # length so a chatty library cannot push request data into our messages.
+    return str(error)[:160]
