@@ -18,6 +18,7 @@ from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import _HTTP11ClientFactory
 from twisted.web.iweb import IPolicyForHTTPS
 
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
@@ -37,9 +38,15 @@ class Response:
     body: bytes
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # One "Starting factory" log line per upstream connection is noise.
+    noisy = False
+
+
 def make_client(reactor: object, policy: IPolicyForHTTPS, *, per_host: int = 8) -> HTTPClient:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = per_host
+    pool._factory = _QuietClientFactory
     pool.retryAutomatically = False  # never replay a POST (TokenReview, AssumeRole) silently
     return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import yaml
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.web.server import Site
@@ -99,7 +98,11 @@ class _DaemonProtocol(ProcessProtocol):
 
     def processEnded(self, reason: Any) -> None:
         self._log.close()
-        code = reason.value.exitCode if isinstance(reason.value, (ProcessDone, ProcessTerminated)) else None
+        # The exit code, or minus the signal that ended the process.
+        value = reason.value
+        code = getattr(value, "exitCode", None)
+        if code is None and getattr(value, "signal", None) is not None:
+            code = -value.signal
         self.ended.callback(code)
 
 
@@ -245,10 +248,12 @@ class World:
             document.setdefault(section, {}).update(values)
         return document
 
-    async def start_daemon(self, name: str = "stsd", **overrides: Mapping[str, Any]) -> Daemon:
+    async def start_daemon(
+        self, name: str = "stsd", *, wait: bool = True, **overrides: Mapping[str, Any]
+    ) -> Daemon:
         """
-        Start C{twistd -n --pidfile= stsd --config FILE} and wait until it
-        answers C{/readyz}.
+        Start C{twistd -n --pidfile= stsd --config FILE} and (unless told
+        not to) wait until it answers C{/readyz}.
         """
         port = free_port()
         config_path = self.directory / f"{name}.yaml"
@@ -262,10 +267,13 @@ class World:
         transport = self.reactor.spawnProcess(protocol, argv[0], argv, env=env)
         daemon = Daemon(f"https://127.0.0.1:{port}", config_path, log_path, protocol, transport)
         self._daemons.append(daemon)
-        await self.wait_ready(daemon)
+        await self.wait_ready(daemon, status=200 if wait else 503)
         return daemon
 
-    async def wait_ready(self, daemon: Daemon, timeout: float = 30.0) -> None:
+    async def wait_ready(self, daemon: Daemon, timeout: float = 30.0, status: int = 200) -> None:
+        """
+        Wait until C{/readyz} answers C{status} (503: listening, not ready).
+        """
         import treq
         from stsd import tls
         from stsd.upstream import make_client
@@ -280,7 +288,7 @@ class World:
                 try:
                     response = await client.get(daemon.url + "/readyz")
                     await treq.content(response)
-                    if response.code == 200:
+                    if response.code == status:
                         return
                 except Exception:
                     pass
@@ -293,6 +301,8 @@ class World:
     async def stop(self) -> None:
         for daemon in self._daemons:
             await daemon.stop()
-        self.kubernetes.clear_faults()
+        self.kubernetes.shutdown()
+        for t in self.tenants.values():
+            t.minio.clear_faults()
         for port in self._ports:
             await port.stopListening()

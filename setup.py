@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="stsd",
+    version="0.1.0",
+    description="Security Token Service for MinIO tenants on Kubernetes (a twistd plugin)",
+    python_requires=">=3.11",
+    # twisted.plugins has no __init__.py (it is Twisted's namespace for plugins), so
+    # find_packages cannot see it: list it by name.
+    packages=find_packages(include=["stsd", "stsd.*"]) + ["twisted.plugins"],
+    package_data={"stsd": ["py.typed"]},
+    zip_safe=False,
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "klein>=24.8",
+        "treq>=24.9",
+        "pyopenssl>=24.0",
+        "cryptography>=42",
+        # 37.0.2 needs python-dateutil>=3, which botocore refuses.
+        "kubernetes==37.0.1",
+        "minio>=7.2.15,<8",
+        "pyyaml>=6",
+        "pyjwt[crypto]>=2.8",
+        "attrs>=23",
+        "service-identity>=24",
+        "idna>=3",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+            "boto3>=1.34",
+        ],
+    },
+)

@@ -1,0 +1,211 @@
+# -*- test-case-name: tests.test_minio_client -*-
+"""
+A tenant's MinIO, spoken with treq and signed with the C{minio} package's
+SigV4 signer: server region, canned policy documents, AssumeRole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import quote, urlencode, urlsplit
+from xml.etree import ElementTree
+
+from minio.credentials import Credentials
+from minio.signer import sign_v4_s3, sign_v4_sts
+from treq.client import HTTPClient
+from twisted.internet.interfaces import IReactorTime
+
+from stsd.upstream import Response, UpstreamError, request
+from stsd.wire import STS_NAMESPACE, IssuedCredentials
+
+_NS = {"sts": STS_NAMESPACE}
+
+
+class MinIOError(Exception):
+    """
+    A MinIO call failed. The message names the tenant and what MinIO said,
+    never a credential.
+    """
+
+
+@dataclass(frozen=True)
+class RootCredentials:
+    access_key: str
+    secret_key: str
+
+    def __repr__(self) -> str:
+        return "RootCredentials(<hidden>)"
+
+
+@dataclass(frozen=True)
+class TenantEndpoint:
+    """
+    Where a tenant's MinIO answers and with which root credentials.
+
+    @ivar name: C{namespace/tenant}, for messages.
+    @ivar url: base URL; a path prefix is kept (reverse proxies, tests).
+    """
+
+    name: str
+    url: str
+    credentials: RootCredentials
+
+
+def _quote(value: str) -> str:
+    # SigV4's canonical query encoding (RFC 3986 unreserved characters).
+    return quote(value, safe="-_.~")
+
+
+class MinIOClient:
+    """
+    The MinIO calls stsd makes, each bounded by C{timeout} seconds.
+    """
+
+    def __init__(self, http: HTTPClient, clock: IReactorTime, timeout: float) -> None:
+        self._http = http
+        self._clock = clock
+        self._timeout = timeout
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.seconds(), tz=timezone.utc)
+
+    async def _signed(
+        self,
+        tenant: TenantEndpoint,
+        method: str,
+        path: str,
+        *,
+        target: str,
+        service: str,
+        region: str,
+        query: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> Response:
+        base = urlsplit(tenant.url)
+        query_string = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query))
+        url = base._replace(path=base.path.rstrip("/") + path, query=query_string)
+        now = self._now()
+        content_sha256 = hashlib.sha256(body).hexdigest()
+        # Sign exactly the headers that are sent; the signer signs all it is given.
+        headers: dict[str, str] = {
+            "Host": base.netloc,
+            "X-Amz-Date": now.strftime("%Y%m%dT%H%M%SZ"),
+            "X-Amz-Content-Sha256": content_sha256,
+        }
+        if content_type:
+            headers["Content-Type"] = content_type
+        credentials = Credentials(tenant.credentials.access_key, tenant.credentials.secret_key)
+        sign = sign_v4_sts if service == "sts" else sign_v4_s3
+        headers = dict(sign(
+            method=method, url=url, region=region, headers=headers,
+            credentials=credentials, content_sha256=content_sha256, date=now,
+        ))
+        try:
+            return await request(
+                self._http, self._clock, method, url.geturl(),
+                target=f"{target} on tenant {tenant.name}", timeout=self._timeout,
+                headers=headers, data=body or None,
+            )
+        except UpstreamError as e:
+            raise MinIOError(str(e)) from None
+
+    @staticmethod
+    def _admin_error(tenant: TenantEndpoint, target: str, response: Response) -> MinIOError:
+        detail = ""
+        try:
+            document = json.loads(response.body)
+            detail = f"{document.get('Code', '')}: {str(document.get('Message', ''))[:200]}"
+        except (ValueError, AttributeError, RecursionError):
+            pass
+        return MinIOError(f"{target} on tenant {tenant.name}: HTTP {response.status} {detail}")
+
+    async def region(self, tenant: TenantEndpoint) -> str:
+        """
+        The tenant's region, from the admin API's server info. The admin API
+        accepts any signing region, so it can be asked before the region is known.
+        """
+        response = await self._signed(
+            tenant, "GET", "/minio/admin/v3/info", target="server info",
+            service="s3", region="us-east-1",
+        )
+        if response.status != 200:
+            raise self._admin_error(tenant, "server info", response)
+        try:
+            region = json.loads(response.body).get("region")
+        except (ValueError, AttributeError, RecursionError):
+            raise MinIOError(f"server info on tenant {tenant.name}: not JSON") from None
+        # MinIO reports no region when none is configured; it then signs as us-east-1.
+        return region if isinstance(region, str) and region else "us-east-1"
+
+    async def canned_policy(self, tenant: TenantEndpoint, region: str, name: str) -> str | None:
+        """
+        The text of the canned policy C{name}, or L{None} if MinIO has none.
+        """
+        response = await self._signed(
+            tenant, "GET", "/minio/admin/v3/info-canned-policy", target=f"policy {name!r}",
+            service="s3", region=region, query=[("name", name), ("v", "2")],
+        )
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise self._admin_error(tenant, f"policy {name!r}", response)
+        try:
+            document = json.loads(response.body)
+            policy = document["Policy"]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise MinIOError(f"policy {name!r} on tenant {tenant.name}: unexpected answer") from None
+        return policy if isinstance(policy, str) else json.dumps(policy)
+
+    async def assume_role(
+        self, tenant: TenantEndpoint, region: str, policy: bytes, duration: int
+    ) -> IssuedCredentials:
+        """
+        Mint credentials limited by the session C{policy}. There is no
+        variant without a policy: that would hand out root's rights.
+        """
+        if not policy:
+            raise ValueError("AssumeRole needs a session policy")
+        body = urlencode({
+            "Action": "AssumeRole",
+            "Version": "2011-06-15",
+            "DurationSeconds": str(duration),
+            "Policy": policy.decode("utf-8"),
+        }).encode()
+        response = await self._signed(
+            tenant, "POST", "/", target="AssumeRole", service="sts", region=region,
+            body=body, content_type="application/x-www-form-urlencoded",
+        )
+        try:
+            root = ElementTree.fromstring(response.body)
+        except ElementTree.ParseError:
+            raise MinIOError(
+                f"AssumeRole on tenant {tenant.name}: HTTP {response.status} with a body "
+                "that is not XML"
+            ) from None
+        if response.status != 200:
+            code = root.findtext(".//sts:Error/sts:Code", "", _NS)
+            message = root.findtext(".//sts:Error/sts:Message", "", _NS)[:200]
+            raise MinIOError(
+                f"AssumeRole on tenant {tenant.name}: HTTP {response.status} {code}: {message}"
+            )
+        found = root.find(".//sts:AssumeRoleResult/sts:Credentials", _NS)
+        fields = {}
+        if found is not None:
+            for key in ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"):
+                fields[key] = found.findtext(f"sts:{key}", "", _NS).strip()
+        if not all(fields.get(k) for k in ("AccessKeyId", "SecretAccessKey", "Expiration")):
+            raise MinIOError(f"AssumeRole on tenant {tenant.name}: no credentials in the answer")
+        try:
+            expiration = datetime.fromisoformat(fields["Expiration"].replace("Z", "+00:00"))
+        except ValueError:
+            raise MinIOError(f"AssumeRole on tenant {tenant.name}: bad Expiration") from None
+        if expiration.tzinfo is None:
+            expiration = expiration.replace(tzinfo=timezone.utc)
+        return IssuedCredentials(
+            fields["AccessKeyId"], fields["SecretAccessKey"], fields["SessionToken"], expiration
+        )

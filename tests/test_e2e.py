@@ -1,0 +1,432 @@
+"""
+End to end: the daemon as a real C{twistd} process on loopback TLS, driven
+by boto3, minio-py and raw HTTP, against the strict fakes (RS256 tokens
+reviewed by the fake API server, SigV4 and regions checked by fake MinIO).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode
+from xml.etree import ElementTree
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+
+from stsd import tls, wire
+from stsd.testing.world import Daemon, World
+from stsd.upstream import make_client
+
+NS = {"sts": wire.STS_NAMESPACE}
+ROLE = "arn:aws:iam::000000000000:role/app"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Mapping[str, list[str]]
+    body: bytes
+    seconds: float
+
+    @property
+    def xml(self) -> ElementTree.Element:
+        return ElementTree.fromstring(self.body)
+
+    @property
+    def code(self) -> str | None:
+        return self.xml.findtext("sts:Error/sts:Code", namespaces=NS)
+
+    @property
+    def message(self) -> str:
+        return self.xml.findtext("sts:Error/sts:Message", "", namespaces=NS)
+
+    def request_id_consistent(self) -> bool:
+        body_id = (self.xml.findtext("sts:RequestId", namespaces=NS)
+                   or self.xml.findtext("sts:ResponseMetadata/sts:RequestId", namespaces=NS))
+        return bool(body_id) and self.headers.get("x-amz-request-id") == [body_id]
+
+
+@pytest.fixture(scope="module")
+def http(world: World):
+    client = make_client(reactor, tls.VerifiedHTTPS(
+        tls.trust_from_files([str(world.pki.ca_path)], system=False)))
+    yield client
+    pytest_twisted.blockon(client._agent._pool.closeCachedConnections())
+
+
+def params(token: str | None, **extra: str) -> dict[str, str]:
+    p = {"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15"}
+    if token is not None:
+        p["WebIdentityToken"] = token
+    p.update(extra)
+    return p
+
+
+async def post(http, url: str, form: Mapping[str, str] | None = None, *, query: bool = False,
+               body: bytes | None = None, content_type: str = wire.FORM_CONTENT_TYPE,
+               method: str = "POST") -> Answer:
+    if form is not None and query:
+        url = url + "?" + urlencode(form)
+    elif form is not None:
+        body = urlencode(form).encode()
+    started = time.monotonic()
+    response = await http.request(method, url, data=body,
+                                  headers={"Content-Type": [content_type]} if body else {})
+    content = await treq.content(response)
+    headers = {k.decode().lower(): [x.decode() for x in v]
+               for k, v in response.headers.getAllRawHeaders()}
+    return Answer(response.code, headers, content, time.monotonic() - started)
+
+
+async def eventually(check, timeout: float = 5.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await deferLater(reactor, interval, lambda: None)
+
+
+def boto3_sts(url: str, ca: str, region: str = "us-east-1"):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("sts", endpoint_url=url, region_name=region, verify=ca,
+                        aws_access_key_id="x", aws_secret_access_key="x",
+                        config=Config(retries={"max_attempts": 1}))
+
+
+# -- real clients -----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_boto3_exchange(world: World, daemon: Daemon) -> None:
+    minio = world.tenants["tenant-1"].minio
+    before = len(minio.minted)
+    answer = await deferToThread(
+        lambda: boto3_sts(daemon.sts_url("tenant-1"), str(world.pki.ca_path))
+        .assume_role_with_web_identity(RoleArn=ROLE, RoleSessionName="app-session",
+                                       WebIdentityToken=world.mint(), DurationSeconds=900))
+    creds = answer["Credentials"]
+    minted = minio.minted[before:]
+    assert len(minted) == 1
+    assert creds["AccessKeyId"] == minted[0].access_key
+    assert creds["SecretAccessKey"] == minted[0].secret_key
+    assert creds["SessionToken"] == minted[0].session_token
+    assert minted[0].duration == 900
+    assert answer["SubjectFromWebIdentityToken"] == "system:serviceaccount:apps:photo-sa"
+    assert answer["Audience"] == "sts.min.io"
+    assert answer["ResponseMetadata"]["RequestId"]
+    # Exactly the bound policy (readwrite), never root's rights.
+    assert minted[0].policy["Statement"] == [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "arn:aws:s3:::*"}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_boto3_default_credential_chain(world: World, daemon: Daemon, tmp_path,
+                                              monkeypatch) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(world.mint())
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("AWS_ROLE_ARN", ROLE)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", daemon.sts_url("tenant-1"))
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(world.pki.ca_path))
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+
+    def resolve():
+        import boto3
+
+        session = boto3.Session()
+        creds = session.get_credentials()
+        return creds.method, creds.get_frozen_credentials()
+
+    method, frozen = await deferToThread(resolve)
+    assert method == "assume-role-with-web-identity"
+    assert frozen.access_key == world.tenants["tenant-1"].minio.minted[-1].access_key
+
+
+@pytest_twisted.ensureDeferred
+async def test_minio_py_iam_aws_provider(world: World, daemon: Daemon, tmp_path,
+                                         monkeypatch) -> None:
+    import urllib3
+    from minio.credentials import IamAwsProvider
+
+    token = world.mint()
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("AWS_ROLE_ARN", ROLE)
+    provider = IamAwsProvider(
+        custom_endpoint=daemon.sts_url("tenant-1"),
+        http_client=urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(world.pki.ca_path)),
+    )
+    creds = await deferToThread(provider.retrieve)
+    assert creds.access_key == world.tenants["tenant-1"].minio.minted[-1].access_key
+    # minio-py sends the token in the query string: it must not reach the access log.
+    await deferLater(reactor, 0.2, lambda: None)
+    assert token not in daemon.log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_second_tenant_other_region(world: World, daemon: Daemon, http) -> None:
+    tenant = world.tenants["tenant-2"]
+    before = len(tenant.minio.minted)
+    answer = await post(http, daemon.sts_url("tenant-2"), params(world.mint()))
+    assert answer.status == 200, answer.body
+    assert len(tenant.minio.minted) == before + 1
+    # The fake refuses AssumeRole signed for any region but eu-west-1.
+    assert tenant.region == "eu-west-1"
+    assert tenant.minio.minted[-1].policy["Statement"][0]["Action"] == [
+        "s3:GetBucketLocation", "s3:GetObject", "s3:ListBucket"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_policy_narrows_never_widens(world: World, daemon: Daemon, http) -> None:
+    tenant = world.tenants["tenant-2"]  # bound: readonly
+    wide = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:*", "admin:*"], "Resource": ["arn:aws:s3:::*"]}]}
+    answer = await post(http, daemon.sts_url("tenant-2"),
+                        params(world.mint(), Policy=json.dumps(wide)))
+    assert answer.status == 200, answer.body
+    statements = tenant.minio.minted[-1].policy["Statement"]
+    assert statements == [{"Effect": "Allow", "Resource": "arn:aws:s3:::*", "Action": [
+        "s3:GetBucketLocation", "s3:GetObject", "s3:ListBucket"]}] or all(
+        set(s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+        <= {"s3:GetBucketLocation", "s3:GetObject", "s3:ListBucket"} for s in statements)
+    disjoint = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": ["arn:aws:s3:::*"]}]}
+    before = len(tenant.minio.minted)
+    answer = await post(http, daemon.sts_url("tenant-2"),
+                        params(world.mint(), Policy=json.dumps(disjoint)))
+    assert (answer.status, answer.code) == (403, "AccessDenied")
+    assert len(tenant.minio.minted) == before
+
+
+# -- the error table, row by row, over raw HTTP ------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_response_has_request_id(world: World, daemon: Daemon, http) -> None:
+    for answer in [
+        await post(http, daemon.sts_url("tenant-1"), params(world.mint())),
+        await post(http, daemon.sts_url("tenant-1"), params(None)),
+        await post(http, daemon.url + "/elsewhere", method="GET"),
+    ]:
+        assert answer.request_id_consistent(), answer.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_parameter_rows(world: World, daemon: Daemon, http) -> None:
+    url = daemon.sts_url("tenant-1")
+    token = world.mint()
+    cases = [
+        (dict(body=b"%zz=1&\xff", content_type=wire.FORM_CONTENT_TYPE), "InvalidParameterValue", 400),
+        (dict(body=b'{"Action": 1}', content_type="application/json"), "InvalidParameterValue", 400),
+        (dict(form=params(token, Version="2000-01-01")), "MissingParameter", 400),
+        (dict(form={k: v for k, v in params(token).items() if k != "Version"}), "MissingParameter", 400),
+        (dict(form=params(token, Action="AssumeRole")), "InvalidParameterValue", 400),
+        (dict(form=params(None)), "MissingParameter", 400),
+        (dict(form=params("")), "MissingParameter", 400),
+        (dict(form=params("definitely-not-a-jwt")), "InvalidIdentityToken", 400),
+        (dict(form=params(token + "x" * 20_001)), "InvalidIdentityToken", 400),
+        (dict(form=params(token, DurationSeconds="ten")), "InvalidParameterValue", 400),
+        (dict(form=params(token, DurationSeconds="60")), "InvalidParameterValue", 400),
+        (dict(form=params(token, DurationSeconds="43201")), "InvalidParameterValue", 400),
+        (dict(form=params(token, Policy="{oops")), "MalformedPolicyDocument", 400),
+        (dict(form=params(token, Policy='{"Statement":[{"Effect":"Allow"}]}')),
+         "MalformedPolicyDocument", 400),
+        (dict(body=b"WebIdentityToken=" + b"a" * (70 * 1024)), "InvalidParameterValue", 400),
+    ]
+    for kw, code, status in cases:
+        answer = await post(http, url, **kw)
+        assert (answer.status, answer.code) == (status, code), (kw.get("form"), answer.body[:300])
+        assert answer.request_id_consistent()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_namespace_and_paths(world: World, daemon: Daemon, http) -> None:
+    for path in ["/sts/Tenant-1", "/sts/tenant-1%2F..", "/sts/a/b", "/sts/" + "a" * 300]:
+        answer = await post(http, daemon.url + path, params(world.mint()))
+        assert (answer.status, answer.code) == (400, "InvalidParameterValue"), path
+    answer = await post(http, daemon.url + "/nope", params(world.mint()))
+    assert answer.status == 404 and answer.code == "NotFound"
+    answer = await post(http, daemon.sts_url("tenant-1"), method="GET")
+    assert answer.status == 405 and answer.code == "MethodNotAllowed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unauthenticated_tokens_denied(world: World, daemon: Daemon, http) -> None:
+    from stsd.testing.tokens import TokenIssuer
+
+    url = daemon.sts_url("tenant-1")
+    world.kubernetes.create_serviceaccount("apps", "doomed-sa")
+    world.kubernetes.add_policybinding("tenant-1", "doomed", app_namespace="apps",
+                                       serviceaccount="doomed-sa", policies=["readonly"])
+    doomed = world.mint("apps", "doomed-sa")
+    world.kubernetes.delete_serviceaccount("apps", "doomed-sa")
+    forged = TokenIssuer().mint("apps", "photo-sa")  # right claims, wrong signing key
+    minted_before = len(world.tenants["tenant-1"].minio.minted)
+    for token in [
+        forged,
+        world.mint(lifetime=-10, now=time.time() - 100),  # expired
+        world.mint(audiences=["https://kubernetes.default.svc"]),  # wrong audience
+        doomed,  # ServiceAccount deleted
+    ]:
+        answer = await post(http, url, params(token))
+        assert (answer.status, answer.code) == (403, "AccessDenied"), answer.body
+    assert len(world.tenants["tenant-1"].minio.minted) == minted_before
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_serviceaccount_user_refused(world: World, daemon: Daemon, http) -> None:
+    import jwt
+
+    token = jwt.encode({"sub": "alice"}, "k" * 64, algorithm="HS256")
+    world.kubernetes.add_static_token(token, "oidc:alice")
+    # Upstream would read this as ServiceAccount "alice" in namespace "oidc".
+    world.kubernetes.add_policybinding("tenant-1", "oidc-trap", app_namespace="oidc",
+                                       serviceaccount="alice", policies=["readwrite"])
+    await deferLater(reactor, 1.5, lambda: None)
+    answer = await post(http, daemon.sts_url("tenant-1"), params(token))
+    assert (answer.status, answer.code) == (400, "InvalidIdentityToken"), answer.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_binding_no_tenant_no_policy(world: World, daemon: Daemon, http) -> None:
+    answer = await post(http, daemon.sts_url("tenant-1"), params(world.mint("apps", "unbound-sa")))
+    assert (answer.status, answer.code) == (403, "AccessDenied")
+    # Bound in a namespace without a Tenant.
+    world.kubernetes.add_policybinding("no-tenant-here", "b", app_namespace="apps",
+                                       serviceaccount="photo-sa", policies=["readonly"])
+    # Bound to a policy MinIO does not have: skipped, nothing usable left.
+    world.kubernetes.create_serviceaccount("apps", "ghost-sa")
+    world.kubernetes.add_policybinding("tenant-1", "ghost", app_namespace="apps",
+                                       serviceaccount="ghost-sa", policies=["no-such-policy"])
+
+    async def bound() -> bool:
+        answer = await post(http, daemon.sts_url("no-tenant-here"), params(world.mint()))
+        return answer.code == "InvalidParameterValue"
+
+    assert await eventually(bound)
+    answer = await post(http, daemon.sts_url("tenant-1"), params(world.mint("apps", "ghost-sa")))
+    assert (answer.status, answer.code) == (403, "AccessDenied"), answer.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_packed_policy_too_large(world: World, daemon: Daemon, http) -> None:
+    minio = world.tenants["tenant-1"].minio
+    minio.set_policy("sprawling", {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": [f"s3:GetObject"], "Resource": [f"arn:aws:s3:::bucket-{i}/*"]}
+        for i in range(120)]})
+    world.kubernetes.create_serviceaccount("apps", "sprawl-sa")
+    world.kubernetes.add_policybinding("tenant-1", "sprawl", app_namespace="apps",
+                                       serviceaccount="sprawl-sa", policies=["sprawling"])
+
+    async def refused() -> bool:
+        answer = await post(http, daemon.sts_url("tenant-1"), params(world.mint("apps", "sprawl-sa")))
+        return answer.code == "PackedPolicyTooLarge" and answer.status == 400
+
+    assert await eventually(refused)
+
+
+@pytest_twisted.ensureDeferred
+async def test_binding_changes_take_effect_within_resync(world: World, daemon: Daemon, http) -> None:
+    world.kubernetes.create_serviceaccount("apps", "late-sa")
+    token = world.mint("apps", "late-sa")
+    url = daemon.sts_url("tenant-1")
+    assert (await post(http, url, params(token))).code == "AccessDenied"
+    world.kubernetes.add_policybinding("tenant-1", "late", app_namespace="apps",
+                                       serviceaccount="late-sa", policies=["photos"])
+    started = time.monotonic()
+
+    async def granted() -> bool:
+        return (await post(http, url, params(token))).status == 200
+
+    assert await eventually(granted, timeout=3)
+    added_after = time.monotonic() - started
+    world.kubernetes.delete_policybinding("tenant-1", "late")
+    started = time.monotonic()
+
+    async def denied() -> bool:
+        return (await post(http, url, params(token))).code == "AccessDenied"
+
+    assert await eventually(denied, timeout=3)
+    deleted_after = time.monotonic() - started
+    # resync_seconds is 1 in the test world; allow a tick of slack.
+    assert added_after < 2.5 and deleted_after < 2.5, (added_after, deleted_after)
+
+
+# -- upstream failures: answered in time, and the daemon keeps serving -------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_kubernetes_failures(world: World, daemon: Daemon, http) -> None:
+    url = daemon.sts_url("tenant-1")
+    for mode in ["500", "close", "hang"]:
+        world.kubernetes.fail("/apis/authentication.k8s.io", mode)
+        answer = await post(http, url, params(world.mint()))
+        world.kubernetes.clear_faults()
+        assert (answer.status, answer.code) == (400, "IDPCommunicationError"), (mode, answer.body)
+        assert answer.seconds < 2 + 1.5, (mode, answer.seconds)  # timeout_seconds is 2
+    assert (await post(http, url, params(world.mint()))).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_minio_failures(world: World, daemon: Daemon, http) -> None:
+    minio = world.tenants["tenant-1"].minio
+    url = daemon.sts_url("tenant-1")
+    for mode in ["500", "error", "close", "hang"]:
+        minio.fail("assumerole", mode)
+        answer = await post(http, url, params(world.mint()))
+        minio.clear_faults()
+        assert (answer.status, answer.code) == (500, "InternalError"), (mode, answer.body)
+        assert "tenant-1/storage" in answer.message
+        assert minio.secret_key not in answer.message
+        assert answer.seconds < 2 + 1.5, (mode, answer.seconds)
+    assert (await post(http, url, params(world.mint()))).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_initialized_until_listed(world: World, daemon: Daemon, http) -> None:
+    world.kubernetes.fail("/apis/minio.min.io", "500")
+    try:
+        cold = await world.start_daemon("cold", wait=False)
+        answer = await post(http, cold.sts_url("tenant-1"), params(world.mint()))
+        assert (answer.status, answer.code) == (503, "STSNotInitialized"), answer.body
+        # Parameters are judged first, whatever the state.
+        answer = await post(http, cold.sts_url("tenant-1"), params(None))
+        assert (answer.status, answer.code) == (400, "MissingParameter")
+        world.kubernetes.clear_faults()
+        await world.wait_ready(cold)
+        answer = await post(http, cold.sts_url("tenant-1"), params(world.mint()))
+        assert answer.status == 200, answer.body
+    finally:
+        world.kubernetes.clear_faults()
+    assert await cold.stop() in (0, -15)
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_secret_in_daemon_log(world: World, daemon: Daemon, http) -> None:
+    answer = await post(http, daemon.sts_url("tenant-1"), params(world.mint()))
+    assert answer.status == 200
+    await deferLater(reactor, 0.2, lambda: None)
+    log = daemon.log_text()
+    secrets = [world.client_token]
+    for tenant in world.tenants.values():
+        secrets.append(tenant.minio.secret_key)
+        for minted in tenant.minio.minted:
+            secrets += [minted.secret_key, minted.session_token]
+    assert secrets and not [s for s in secrets if s in log]
+    assert "eyJ" not in log  # no JWT (header starts with {" base64url-encoded)

@@ -1,0 +1,516 @@
+"""Tests for stsd.policy: parsing, the intersection's safety, compaction, round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stsd.policy import (
+    Policy,
+    PolicyError,
+    Statement,
+    allows,
+    compact,
+    has_allow,
+    intersect,
+    merge,
+    parse_policy,
+    pattern_contains,
+    pattern_matches,
+    to_json,
+)
+
+ALL_S3 = parse_policy(
+    {"Version": "2012-10-17",
+     "Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::*"]}]}
+)
+
+
+def policy(*statements: dict[str, object]) -> Policy:
+    return parse_policy({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def allow(actions: object, resources: object, **extra: object) -> dict[str, object]:
+    return {"Effect": "Allow", "Action": actions, "Resource": resources, **extra}
+
+
+def deny(actions: object, resources: object, **extra: object) -> dict[str, object]:
+    return {"Effect": "Deny", "Action": actions, "Resource": resources, **extra}
+
+
+# -- parsing -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        "{not json",
+        b"\xff\xfe{}",
+        "[]",
+        '"a string"',
+        "{}",
+        '{"Statement": [], "Extra": 1}',
+        '{"Version": "2020-01-01", "Statement": []}',
+        '{"Statement": 3}',
+        '{"Statement": [3]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*", "Principal": "*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*", "NotPrincipal": {}}]}',
+        '{"Statement": [{"Effect": "Permit", "Action": "s3:*", "Resource": "*"}]}',
+        '{"Statement": [{"Action": "s3:*", "Resource": "*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "NotAction": "s3:Get*", "Resource": "*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Resource": "*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*", "NotResource": "*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": [], "Resource": "*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": [""], "Resource": "*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": [1], "Resource": "*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*", "action": "x"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*", "Condition": 1}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*",'
+        ' "Condition": {"StringEquals": {"k": 1.5}}}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*",'
+        ' "Condition": {"StringEquals": {"k": NaN}}}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*",'
+        ' "Condition": {"StringEquals": {}}}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "\\ud800", "Resource": "*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Effect": "Deny", "Action": "s3:*", "Resource": "*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}], "Id": 5}',
+        "[" * 100_000 + "]" * 100_000,
+        '{"Statement": ' + "[" * 50_000 + "]" * 50_000 + "}",
+        '{"Statement": [], "Id": ' + "9" * 5000 + "}",
+    ],
+)
+def test_parse_errors(document: str | bytes) -> None:
+    with pytest.raises(PolicyError) as error:
+        parse_policy(document)
+    assert 0 < len(str(error.value)) <= 200
+
+
+def test_parse_error_does_not_echo_input() -> None:
+    huge = "x" * 100_000
+    with pytest.raises(PolicyError) as error:
+        parse_policy({"Statement": [], huge: 1})
+    assert len(str(error.value)) <= 200
+
+
+def test_parse_forms() -> None:
+    single = parse_policy(
+        b'{"Id": "x", "Statement": {"Sid": "S", "Effect": "Deny", "NotAction": "s3:Get*",'
+        b' "NotResource": ["arn:aws:s3:::a", "arn:aws:s3:::a"],'
+        b' "Condition": {"Bool": {"aws:SecureTransport": [false, "true"]}}}}'
+    )
+    assert single == Policy(
+        (
+            Statement(
+                "Deny", frozenset(), frozenset(),
+                not_actions=frozenset({"s3:Get*"}),
+                not_resources=frozenset({"arn:aws:s3:::a"}),
+                condition={"Bool": {"aws:SecureTransport": ["true", False]}},
+                sid="S",
+            ),
+        )
+    )
+    assert parse_policy('{"Version": "2008-10-17", "Statement": []}').version == "2008-10-17"
+    empty = parse_policy('{"Statement": []}')
+    assert empty.statements == () and not has_allow(empty)
+
+
+def test_condition_values_keep_their_json_type() -> None:
+    as_string = policy(allow("s3:*", "*", Condition={"Bool": {"k": "true"}}))
+    as_bool = policy(allow("s3:*", "*", Condition={"Bool": {"k": True}}))
+    as_int = policy(allow("s3:*", "*", Condition={"Bool": {"k": 1}}))
+    assert len({as_string, as_bool, as_int}) == 3
+    assert b'"k":true' in to_json(as_bool)
+
+
+def test_statement_refuses_a_bare_string_for_a_set() -> None:
+    with pytest.raises(PolicyError):
+        Statement("Allow", "s3:*", frozenset({"*"}))  # type: ignore[arg-type]
+
+
+# -- patterns ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "outer, inner, expected",
+    [
+        ("s3:*", "s3:GetObject", True),
+        ("s3:GetObject", "s3:*", False),
+        ("s3:Get*", "s3:*Object", False),
+        ("s3:*Object", "s3:Get*", False),
+        ("s3:?etObject", "s3:GetObject", True),
+        ("s3:*", "s3:?etObject", True),
+        ("s3:?etObject", "s3:*", False),
+        ("*", "*", True),
+        ("a*b", "a*c*b", True),
+        ("arn:aws:s3:::*", "arn:aws:s3:::photos/*", True),
+        ("arn:aws:s3:::photos/*", "arn:aws:s3:::photos", False),
+        # A policy variable may expand to anything.
+        ("arn:aws:s3:::*", "arn:aws:s3:::${aws:username}/*", True),
+        ("arn:aws:s3:::*name}", "arn:aws:s3:::${aws:username}", False),
+        ("arn:aws:s3:::${aws:username}/*", "arn:aws:s3:::alice/x", False),
+        ("arn:aws:s3:::${aws:username}/*", "arn:aws:s3:::${aws:username}/*", True),
+    ],
+)
+def test_pattern_contains_examples(outer: str, inner: str, expected: bool) -> None:
+    assert pattern_contains(outer, inner) is expected
+
+
+def test_pattern_case() -> None:
+    assert pattern_matches("s3:getobject", "S3:GetObject", case_insensitive=True)
+    assert not pattern_matches("s3:getobject", "S3:GetObject")
+    assert pattern_contains("S3:*", "s3:getObject", case_insensitive=True)
+    assert not pattern_contains("S3:*", "s3:getObject")
+
+
+def test_pattern_matching_is_not_exponential() -> None:
+    # A backtracking regex would take hours on this.
+    assert not pattern_matches("*a" * 30 + "b", "a" * 5000)
+    assert not pattern_contains("*a" * 30 + "b", "a" * 5000 + "*")
+
+
+# -- intersection ------------------------------------------------------------------
+
+
+def test_wildcard_meets_specific_action() -> None:
+    bound = policy(allow("s3:*", "arn:aws:s3:::photos/*"))
+    session = policy(allow("s3:GetObject", "arn:aws:s3:::*"))
+    assert intersect(bound, session) == policy(allow("s3:GetObject", "arn:aws:s3:::photos/*"))
+
+
+def test_session_narrows_resources() -> None:
+    bound = policy(allow(["s3:GetObject", "s3:PutObject"], "arn:aws:s3:::photos/*"))
+    session = policy(allow("s3:*", "arn:aws:s3:::photos/public/*"))
+    result = intersect(bound, session)
+    assert result == policy(
+        allow(["s3:GetObject", "s3:PutObject"], "arn:aws:s3:::photos/public/*")
+    )
+    assert not allows(result, "s3:GetObject", "arn:aws:s3:::photos/private/x")
+
+
+def test_session_cannot_widen() -> None:
+    bound = policy(allow("s3:GetObject", "arn:aws:s3:::photos/*"))
+    session = policy(allow(["s3:*", "admin:*"], ["*", "arn:aws:s3:::secret/*"]))
+    result = intersect(bound, session)
+    assert result == compact(bound)
+    assert not allows(result, "s3:GetObject", "arn:aws:s3:::secret/x")
+    assert not allows(result, "admin:ServerInfo", "arn:aws:s3:::photos/x")
+
+
+def test_overlap_without_containment_is_dropped() -> None:
+    bound = policy(allow("s3:Get*", "arn:aws:s3:::*"))
+    session = policy(allow("s3:*Object", "arn:aws:s3:::*"))
+    result = intersect(bound, session)
+    assert result.statements == () and not has_allow(result)
+
+
+def test_deny_survives_from_both_sides() -> None:
+    bound = policy(allow("s3:*", "arn:aws:s3:::*"), deny("s3:DeleteObject", "arn:aws:s3:::*"))
+    session = policy(allow("s3:*", "arn:aws:s3:::*"), deny("s3:PutObject", "arn:aws:s3:::logs/*"))
+    result = intersect(bound, session)
+    assert not allows(result, "s3:DeleteObject", "arn:aws:s3:::photos/a")
+    assert not allows(result, "s3:PutObject", "arn:aws:s3:::logs/a")
+    assert allows(result, "s3:PutObject", "arn:aws:s3:::photos/a")
+    session_only_deny = intersect(bound, policy(deny("s3:*", "arn:aws:s3:::*")))
+    assert not has_allow(session_only_deny)
+
+
+def test_not_action_allow_contributes_nothing() -> None:
+    bound = policy(allow("s3:*", "arn:aws:s3:::*"))
+    session = policy({"Effect": "Allow", "NotAction": "s3:DeleteObject", "Resource": "*"})
+    assert not has_allow(intersect(bound, session))
+    assert not has_allow(intersect(session, bound))
+
+
+def test_conditions_of_both_apply() -> None:
+    tls = {"Bool": {"aws:SecureTransport": "true"}}
+    alice = {"StringEquals": {"aws:username": "alice"}}
+    bound = policy(allow("s3:*", "arn:aws:s3:::*", Condition=tls))
+    session = policy(allow("s3:GetObject", "arn:aws:s3:::*", Condition=alice))
+    assert intersect(bound, session) == policy(
+        allow("s3:GetObject", "arn:aws:s3:::*", Condition={**tls, **alice})
+    )
+    # Same operator and key with other values: not expressible in one map, dropped.
+    bob = {"StringEquals": {"aws:username": "bob"}}
+    assert not has_allow(intersect(policy(allow("s3:*", "*", Condition=bob)), session))
+
+
+def test_full_session_policy_keeps_the_bound_allows() -> None:
+    bound = policy(
+        allow(["s3:GetObject", "s3:ListBucket"], ["arn:aws:s3:::photos", "arn:aws:s3:::photos/*"]),
+        allow("s3:PutObject", "arn:aws:s3:::photos/*"),
+        deny("s3:DeleteBucket", "arn:aws:s3:::*"),
+    )
+    assert intersect(bound, ALL_S3) == compact(bound)
+
+
+def test_meet_splits_services() -> None:
+    # MinIO refuses one statement mixing admin: and s3: actions.
+    result = intersect(policy(allow("*", "*")), policy(allow(["s3:GetObject", "admin:Info"], "*")))
+    assert [sorted(s.actions) for s in result.statements] == [["admin:Info"], ["s3:GetObject"]]
+
+
+def test_action_case_must_match_for_minio() -> None:
+    # MinIO matches actions case-sensitively: a differently cased action is not narrowed.
+    bound = policy(allow("s3:Get*", "*"))
+    assert not has_allow(intersect(bound, policy(allow("s3:getobject", "*"))))
+
+
+# -- compaction --------------------------------------------------------------------
+
+
+def test_compact_dedupes_and_drops_sids() -> None:
+    statement = allow("s3:GetObject", "arn:aws:s3:::a/*")
+    p = policy({**statement, "Sid": "one"}, {**statement, "Sid": "two"}, statement)
+    assert compact(p) == policy(statement)
+
+
+def test_compact_merges_actions_then_resources() -> None:
+    p = policy(
+        allow("s3:GetObject", "arn:aws:s3:::a/*"),
+        allow("s3:PutObject", "arn:aws:s3:::a/*"),
+        allow(["s3:GetObject", "s3:PutObject"], "arn:aws:s3:::b/*"),
+    )
+    assert compact(p) == policy(
+        allow(["s3:GetObject", "s3:PutObject"], ["arn:aws:s3:::a/*", "arn:aws:s3:::b/*"])
+    )
+
+
+def test_compact_drops_contained_patterns_and_statements() -> None:
+    p = policy(
+        allow(["s3:*", "s3:GetObject"], ["arn:aws:s3:::*", "arn:aws:s3:::a/*"]),
+        allow("s3:PutObject", "arn:aws:s3:::b", Condition={"Bool": {"k": "true"}}),
+        deny("s3:GetObject", "arn:aws:s3:::a/secret"),
+    )
+    assert compact(p) == policy(
+        allow("s3:*", "arn:aws:s3:::*"), deny("s3:GetObject", "arn:aws:s3:::a/secret")
+    )
+
+
+def test_compact_keeps_deny_contained_in_another() -> None:
+    p = policy(deny("s3:*", "*"), deny("s3:GetObject", "arn:aws:s3:::a", Condition={"Bool": {"k": "1"}}))
+    assert len(compact(p).statements) == 2
+
+
+def test_compact_never_merges_not_sets() -> None:
+    p = policy(
+        {"Effect": "Allow", "NotAction": "s3:Get*", "Resource": "arn:aws:s3:::a"},
+        {"Effect": "Allow", "NotAction": "s3:Put*", "Resource": "arn:aws:s3:::a"},
+    )
+    assert compact(p) == p
+    assert not allows(compact(p), "s3:GetObject", "arn:aws:s3:::a") is False  # Put* allows it
+
+
+def test_ten_bound_policies_fit_after_compaction() -> None:
+    def app(bucket: str, sid: str) -> Policy:
+        return policy(
+            allow(["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"],
+                  [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"], Sid=f"{sid}Read"),
+            allow(["s3:PutObject", "s3:DeleteObject"], f"arn:aws:s3:::{bucket}/*", Sid=f"{sid}Write"),
+        )
+
+    bound = [app("photos", f"App{i}") for i in range(10)]
+    naive = to_json(merge(bound))
+    compacted = to_json(compact(merge(bound)))
+    assert len(naive) > 2048
+    assert compacted == to_json(compact(bound[0]))
+    assert len(compacted) < len(naive) // 5
+
+    buckets = [app(f"bucket-{i}", "A") for i in range(10)]
+    merged = compact(merge(buckets))
+    assert len(merged.statements) == 2
+    assert len(to_json(merged)) <= 2048
+
+
+def test_to_json_is_compact_and_deterministic() -> None:
+    p = policy(allow(["s3:PutObject", "s3:GetObject"], "arn:aws:s3:::é/*"))
+    assert to_json(p) == (
+        '{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'
+        '"Action":["s3:GetObject","s3:PutObject"],"Resource":"arn:aws:s3:::é/*"}]}'
+    ).encode()
+    assert json.loads(to_json(p))["Statement"][0]["Resource"] == "arn:aws:s3:::é/*"
+
+
+# -- properties --------------------------------------------------------------------
+
+ACTIONS = ["s3:*", "s3:Get*", "s3:GetObject", "s3:PutObject", "s3:?etObject", "admin:*", "*",
+           "s3:getobject"]
+RESOURCES = ["arn:aws:s3:::*", "arn:aws:s3:::photos/*", "arn:aws:s3:::photos/a?c",
+             "arn:aws:s3:::logs"]
+CONDITIONS = [
+    None,
+    {"StringEquals": {"aws:username": "alice"}},
+    {"StringEquals": {"aws:username": "bob"}},
+    {"Bool": {"aws:SecureTransport": "true"}},
+]
+# Every (operator, key, values) a condition above may need: a "world" is a subset of them.
+TRIPLES = sorted({t for c in CONDITIONS if c for t in Statement("Allow", {"*"}, {"*"}, condition=c).condition})
+FILL = "aAbcGOPetj/:*?ßS"
+CONCRETE_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:ListBucket", "admin:ServerInfo",
+                    "s3:getobject", "S3:GETOBJECT", "s3:LetObject", "kms:Encrypt", ""]
+CONCRETE_RESOURCES = ["arn:aws:s3:::photos/abc", "arn:aws:s3:::photos/a", "arn:aws:s3:::logs",
+                      "arn:aws:s3:::logs/x", "arn:aws:s3:::other", "arn:aws:s3:::photos/aßc"]
+
+
+FILL_CHAR = st.sampled_from(FILL) | st.characters()
+FILL_TEXT = st.text(FILL_CHAR, max_size=4)
+
+
+@st.composite
+def instances(draw: st.DrawFn, pattern: str) -> str:
+    """A string that *pattern* matches: * and ? replaced by random text."""
+    return "".join(
+        draw(FILL_TEXT) if char == "*" else draw(FILL_CHAR) if char == "?" else char
+        for char in pattern
+    )
+
+
+def probes(patterns: list[str], concrete: list[str]) -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(concrete), *map(instances, patterns), st.text(max_size=12))
+
+
+PROBES = st.lists(st.tuples(probes(ACTIONS, CONCRETE_ACTIONS), probes(RESOURCES, CONCRETE_RESOURCES)),
+                  min_size=1, max_size=10)
+
+
+def _statement(effect: str, actions: frozenset[str], resources: frozenset[str],
+               not_actions: bool, not_resources: bool, condition: object, sid: str | None) -> Statement:
+    return Statement(
+        effect,
+        frozenset() if not_actions else actions,
+        frozenset() if not_resources else resources,
+        not_actions=actions if not_actions else None,
+        not_resources=resources if not_resources else None,
+        condition=condition,  # type: ignore[arg-type]  # the IAM mapping is canonicalized
+        sid=sid,
+    )
+
+
+def statements(effects: tuple[str, ...] = ("Allow", "Allow", "Deny"), actions: list[str] = ACTIONS,
+               extras: bool = True) -> st.SearchStrategy[Statement]:
+    # Not* forms and conditions are rarer, so that plain pairs meet often.
+    rare = st.integers(0, 5).map(lambda n: n == 0) if extras else st.just(False)
+    return st.builds(
+        _statement,
+        st.sampled_from(effects),
+        st.frozensets(st.sampled_from(actions), min_size=1, max_size=3),
+        st.frozensets(st.sampled_from(RESOURCES), min_size=1, max_size=3),
+        rare,
+        rare,
+        st.none() | st.sampled_from(CONDITIONS[1:]) if extras else st.none(),
+        st.none() | st.sampled_from(["a", "b"]),
+    )
+
+
+def policies(**kwargs: object) -> st.SearchStrategy[Policy]:
+    return st.builds(Policy, st.lists(statements(**kwargs), min_size=1, max_size=4).map(tuple))
+
+
+def allows_in(p: Policy, action: str, resource: str, world: frozenset[object],
+              case_insensitive: bool = True) -> bool:
+    """Exact evaluator in a *world* where exactly the condition triples in it hold;
+    actions read case-insensitively (IAM) or case-sensitively (MinIO)."""
+    def hit(patterns: frozenset[str], value: str, ci: bool) -> bool:
+        return any(pattern_matches(x, value, case_insensitive=ci) for x in patterns)
+
+    allowed = False
+    for s in p.statements:
+        matched = (
+            (hit(s.actions, action, case_insensitive) if s.not_actions is None
+             else not hit(s.not_actions, action, case_insensitive))
+            and (hit(s.resources, resource, False) if s.not_resources is None
+                 else not hit(s.not_resources, resource, False))
+            and set(s.condition or ()) <= world
+        )
+        if matched and s.effect == "Deny":
+            return False
+        allowed = allowed or matched
+    return allowed
+
+
+WORLDS = st.frozensets(st.sampled_from(TRIPLES))
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(policies(), min_size=1, max_size=4), policies(), PROBES, WORLDS)
+def test_intersection_never_grants_more(bound: list[Policy], session: Policy,
+                                        probes: list[tuple[str, str]],
+                                        world: frozenset[object]) -> None:
+    merged = merge(bound)
+    result = compact(intersect(merged, session))
+    assert to_json(result) == to_json(compact(result))
+    for action, resource in probes:
+        if allows(result, action, resource):
+            assert allows(merged, action, resource) and allows(session, action, resource)
+        for ci in (True, False):  # safe whatever the conditions, under IAM and MinIO case rules
+            if allows_in(result, action, resource, world, ci):
+                assert allows_in(merged, action, resource, world, ci)
+                assert allows_in(session, action, resource, world, ci)
+
+
+S3_ACTIONS = [a for a in ACTIONS if a.startswith("s3:")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(statements(("Allow",), S3_ACTIONS, extras=False),
+                          statements(("Deny",))), max_size=5), PROBES)
+def test_intersection_with_everything_s3_is_exact(bound: list[Statement],
+                                                  probes: list[tuple[str, str]]) -> None:
+    p = Policy(tuple(bound))
+    result = intersect(p, ALL_S3)
+    for action, resource in probes:
+        assert allows(result, action, resource) == allows(p, action, resource)
+
+
+@settings(max_examples=500, deadline=None)
+@given(policies(), PROBES, WORLDS)
+def test_compaction_preserves_semantics(p: Policy, probes: list[tuple[str, str]],
+                                        world: frozenset[object]) -> None:
+    c = compact(p)
+    assert len(c.statements) <= len(set(p.statements))
+    for action, resource in probes:
+        assert allows(c, action, resource) == allows(p, action, resource)
+        for ci in (True, False):
+            assert allows_in(c, action, resource, world, ci) == allows_in(p, action, resource, world, ci)
+
+
+@settings(max_examples=300, deadline=None)
+@given(policies(), st.randoms(use_true_random=False))
+def test_round_trip_and_canonical_order(p: Policy, random: object) -> None:
+    c = compact(p)
+    assert parse_policy(to_json(c)) == c
+    shuffled = list(p.statements)
+    random.shuffle(shuffled)  # type: ignore[attr-defined]
+    assert compact(Policy(tuple(shuffled))) == c
+
+
+PATTERN = st.text(st.sampled_from("ab*?"), max_size=6)
+PATTERN_CI = st.text(st.sampled_from("aAbßsS*?"), max_size=6)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.data(), st.booleans())
+def test_pattern_contains_is_sound(data: st.DataObject, ci: bool) -> None:
+    outer = data.draw(PATTERN_CI if ci else PATTERN)
+    inner = data.draw(PATTERN_CI if ci else PATTERN)
+    if not pattern_contains(outer, inner, case_insensitive=ci):
+        return
+    for _ in range(5):
+        s = data.draw(instances(inner))
+        assert ci or pattern_matches(inner, s)
+        if pattern_matches(inner, s, case_insensitive=ci):
+            assert pattern_matches(outer, s, case_insensitive=ci)
+
+
+@settings(max_examples=300, deadline=None)
+@given(PATTERN, st.data())
+def test_pattern_contains_sees_generalizations(inner: str, data: st.DataObject) -> None:
+    # Replacing a non-* character by ? or any substring by * generalizes a pattern.
+    i = data.draw(st.integers(0, len(inner)))
+    j = data.draw(st.integers(i, len(inner)))
+    assert pattern_contains(inner[:i] + "*" + inner[j:], inner)
+    if i < len(inner) and inner[i] != "*":
+        assert pattern_contains(inner[:i] + "?" + inner[i + 1:], inner)
