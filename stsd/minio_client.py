@@ -144,7 +144,8 @@ class MinIOClient:
 
     async def canned_policy(self, tenant: TenantEndpoint, region: str, name: str) -> str | None:
         """
-        The text of the canned policy C{name}, or L{None} if MinIO has none.
+        The text of the canned policy C{name}, or L{None} if MinIO has none
+        (C{""} if MinIO's answer is unreadable).
         """
         response = await self._signed(
             tenant, "GET", "/minio/admin/v3/info-canned-policy", target=f"policy {name!r}",
@@ -155,10 +156,13 @@ class MinIOClient:
         if response.status != 200:
             raise self._admin_error(tenant, f"policy {name!r}", response)
         try:
-            document = json.loads(response.body)
-            policy = document["Policy"]
+            policy = json.loads(response.body)["Policy"]
         except (ValueError, KeyError, TypeError, RecursionError):
-            raise MinIOError(f"policy {name!r} on tenant {tenant.name}: unexpected answer") from None
+            # MinIO splices the stored document in verbatim: a corrupt policy
+            # makes the whole answer unparsable. That is this policy's fault,
+            # not MinIO's: give back text that fails to parse, so that the
+            # caller skips this one policy instead of failing the request.
+            return ""
         return policy if isinstance(policy, str) else json.dumps(policy)
 
     async def assume_role(

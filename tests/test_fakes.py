@@ -187,7 +187,7 @@ def _bad_tokens():
             (not_a_jwt, "token lookup failed")]
 
 
-@pytest.mark.parametrize("make,reason", _bad_tokens(), ids=lambda c: getattr(c, "__name__", ""))
+@pytest.mark.parametrize("make,reason", _bad_tokens(), ids=[make.__name__ for make, _ in _bad_tokens()])
 @pytest_twisted.ensureDeferred
 async def test_bad_tokens_are_not_authenticated(kube, stub, issuer, clock, make, reason):
     st = (await review(stub, make(kube, issuer, clock)))["status"]
@@ -768,12 +768,15 @@ def _policy_of(size: int) -> str:
     (lambda m, s: assume(s, sts_body(Policy="{not json")), "MalformedPolicyDocument", 400),
     (lambda m, s: assume(s, sts_body(Policy=json.dumps({**READONLY, "Version": ""}))), "MalformedPolicyDocument", 400),
     (lambda m, s: assume(s, sts_body(Policy=json.dumps({**READONLY, "Extra": 1}))), "MalformedPolicyDocument", 400),
+    (lambda m, s: assume(s, sts_body(Policy=json.dumps({**READONLY, "Statement": [
+        {**READONLY["Statement"][0], "Resource": ["photos/*"]}]}))), "MalformedPolicyDocument", 400),
     (lambda m, s: assume(s, sts_body(Version="2010-01-01")), "MissingParameter", 400),
     (lambda m, s: assume(s, sts_body(Action="AssumeRoleWithWebIdentity")), "InvalidParameterValue", 400),
     (lambda m, s: assume(s, b"", url=f"{MINIO}/?Action=AssumeRole&Version=2011-06-15"), "InvalidParameterValue", 400),
 ], ids=["tampered-body", "tampered-body-and-hash", "wrong-secret", "wrong-access-key", "wrong-region", "stale-date",
         "unsigned-payload-hash", "unsigned", "missing-policy", "empty-policy", "policy-2049-bytes", "duration-899",
         "duration-43201", "duration-not-int", "policy-not-json", "policy-no-version", "policy-unknown-field",
+        "policy-resource-not-an-arn",
         "wrong-version", "wrong-action", "params-in-query"])
 @pytest_twisted.ensureDeferred
 async def test_assume_role_refusals(minio, mstub, attempt, code, status):

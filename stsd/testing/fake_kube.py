@@ -321,6 +321,7 @@ class FakeKubernetes:
         """Drop every watch connection mid-stream (no terminating chunk)."""
         for w in list(self._watches):
             w.cut()
+            self._forget(w)
 
     def end_watches(self) -> None:
         """End every watch cleanly, as the server does at timeoutSeconds."""
@@ -480,27 +481,26 @@ class FakeKubernetes:
             w.send("ERROR", _status(410, "Expired", f"too old resource version: {rv} ({self._history_floor})"))
             w.finish()
             return NOT_DONE_YET
+        # Registered before the replay, so a client gone mid-replay is cleaned up.
+        if query.get("timeoutSeconds"):
+            w.timer = self.clock.callLater(int(query["timeoutSeconds"]), w.finish)
+        self._watches.add(w)
+        request.notifyFinish().addBoth(lambda _: self._forget(w))
         if rv in ("", "0"):  # "start at most recent": synthetic ADDED for what exists
             for key in sorted(self._objects[plural]):
-                obj = self._objects[plural][key]
-                if w.matches(plural, obj):
-                    w.send("ADDED", obj)
+                if w.matches(plural, self._objects[plural][key]):
+                    w.send("ADDED", self._objects[plural][key])
         else:
             for event in self._history:
                 if event.rv > int(rv) and w.matches(event.plural, event.obj):
                     w.send(event.type, event.obj)
-
-        def gone(_):
-            w.done = True
-            self._watches.discard(w)
-            if w.timer is not None and w.timer.active():
-                w.timer.cancel()
-
-        request.notifyFinish().addBoth(gone)
-        if query.get("timeoutSeconds"):
-            w.timer = self.clock.callLater(int(query["timeoutSeconds"]), w.finish)
-        self._watches.add(w)
         return NOT_DONE_YET
+
+    def _forget(self, w: _Watch) -> None:
+        w.done = True
+        self._watches.discard(w)
+        if w.timer is not None and w.timer.active():
+            w.timer.cancel()
 
     # -- TokenReview ------------------------------------------------------------
 

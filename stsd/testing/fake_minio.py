@@ -162,6 +162,17 @@ def verify_sigv4(
     return None
 
 
+def _resource_ok(resource: Any) -> bool:
+    # minio/pkg: "*" or a known ARN prefix followed by a pattern not starting with "/".
+    if resource == "*":
+        return True
+    for prefix in ("arn:aws:s3:::", "arn:aws:s3tables:::", "arn:minio:kms:::"):
+        if isinstance(resource, str) and resource.startswith(prefix):
+            rest = resource[len(prefix):]
+            return bool(rest) and not rest.startswith("/")
+    return False
+
+
 def _validate_policy(doc: Any) -> str | None:
     """Why MinIO's policy parser (unknown fields disallowed) would refuse doc, or None."""
     if not isinstance(doc, dict):
@@ -187,7 +198,7 @@ def _validate_policy(doc: Any) -> str | None:
             return "exactly one of Action/NotAction, at most one of Resource/NotResource"
         actions = st.get("Action", st.get("NotAction"))
         actions = [actions] if isinstance(actions, str) else actions
-        if not actions or not all(isinstance(a, str) and re.fullmatch(r"\*|(s3|admin|kms|sts):[\w*?]+", a)
+        if not actions or not all(isinstance(a, str) and re.fullmatch(r"\*|(s3|s3tables|admin|kms|sts):[\w*?]+", a)
                                   for a in actions):
             return f"invalid action {actions!r}"
         resources = st.get("Resource", st.get("NotResource"))
@@ -195,8 +206,7 @@ def _validate_policy(doc: Any) -> str | None:
         if resources is None:
             if any(a == "*" or a.startswith("s3:") for a in actions):
                 return "Resource must not be empty"
-        elif not resources or not all(isinstance(r, str) and r.startswith(("arn:aws:s3:::", "arn:aws:kms:::"))
-                                      for r in resources):
+        elif not resources or not all(_resource_ok(r) for r in resources):
             return f"invalid resource {resources!r}"
         cond = st.get("Condition", {})
         if not isinstance(cond, dict) or not all(isinstance(v, dict) for v in cond.values()):

@@ -1,0 +1,243 @@
+"""
+Tests for L{stsd.exchange}: the order of checks, the caches, policy
+selection, and — with hypothesis — that the policy MinIO actually
+receives never allows more than both the bindings and the caller's
+Policy. In memory: the fake MinIO behind StubTreq, a Clock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from stsd import errors
+from stsd.bindings import Binding, BindingIndex
+from stsd.exchange import POLICY_TTL, Exchange
+from stsd.identity import Identity
+from stsd.minio_client import MinIOClient, RootCredentials
+from stsd.policy import allows, parse_policy
+from stsd.tenants import EndpointRule, Tenant, TenantIndex
+from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
+from stsd.wire import AssumeRoleRequest
+from tests.test_policy import PROBES, policies
+
+READONLY = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": ["arn:aws:s3:::*"]}]}
+PHOTOS = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": ["arn:aws:s3:::photos/*"]}]}
+
+
+class StandInAuthenticator:
+    audience = "sts.min.io"
+
+    def __init__(self) -> None:
+        self.identity: Identity | Exception = Identity("apps", "app-sa", "pod-1")
+        self.calls = 0
+
+    async def authenticate(self, token: str) -> Identity:
+        self.calls += 1
+        if isinstance(self.identity, Exception):
+            raise self.identity
+        return self.identity
+
+
+class Harness:
+    def __init__(self, policies: dict | None = None) -> None:
+        self.clock = Clock()
+        self.clock.advance(time.time())
+        self.minio = FakeMinIO(access_key="root", secret_key="root-secret-key", region="eu-west-1",
+                               clock=self.clock,
+                               policies=policies if policies is not None else
+                               {"readonly": READONLY, "photos": PHOTOS})
+        self.stub = StubTreq(FakeMinIORouter({"tenant-1": self.minio}))
+        self.bindings = BindingIndex()
+        self.bindings.replace([Binding("tenant-1", "b", "apps", "app-sa", ("readonly", "photos"))])
+        self.tenants = TenantIndex(EndpointRule("https://minio.test/{namespace}", "cluster.local"))
+        tenant = Tenant("tenant-1", "storage", True, "env", {})
+        self.tenants.replace([tenant])
+        self.tenants.set_credentials(tenant, RootCredentials("root", "root-secret-key"))
+        self.authenticator = StandInAuthenticator()
+        self.ready = True
+        self.exchange = Exchange(
+            authenticator=self.authenticator, bindings=self.bindings, tenants=self.tenants,
+            minio=MinIOClient(self.stub, self.clock, 5), clock=self.clock,
+            is_ready=lambda: self.ready,
+        )
+
+    def run(self, namespace: str = "tenant-1", policy: object = None, duration: int = 3600):
+        request = AssumeRoleRequest("t.o.k", duration,
+                                    None if policy is None else parse_policy(policy))
+        d = Deferred.fromCoroutine(self.exchange.exchange(namespace, request))
+        self.stub.flush()
+        results: list = []
+        d.addBoth(results.append)
+        assert results, "the exchange did not finish"
+        if isinstance(results[0], Exception) or hasattr(results[0], "value"):
+            results[0].raiseException()
+        return results[0]
+
+    def error(self, **kw) -> errors.STSError:
+        with pytest.raises(errors.STSError) as raised:
+            self.run(**kw)
+        return raised.value
+
+
+def test_issues_merged_bound_policies() -> None:
+    h = Harness()
+    issued = h.run(duration=1800)
+    minted = h.minio.minted[-1]
+    assert issued.credentials.access_key_id == minted.access_key
+    assert minted.duration == 1800
+    assert issued.policies_used == ("photos", "readonly")
+    assert issued.grant.bindings == ("b",)
+    issued_policy = parse_policy(minted.policy)
+    assert allows(issued_policy, "s3:GetObject", "arn:aws:s3:::any/x")
+    assert allows(issued_policy, "s3:PutObject", "arn:aws:s3:::photos/x")
+    assert not allows(issued_policy, "s3:PutObject", "arn:aws:s3:::other/x")
+    assert issued.policy_bytes == len(json.dumps(minted.policy, separators=(",", ":")).encode())
+
+
+def test_not_ready_comes_first() -> None:
+    h = Harness()
+    h.ready = False
+    assert h.error().code == "STSNotInitialized"
+    assert h.authenticator.calls == 0
+    assert h.minio.minted == []
+
+
+def test_identity_before_bindings() -> None:
+    h = Harness()
+    h.authenticator.identity = errors.idp_communication_error("down")
+    assert h.error(namespace="nowhere").code == "IDPCommunicationError"
+
+
+def test_no_binding_then_no_tenant() -> None:
+    h = Harness()
+    h.authenticator.identity = Identity("apps", "stranger")
+    assert h.error().code == "AccessDenied"
+    h.bindings.apply("ADDED", Binding("empty-ns", "b", "apps", "stranger", ("readonly",)))
+    assert h.error(namespace="empty-ns").code == "InvalidParameterValue"
+    assert h.minio.minted == []
+
+
+def test_region_and_policies_cached_and_refreshed() -> None:
+    h = Harness()
+    h.run()
+    h.run()
+    assert h.minio.count("info") == 1
+    assert h.minio.count("policy") == 2  # two names, fetched once each
+    assert h.minio.count("assumerole") == 2
+    # A policy edit in MinIO is visible after the TTL.
+    h.minio.set_policy("photos", {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:DeleteObject"], "Resource": ["arn:aws:s3:::photos/*"]}]})
+    h.run()
+    assert not allows(parse_policy(h.minio.minted[-1].policy), "s3:DeleteObject",
+                      "arn:aws:s3:::photos/x")
+    h.clock.advance(POLICY_TTL + 1)
+    h.run()
+    assert allows(parse_policy(h.minio.minted[-1].policy), "s3:DeleteObject",
+                  "arn:aws:s3:::photos/x")
+
+
+def test_missing_and_unparsable_policies_skipped() -> None:
+    h = Harness({"readonly": READONLY, "photos": "{this is not json"})
+    h.bindings.replace([Binding("tenant-1", "b", "apps", "app-sa", ("readonly", "photos", "gone"))])
+    issued = h.run()
+    assert issued.policies_used == ("readonly",)
+    assert h.exchange.skipped_policies["tenant-1/storage"] == 2
+    h.minio.delete_policy("readonly")
+    h.clock.advance(POLICY_TTL + 1)
+    assert h.error().code == "AccessDenied"
+
+
+def test_session_policy_narrows() -> None:
+    h = Harness()
+    h.run(policy={"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::photos/*"]}]})
+    issued = parse_policy(h.minio.minted[-1].policy)
+    assert allows(issued, "s3:GetObject", "arn:aws:s3:::photos/a")
+    assert not allows(issued, "s3:GetObject", "arn:aws:s3:::other/a")
+    assert not allows(issued, "s3:DeleteObject", "arn:aws:s3:::photos/a")
+
+
+def test_disjoint_session_policy_denied_without_minting() -> None:
+    h = Harness()
+    error = h.error(policy={"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["admin:*"], "Resource": ["arn:aws:s3:::*"]}]})
+    assert error.code == "AccessDenied"
+    assert h.minio.count("assumerole") == 0
+
+
+def test_packed_policy_too_large() -> None:
+    huge = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"arn:aws:s3:::b{i}/*"]}
+        for i in range(150)]}
+    h = Harness({"huge": huge})
+    h.bindings.replace([Binding("tenant-1", "b", "apps", "app-sa", ("huge",))])
+    assert h.error().code == "PackedPolicyTooLarge"
+    assert h.minio.count("assumerole") == 0
+
+
+def test_minio_failures_are_internal_errors_without_secrets() -> None:
+    h = Harness()
+    for mode in ["500", "error"]:
+        h.minio.fail("assumerole", mode)
+        error = h.error()
+        assert (error.code, error.status) == ("InternalError", 500)
+        assert "root-secret-key" not in error.message
+        assert "tenant-1/storage" in error.message
+    h.minio.clear_faults()
+    h.run()
+
+
+def test_minio_hang_times_out() -> None:
+    h = Harness()
+    h.run()  # warm the caches
+    h.minio.fail("assumerole", "hang")
+    request = AssumeRoleRequest("t.o.k", 3600, None)
+    d = Deferred.fromCoroutine(h.exchange.exchange("tenant-1", request))
+    h.stub.flush()
+    h.clock.advance(4.9)
+    assert not d.called
+    h.clock.advance(0.2)
+    failure = []
+    d.addErrback(failure.append)
+    assert failure and failure[0].value.code == "InternalError"
+    h.minio.clear_faults()
+
+
+BOUND_NAMES = ("p0", "p1", "p2")
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(policies(), min_size=1, max_size=3), policies(), PROBES)
+def test_issued_policy_within_bindings_and_session(bound, session, probes) -> None:
+    """
+    For random bound policies (stored in the fake MinIO as canned policies)
+    and a random caller Policy, whatever the policy MinIO received allows
+    is allowed by the bindings and by the caller's Policy.
+    """
+    from stsd.policy import merge, to_json
+
+    h = Harness({name: json.loads(to_json(p)) for name, p in zip(BOUND_NAMES, bound)})
+    h.bindings.replace([Binding("tenant-1", "b", "apps", "app-sa", BOUND_NAMES[:len(bound)])])
+    try:
+        h.run(policy=json.loads(to_json(session)))
+    except errors.STSError as e:
+        assert e.code in ("AccessDenied", "PackedPolicyTooLarge")
+        assert h.minio.count("assumerole") == 0
+        return
+    issued = parse_policy(h.minio.minted[-1].policy)
+    bindings = merge(bound)
+    for action, resource in probes:
+        if allows(issued, action, resource):
+            assert allows(bindings, action, resource), (action, resource)
+            assert allows(session, action, resource), (action, resource)
