@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.client import _HTTP11ClientFactory
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IPolicyForHTTPS
 
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
@@ -74,15 +76,17 @@ async def request(
         response = await client.request(
             method, url, headers={k: [v] for k, v in (headers or {}).items()}, data=data
         )
-        body = await treq.content(response)
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise UpstreamError(f"{target}: response larger than {MAX_RESPONSE_BYTES} bytes")
+        reader = _BodyReader(target)
+        response.deliverBody(reader)
+        body = await reader.done
         flat = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
                 for k, v in response.headers.getAllRawHeaders()}
         return Response(response.code, flat, body)
 
     d = Deferred.fromCoroutine(call())
-    d.addTimeout(timeout, clock)
+    # Whatever the cancelled call failed with (the HTTP client turns a
+    # cancellation into ResponseNeverReceived), a timed-out call is a timeout.
+    d.addTimeout(timeout, clock, onTimeoutCancel=_timed_out)
     try:
         return await d
     except (TimeoutError, CancelledError):
@@ -93,6 +97,52 @@ async def request(
         # Connection refused, TLS verification failure, reset: name the kind
         # of failure only; exception texts can quote request details.
         raise UpstreamError(f"{target}: {_describe(e)}") from None
+
+
+def _timed_out(result: object, timeout: float) -> object:
+    if isinstance(result, Failure):
+        raise TimeoutError(timeout, "upstream call")
+    return result
+
+
+class _BodyReader(Protocol):
+    """
+    Collect a response body, at most L{MAX_RESPONSE_BYTES} of it. Cancelling
+    L{done} (the deadline) closes the connection: a server trickling a body
+    must not keep it open after the call has given up (treq's C{content}
+    cannot be cancelled, and the connection stayed open).
+    """
+
+    def __init__(self, target: str) -> None:
+        self._target = target
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.done: Deferred[bytes] = Deferred(lambda _: self._close())
+
+    def _close(self) -> None:
+        # IResponse.deliverBody: stopProducing abandons the body and closes the
+        # connection (under TLS without waiting for the server's close_notify).
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._size += len(data)
+        if self._size > MAX_RESPONSE_BYTES:
+            self._close()
+            self.done.errback(UpstreamError(
+                f"{self._target}: response larger than {MAX_RESPONSE_BYTES} bytes"))
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._chunks))
+        else:
+            self.done.errback(reason)
 
 
 def _describe(error: Exception) -> str:
