@@ -24,6 +24,7 @@ setup(
         "attrs>=23",
         "service-identity>=24",
         "idna>=3",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

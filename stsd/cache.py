@@ -41,13 +41,24 @@ class TTLCache(Generic[V]):
             waiters.append(d)
             return await d
         self._inflight[key] = waiters = []
+        first: Deferred[V] = Deferred()
+        waiters.append(first)
+        # The fetch runs detached from its callers: the first one going away
+        # (Klein cancels a request whose client disconnected) must not cancel
+        # the fetch, nor fail the others with its CancelledError.
+        Deferred.fromCoroutine(self._fill(key, fetch, waiters))
+        return await first
+
+    async def _fill(
+        self, key: Hashable, fetch: Callable[[], Awaitable[V]], waiters: list[Deferred[V]]
+    ) -> None:
         try:
             value = await fetch()
-        except BaseException as e:
+        except Exception as e:  # not GeneratorExit: a collected fetch has no waiters left
             del self._inflight[key]
             for w in waiters:
                 w.errback(e)
-            raise
+            return
         del self._inflight[key]
         self._entries[key] = (self._clock.seconds() + self._ttl, value)
         self._entries.move_to_end(key)
@@ -55,4 +66,3 @@ class TTLCache(Generic[V]):
             self._entries.popitem(last=False)
         for w in waiters:
             w.callback(value)
-        return value

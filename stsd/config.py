@@ -23,7 +23,7 @@ import math
 import os
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
 from types import MappingProxyType
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
@@ -45,6 +45,9 @@ __all__ = [
     "Config",
     "ConfigError",
     "KubernetesConfig",
+    "LimitsConfig",
+    "MetricsConfig",
+    "RateConfig",
     "STSConfig",
     "ServerConfig",
     "TenantsConfig",
@@ -185,6 +188,48 @@ def _file(content: Callable[[str, str], object] = _read) -> _Check:
     return check
 
 
+def _choice(*allowed: str) -> _Check:
+    def check(key: str, value: object, base_dir: str | None) -> str:
+        if value not in allowed:
+            raise ConfigError(
+                key, f"expected one of {', '.join(allowed)}, got {_shown(value)}"
+            )
+        return value  # type: ignore[return-value]
+
+    return check
+
+
+def _non_negative_seconds(high: float) -> _Check:
+    def check(key: str, value: object, base_dir: str | None) -> float:
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and 0 <= value <= high
+        ):
+            return float(value)
+        raise ConfigError(
+            key, f"expected a number of seconds between 0 and {high:g}, got {_shown(value)}"
+        )
+
+    return check
+
+
+@dataclass(frozen=True)
+class RateConfig:
+    """A token bucket: ``rate`` tokens per second, at most ``burst`` saved up."""
+
+    rate: float
+    burst: int
+
+
+def _rate(key: str, value: object, base_dir: str | None) -> RateConfig:
+    if not isinstance(value, Mapping) or set(value) != {"rate", "burst"}:
+        raise ConfigError(key, f"expected {{rate: N, burst: N}}, got {_shown(value)}")
+    rate = _seconds(f"{key}.rate", value["rate"], base_dir)  # any positive number
+    burst = _integer(1, 10**9)(f"{key}.burst", value["burst"], base_dir)
+    return RateConfig(rate=rate, burst=burst)
+
+
 _PLACEHOLDERS = ("namespace", "tenant")
 
 
@@ -229,6 +274,7 @@ class ServerConfig:
     # Both files are read by _check_server, which needs the two together.
     tls_cert: str = field(metadata=_spec(_path))
     tls_key: str = field(metadata=_spec(_path))
+    request_timeout_seconds: float = field(default=10.0, metadata=_spec(_seconds))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,6 +285,12 @@ class KubernetesConfig:
     audience: str = field(default="sts.min.io", metadata=_spec(_text))
     resync_seconds: float = field(default=30.0, metadata=_spec(_seconds))
     timeout_seconds: float = field(default=10.0, metadata=_spec(_seconds))
+    token_verification: str = field(
+        default="tokenreview", metadata=_spec(_choice("tokenreview", "jwks"))
+    )
+    token_cache_seconds: float = field(
+        default=10.0, metadata=_spec(_non_negative_seconds(10.0))
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,6 +320,28 @@ class STSConfig:
     max_duration_seconds: int = field(
         default=MINIO_MAX_DURATION_SECONDS, metadata=_spec(_DURATION)
     )
+    reuse_seconds: float = field(default=60.0, metadata=_spec(_non_negative_seconds(3600.0)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """The plain-HTTP port for Prometheus and kubelet probes."""
+
+    interface: str = field(default="0.0.0.0", metadata=_spec(_text))
+    port: int = field(default=9090, metadata=_spec(_integer(1, 65535)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitsConfig:
+    """Abuse limits (token buckets), generous enough for a 1,000-replica rollout."""
+
+    failed_auth_per_client: RateConfig = field(
+        default=RateConfig(rate=5.0, burst=20), metadata=_spec(_rate)
+    )
+    per_serviceaccount: RateConfig = field(
+        default=RateConfig(rate=50.0, burst=1000), metadata=_spec(_rate)
+    )
+    max_tracked_keys: int = field(default=100_000, metadata=_spec(_integer(100, 10**7)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,6 +352,8 @@ class Config:
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     tenants: TenantsConfig = field(default_factory=TenantsConfig)
     sts: STSConfig = field(default_factory=STSConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 # -- rules spanning several keys of a section -------------------------------------------
@@ -428,6 +504,11 @@ def load_config(path: str) -> Config:
     return parse_config(data, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
+def _plain(value: object) -> object:
+    # Nested records (a RateConfig) become mappings, as they were written.
+    return asdict(value) if is_dataclass(value) else value  # type: ignore[arg-type]
+
+
 def redacted(config: Config) -> dict[str, dict[str, object]]:
     """
     The effective configuration as plain data for the start-up log line.  This is the one
@@ -438,7 +519,7 @@ def redacted(config: Config) -> dict[str, dict[str, object]]:
         section.name: {
             key.name: "<redacted>"
             if key.metadata.get(_SECRET)
-            else getattr(getattr(config, section.name), key.name)
+            else _plain(getattr(getattr(config, section.name), key.name))
             for key in fields(getattr(config, section.name))
         }
         for section in fields(Config)

@@ -1,17 +1,19 @@
 # -*- test-case-name: tests.test_exchange -*-
 """
 The credential exchange: from a parsed request to credentials, in the
-order DESIGN.md fixes (readiness, identity, bindings, tenant, policy,
-MinIO). Only identity and AssumeRole may reach the network; bindings and
-tenants come from memory, regions and policy documents from caches.
+order DESIGN.md fixes (readiness, rate limits, identity, bindings, tenant,
+policy, MinIO). Only identity and AssumeRole may reach the network;
+bindings and tenants come from memory, regions, policy documents and the
+compacted session policies from caches.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
@@ -22,7 +24,17 @@ from stsd.bindings import BindingIndex, Grant
 from stsd.cache import TTLCache
 from stsd.identity import Identity
 from stsd.minio_client import MinIOClient, MinIOError, TenantEndpoint
-from stsd.policy import Policy, PolicyError, compact, has_allow, intersect, merge, parse_policy, to_json
+from stsd.policy import (
+    Policy,
+    PolicyError,
+    compact,
+    has_allow,
+    intersect,
+    merge,
+    parse_policy,
+    to_json,
+)
+from stsd.ratelimit import RateLimiter, retry_after
 from stsd.tenants import TenantIndex
 from stsd.wire import MINIO_POLICY_LIMIT, AssumeRoleRequest, IssuedCredentials
 
@@ -30,12 +42,35 @@ log = Logger()
 
 POLICY_TTL = 30.0  # DESIGN: policy edits visible within 30 s
 REGION_TTL = 300.0
+# Reused credentials must leave the client time to use them.
+MIN_REMAINING_SECONDS = 300.0
+_POLICY_CACHE_SIZE = 10_000
+# Refusals that feed the per-client failed-authentication budget.
+_AUTH_FAILURES = frozenset({"AccessDenied", "InvalidIdentityToken"})
 
 
 class Authenticator(Protocol):
     audience: str
 
     async def authenticate(self, token: str) -> Identity: ...
+
+
+@dataclass
+class Trail:
+    """
+    What is known about one request so far, for its audit event: filled in
+    as the exchange goes, so a refusal records how far it got.
+    """
+
+    client: str
+    namespace: str | None = None
+    requested_duration: int | None = None
+    identity: Identity | None = None
+    grant: Grant | None = None
+    tenant: str | None = None
+    policies_used: tuple[str, ...] = ()
+    policy_bytes: int | None = None
+    reused: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +83,24 @@ class Issued:
     policy_bytes: int
 
 
+@dataclass(frozen=True)
+class Limits:
+    """
+    The abuse limits: failed authentications per client address (checked
+    before any upstream call) and credentials per ServiceAccount.
+    """
+
+    failed_auth_per_client: RateLimiter | None = None
+    per_serviceaccount: RateLimiter | None = None
+
+
+@dataclass(frozen=True)
+class _Effective:
+    document: bytes
+    used: tuple[str, ...]
+    error: errors.STSError | None = None
+
+
 class Exchange:
     def __init__(
         self,
@@ -58,14 +111,23 @@ class Exchange:
         minio: MinIOClient,
         clock: IReactorTime,
         is_ready: Callable[[], bool],
+        limits: Limits = Limits(),
+        reuse_seconds: float = 0.0,
+        metrics: Any = None,
     ) -> None:
         self._authenticator = authenticator
         self._bindings = bindings
         self._tenants = tenants
         self._minio = minio
+        self._clock = clock
         self._is_ready = is_ready
+        self._limits = limits
         self._regions: TTLCache[str] = TTLCache(clock, REGION_TTL)
         self._policies: TTLCache[str | None] = TTLCache(clock, POLICY_TTL)
+        # Single flight for identical requests, and their reuse for reuse_seconds.
+        self._minted: TTLCache[IssuedCredentials] = TTLCache(clock, reuse_seconds)
+        self._effective: OrderedDict[tuple[object, ...], _Effective] = OrderedDict()
+        self._metrics = metrics
         # Policies skipped because MinIO has none by that name or it does not parse.
         self.skipped_policies: Counter[str] = Counter()
 
@@ -73,37 +135,88 @@ class Exchange:
     def audience(self) -> str:
         return self._authenticator.audience
 
-    async def exchange(self, namespace: str, request: AssumeRoleRequest) -> Issued:
+    def _throttled(self, limit: str, wait: float, what: str) -> errors.STSError:
+        if self._metrics is not None:
+            self._metrics.rate_limited.labels(limit).inc()
+        seconds = retry_after(wait)
+        return errors.STSError(
+            "Throttling", f"too many {what}; retry in {seconds} s", 400, retry_after=seconds
+        )
+
+    def _cache_metric(self, cache: str, hit: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.cache.labels(cache, "hit" if hit else "miss").inc()
+
+    async def exchange(
+        self, namespace: str, request: AssumeRoleRequest, trail: Trail | None = None
+    ) -> Issued:
+        trail = trail if trail is not None else Trail(client="-")
+        trail.namespace = namespace
+        trail.requested_duration = request.duration_seconds
         if not self._is_ready():
             raise errors.not_initialized(
                 "stsd has not yet loaded PolicyBindings and Tenants; retry shortly"
             )
-        identity = await self._authenticator.authenticate(request.token)
+        failed_auth = self._limits.failed_auth_per_client
+        if failed_auth is not None:
+            wait = failed_auth.peek(trail.client)
+            if wait is not None:
+                # Refused before TokenReview: random tokens cannot turn stsd
+                # into a flood against the API server.
+                raise self._throttled("failed_auth_per_client", wait,
+                                      "failed authentications from this address")
+        try:
+            identity = await self._authenticator.authenticate(request.token)
+        except errors.STSError as e:
+            if failed_auth is not None and e.code in _AUTH_FAILURES:
+                failed_auth.try_acquire(trail.client)
+            raise
+        trail.identity = identity
+        per_sa = self._limits.per_serviceaccount
+        if per_sa is not None:
+            wait = per_sa.try_acquire((identity.namespace, identity.serviceaccount))
+            if wait is not None:
+                raise self._throttled("per_serviceaccount", wait,
+                                      "credential requests for this ServiceAccount")
         grant = self._bindings.lookup(namespace, identity.namespace, identity.serviceaccount)
         if grant is None or not grant.policies:
             raise errors.access_denied(
                 f"no PolicyBinding in namespace {namespace} grants access to "
                 f"{identity.username}"
             )
+        trail.grant = grant
         tenant = self._tenants.endpoint(namespace)
+        trail.tenant = tenant.name
         region = await self._minio_call(self._regions.get(
             (tenant.url, tenant.credentials), lambda: self._minio.region(tenant)))
-        bound, used = await self._bound_policy(tenant, region, grant)
-        effective = bound if request.policy is None else compact(intersect(bound, request.policy))
-        if not has_allow(effective):
-            raise errors.access_denied(
-                "the requested Policy and the bound policies allow nothing in common"
-            )
-        document = to_json(effective)
-        if len(document) > MINIO_POLICY_LIMIT:
-            raise errors.packed_policy_too_large(
-                f"the session policy is {len(document)} bytes after compaction; "
-                f"MinIO accepts at most {MINIO_POLICY_LIMIT}"
-            )
-        credentials = await self._minio_call(
-            self._minio.assume_role(tenant, region, document, request.duration_seconds)
-        )
-        return Issued(credentials, identity, grant, tenant.name, used, len(document))
+        texts = await self._policy_texts(tenant, region, grant)
+        effective = self._effective_policy(tenant, grant, texts, request.policy)
+        trail.policies_used = effective.used
+        if effective.error is not None:
+            raise effective.error
+        trail.policy_bytes = len(effective.document)
+
+        minted_here = False
+
+        async def mint() -> IssuedCredentials:
+            nonlocal minted_here
+            minted_here = True
+            return await self._minio.assume_role(
+                tenant, region, effective.document, request.duration_seconds)
+
+        # Identical requests (same token, namespace, duration and effective
+        # policy) share one AssumeRole, and reuse its credentials for a while:
+        # keyed by the token's digest, never across tokens.
+        key = (hashlib.sha256(request.token.encode()).digest(), tenant.url,
+               request.duration_seconds, effective.document)
+        credentials = await self._minio_call(self._minted.get(key, mint))
+        if credentials.expiration.timestamp() - self._clock.seconds() < MIN_REMAINING_SECONDS:
+            self._minted.invalidate(key)
+            credentials = await self._minio_call(self._minted.get(key, mint))
+        trail.reused = not minted_here
+        self._cache_metric("credentials", not minted_here)
+        return Issued(credentials, identity, grant, tenant.name, effective.used,
+                      len(effective.document))
 
     async def _minio_call(self, awaitable):  # type: ignore[no-untyped-def]
         try:
@@ -112,9 +225,9 @@ class Exchange:
             log.warn("MinIO call failed: {reason}", reason=str(e))
             raise errors.internal_error(str(e)) from None
 
-    async def _bound_policy(
+    async def _policy_texts(
         self, tenant: TenantEndpoint, region: str, grant: Grant
-    ) -> tuple[Policy, tuple[str, ...]]:
+    ) -> tuple[str | None, ...]:
         def fetch(name: str) -> Deferred[str | None]:
             return Deferred.fromCoroutine(self._policies.get(
                 (tenant.url, tenant.credentials, name),
@@ -125,6 +238,39 @@ class Exchange:
             gatherResults([fetch(n) for n in grant.policies], consumeErrors=True)
             .addErrback(lambda f: f.value.subFailure.raiseException())
         )
+        return tuple(texts)
+
+    def _effective_policy(
+        self,
+        tenant: TenantEndpoint,
+        grant: Grant,
+        texts: tuple[str | None, ...],
+        session: Policy | None,
+    ) -> _Effective:
+        """
+        The session policy for these bound policy texts and caller Policy:
+        merged, intersected and compacted once, then remembered (the texts
+        come from a 30 s cache, so a policy edit makes a new key).
+        """
+        key = (tenant.name, grant.policies, texts, session)
+        cached = self._effective.get(key)
+        self._cache_metric("session_policy", cached is not None)
+        if cached is not None:
+            self._effective.move_to_end(key)
+            return cached
+        result = self._compute_effective(tenant, grant, texts, session)
+        self._effective[key] = result
+        while len(self._effective) > _POLICY_CACHE_SIZE:
+            self._effective.popitem(last=False)
+        return result
+
+    def _compute_effective(
+        self,
+        tenant: TenantEndpoint,
+        grant: Grant,
+        texts: tuple[str | None, ...],
+        session: Policy | None,
+    ) -> _Effective:
         usable: list[Policy] = []
         used: list[str] = []
         for name, text in zip(grant.policies, texts):
@@ -138,12 +284,23 @@ class Exchange:
                 continue
             used.append(name)
         if not usable:
-            raise errors.access_denied(
-                "none of the policies bound to this ServiceAccount exist in the tenant"
-            )
-        return compact(merge(usable)), tuple(used)
+            return _Effective(b"", (), errors.access_denied(
+                "none of the policies bound to this ServiceAccount exist in the tenant"))
+        bound = compact(merge(usable))
+        effective = bound if session is None else compact(intersect(bound, session))
+        if not has_allow(effective):
+            return _Effective(b"", tuple(used), errors.access_denied(
+                "the requested Policy and the bound policies allow nothing in common"))
+        document = to_json(effective)
+        if len(document) > MINIO_POLICY_LIMIT:
+            return _Effective(document, tuple(used), errors.packed_policy_too_large(
+                f"the session policy is {len(document)} bytes after compaction; "
+                f"MinIO accepts at most {MINIO_POLICY_LIMIT}"))
+        return _Effective(document, tuple(used))
 
     def _skip(self, tenant: TenantEndpoint, name: str, why: str) -> None:
         self.skipped_policies[tenant.name] += 1
+        if self._metrics is not None:
+            self._metrics.skipped_policies.labels(tenant.name.split("/")[0]).inc()
         log.warn("skipping policy {policy} of tenant {tenant}: {why}",
                  policy=name, tenant=tenant.name, why=why)

@@ -194,3 +194,18 @@ class KubernetesClient:
         if status != 200 or not isinstance(document, dict):
             raise KubernetesError(f"get {what}: HTTP {status}: {self._status_message(document)}")
         return document
+
+    async def get_json(self, path: str, what: str) -> dict[str, Any]:
+        """
+        Get a JSON document that is not an API object, such as the
+        service-account issuer discovery (C{/.well-known/openid-configuration},
+        C{/openid/v1/jwks}).
+
+        @return: the document, a JSON object.
+        @raise KubernetesError: the API server failed, or answered anything
+            but HTTP 200 with a JSON object (403: RBAC does not allow it).
+        """
+        status, document = await self._call("GET", path, f"get {what}")
+        if status != 200 or not isinstance(document, dict):
+            raise KubernetesError(f"get {what}: HTTP {status}: {self._status_message(document)}")
+        return document

@@ -18,18 +18,12 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-__all__ = [
-    "Condition", "Policy", "PolicyError", "Statement", "allows", "compact", "has_allow",
-    "intersect", "merge", "parse_policy", "pattern_contains", "pattern_matches", "to_json",
-]
-
 DEFAULT_VERSION = "2012-10-17"
 _VERSIONS = ("2012-10-17", "2008-10-17")
 _EFFECTS = ("Allow", "Deny")
 _POLICY_KEYS = frozenset({"Version", "Id", "Statement"})
-_STATEMENT_KEYS = frozenset(
-    {"Sid", "Effect", "Action", "NotAction", "Resource", "NotResource", "Condition"}
-)
+_STATEMENT_KEYS = frozenset({"Sid", "Effect", "Action", "NotAction", "Resource", "NotResource",
+                             "Condition"})
 
 #: Canonical Condition: sorted ``(operator, key, values)`` triples, the values sorted,
 #: deduplicated and JSON-encoded, so that "true", true and 1 stay distinct (True == 1 in
@@ -114,10 +108,8 @@ class Statement:
     def __post_init__(self) -> None:
         if self.effect not in _EFFECTS:
             raise PolicyError(f"Effect must be Allow or Deny, not {_short(self.effect)}")
-        for positive, negative, name in (
-            ("actions", "not_actions", "Action"),
-            ("resources", "not_resources", "Resource"),
-        ):
+        for positive, negative, name in (("actions", "not_actions", "Action"),
+                                         ("resources", "not_resources", "Resource")):
             pos = _pattern_set(getattr(self, positive), name)
             neg = getattr(self, negative)
             neg = None if neg is None else _pattern_set(neg, "Not" + name)
@@ -138,8 +130,6 @@ class Policy:
         if self.version not in _VERSIONS:
             raise PolicyError(f"unsupported Version {_short(self.version)}")
 
-
-# -- parsing -----------------------------------------------------------------------
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -197,9 +187,8 @@ def parse_policy(document: str | bytes | Mapping[str, object]) -> Policy:
             raise PolicyError("policy is not UTF-8") from None
     if isinstance(document, str):
         try:
-            document = json.loads(
-                document, object_pairs_hook=_unique_keys, parse_constant=_no_constant
-            )
+            document = json.loads(document, object_pairs_hook=_unique_keys,
+                                  parse_constant=_no_constant)
         except PolicyError:
             raise
         except (ValueError, RecursionError):  # also catches absurdly nested or long numbers
@@ -209,8 +198,6 @@ def parse_policy(document: str | bytes | Mapping[str, object]) -> Policy:
     unknown = set(document) - _POLICY_KEYS
     if unknown:
         raise PolicyError(f"unknown policy key {_short(sorted(map(str, unknown))[0])}")
-    if "Id" in document and not isinstance(document["Id"], str):
-        raise PolicyError("Id must be a string")
     if "Statement" not in document:
         raise PolicyError("policy has no Statement")
     statements = document["Statement"]
@@ -218,13 +205,9 @@ def parse_policy(document: str | bytes | Mapping[str, object]) -> Policy:
         statements = [statements]
     elif not isinstance(statements, (list, tuple)):
         raise PolicyError("Statement must be an object or a list of objects")
-    version = document.get("Version", DEFAULT_VERSION)
-    if not isinstance(version, str):
-        raise PolicyError("Version must be a string")
+    version = document.get("Version", DEFAULT_VERSION)  # Policy refuses other versions
     return Policy(tuple(_parse_statement(s) for s in statements), version)
 
-
-# -- patterns ----------------------------------------------------------------------
 
 
 def _glob(pattern: str, text: str, hole: str) -> bool:
@@ -239,9 +222,7 @@ def _glob(pattern: str, text: str, hole: str) -> bool:
         if p < len(pattern) and pattern[p] == "*":
             star, mark = p, t
             p += 1
-        elif p < len(pattern) and (
-            text[t] != hole if pattern[p] == "?" else pattern[p] == text[t]
-        ):
+        elif p < len(pattern) and (text[t] != hole if pattern[p] == "?" else pattern[p] == text[t]):
             p += 1
             t += 1
         elif star >= 0:  # let the last * absorb one more character, retry after it
@@ -281,12 +262,8 @@ def pattern_contains(outer: str, inner: str, *, case_insensitive: bool = False) 
 
 def _action_contains(outer: str, inner: str) -> bool:
     # IAM reads actions case-insensitively, MinIO case-sensitively: be right under both.
-    return pattern_contains(outer, inner) and pattern_contains(
-        outer, inner, case_insensitive=True
-    )
+    return pattern_contains(outer, inner) and pattern_contains(outer, inner, case_insensitive=True)
 
-
-# -- evaluation --------------------------------------------------------------------
 
 
 def _applies(statement: Statement, action: str, resource: str) -> bool:
@@ -325,17 +302,14 @@ def has_allow(policy: Policy) -> bool:
     return any(s.effect == "Allow" for s in policy.statements)
 
 
-# -- algebra -----------------------------------------------------------------------
-
 
 def merge(policies: Iterable[Policy]) -> Policy:
     """Union of the bound policies: every statement of each, Deny included."""
     return Policy(tuple(s for p in policies for s in p.statements))
 
 
-def _narrower(
-    outer: frozenset[str], inner: frozenset[str], contains: Callable[[str, str], bool]
-) -> frozenset[str]:
+def _narrower(outer: frozenset[str], inner: frozenset[str],
+              contains: Callable[[str, str], bool]) -> frozenset[str]:
     # Of each pair, the pattern the other contains; overlapping pairs where neither
     # contains the other (s3:Get* and s3:*Object) are dropped: grant less.
     result = set()
@@ -392,9 +366,8 @@ def intersect(bound: Policy, session: Policy) -> Policy:
     return compact(Policy((*denies, *grants)))
 
 
-def _minimal(
-    patterns: frozenset[str] | None, contains: Callable[[str, str], bool]
-) -> frozenset[str] | None:
+def _minimal(patterns: frozenset[str] | None,
+             contains: Callable[[str, str], bool]) -> frozenset[str] | None:
     """*patterns* without those another one contains (their union is unchanged)."""
     if patterns is None:
         return None
@@ -470,8 +443,6 @@ def compact(policy: Policy) -> Policy:
         current = reduced
 
 
-# -- serialization -----------------------------------------------------------------
-
 
 def _one_or_list(values: Iterable[object]) -> object:
     items = list(values)
@@ -481,10 +452,8 @@ def _one_or_list(values: Iterable[object]) -> object:
 def _statement_json(s: Statement) -> dict[str, object]:
     out: dict[str, object] = {} if s.sid is None else {"Sid": s.sid}
     out["Effect"] = s.effect
-    for name, positive, negative in (
-        ("Action", s.actions, s.not_actions),
-        ("Resource", s.resources, s.not_resources),
-    ):
+    for name, positive, negative in (("Action", s.actions, s.not_actions),
+                                     ("Resource", s.resources, s.not_resources)):
         if negative is None:
             out[name] = _one_or_list(sorted(positive))
         else:

@@ -56,6 +56,8 @@ class Refresher(Service):
         self._interval = interval
         self._loop: LoopingCall | None = None
         self._loop_done: Deferred[object] | None = None
+        self._refreshing: Deferred[None] | None = None
+        self._stopping = False
         self.synced_at: dict[str, float] = {}
 
     @property
@@ -68,24 +70,32 @@ class Refresher(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = self._clock
         self._loop_done = self._loop.start(self._interval, now=True)
 
     def stopService(self) -> Deferred[object] | None:
         super().stopService()
+        self._stopping = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._refreshing is not None:
+            # Shutdown must not wait out the upstream timeouts of a refresh in
+            # flight (one per list and per Secret): give it up.
+            self._refreshing.cancel()
         return self._loop_done
 
     def refresh(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._refresh())
+        self._refreshing = Deferred.fromCoroutine(self._refresh())
+        return self._refreshing
 
     async def _refresh(self) -> None:
         # Each step catches its own failures, so one failing resource
         # neither stops the loop nor keeps the others stale.
         await self._guarded("bindings", self._refresh_bindings())
-        await self._guarded("tenants", self._refresh_tenants())
+        if not self._stopping:
+            await self._guarded("tenants", self._refresh_tenants())
 
     async def _guarded(self, what: str, step: Any) -> None:
         try:
@@ -110,6 +120,8 @@ class Refresher(Service):
         tenants = [t for t in (parse_tenant(i) for i in items) if t is not None]
         self._tenants.replace(tenants)
         for tenant in tenants:
+            if self._stopping:
+                return
             if tenant.secret_name is None:
                 self._tenants.set_credentials(tenant, root_credentials(tenant, {}))
                 continue

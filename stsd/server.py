@@ -14,15 +14,19 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from klein import Klein
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from stsd import errors, wire
-from stsd.exchange import Exchange
+from stsd import audit, errors, wire
+from stsd.exchange import Exchange, Trail
+from stsd.metrics import Metrics
 
 log = Logger()
 
@@ -30,11 +34,19 @@ _STS_PREFIX = b"/sts/"
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
 
 
+DEFAULT_REQUEST_TIMEOUT = 10.0
+# The request line and the headers together. Twisted's default is 16 KiB, but
+# minio-py sends WebIdentityToken (up to 20,000 characters: DESIGN) and Policy
+# in the query string, so the request line alone may be over 20 KiB.
+MAX_HEADER_BYTES = 32 * 1024
+
+
 class BoundedRequest(Request):
     """
     A request that keeps at most L{wire.MAX_BODY_BYTES} of its body in
     memory and never spills to a temporary file; a larger body is noted
-    and refused by the resource.
+    and refused by the resource. (How long its arrival may take is bounded
+    by L{STSSite.request_timeout}, enforced by L{_DeadlineChannel}.)
     """
 
     body_too_large = False
@@ -53,13 +65,166 @@ class BoundedRequest(Request):
             self.content.write(data)
 
 
+def _raw_error_response(error: errors.STSError) -> bytes:
+    """
+    A whole HTTP/1.1 response carrying C{error} as STS XML, for the channel
+    to write itself when there is no complete request for the resource to
+    answer; the connection is closed after it.
+    """
+    request_id = new_request_id()
+    body = wire.error_xml(error, request_id)
+    return b"".join([
+        b"HTTP/1.1 %d %s\r\n" % (error.status, RESPONSES.get(error.status, b"Error")),
+        b"Content-Type: text/xml\r\n",
+        b"Content-Length: %d\r\n" % (len(body),),
+        b"x-amz-request-id: %s\r\n" % (request_id.encode("ascii"),),
+        b"Connection: close\r\n\r\n",
+        body,
+    ])
+
+
+class _DeadlineChannel(HTTPChannel):
+    """
+    An HTTP/1.1 channel that gives every request a deadline: from the moment
+    the channel is ready for a request (the connection is made, or the
+    previous response is done on a keep-alive connection), the whole request
+    (request line, headers and body) must arrive within C{request_timeout}
+    seconds, else the connection is closed, with a 408 in STS XML if part of
+    a request had arrived. Twisted's own timeout is an idle timeout, reset by
+    every byte received: a client trickling one byte a second keeps it off
+    forever. No deadline runs while a request is being answered.
+
+    The bad-request answers of Twisted's HTTP parser (malformed request line
+    or header, headers or a line over the limit) are STS XML too.
+
+    The timer runs on the site's reactor (C{callLater}, set by
+    L{HTTPFactory.buildProtocol}).
+    """
+
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
+    MAX_LENGTH = MAX_HEADER_BYTES
+    totalHeadersSize = MAX_HEADER_BYTES
+
+    _deadline: IDelayedCall | None = None
+    _timed_out = False
+    _lost = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._arm_deadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._timed_out:
+            return  # too late: the connection is being closed
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        # Cancelled before the request is handed on: an answer written at
+        # once ends in requestDone, which arms the next request's deadline.
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        # Armed before Twisted replays pipelined data, which may hold the
+        # whole next request (whose allContentReceived cancels it again).
+        if self.persistent and not self._lost:
+            self._arm_deadline()
+        super().requestDone(request)
+
+    def loseConnection(self) -> None:
+        self._cancel_deadline()
+        super().loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._lost = True
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # LineReceiver's default drops the connection without a word.
+        self._respondToBadRequestAndDisconnect()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's answer is a bare "400 Bad Request" without a body.
+        self._cancel_deadline()
+        self.transport.write(_raw_error_response(errors.invalid_parameter(
+            f"malformed HTTP request, or request line and headers over "
+            f"{self.totalHeadersSize} bytes"
+        )))
+        self.loseConnection()
+
+    def _arm_deadline(self) -> None:
+        self._cancel_deadline()
+        if self.request_timeout is not None:
+            self._deadline = self.callLater(self.request_timeout, self._deadline_passed)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        self._timed_out = True
+        # A Request exists from the request line on; before it, a partial
+        # line waits in the line buffer. Neither: an idle connection.
+        started = bool(self.requests) or bool(self._buffer)
+        log.info(
+            "closing connection from {client}: {what} within {timeout}s",
+            client=getattr(self.transport.getPeer(), "host", "-"),
+            what="request not complete" if started else "no request",
+            timeout=self.request_timeout,
+        )
+        if started:
+            self.transport.write(_raw_error_response(errors.STSError(
+                "RequestTimeout",
+                f"the request did not arrive within {self.request_timeout} seconds",
+                408,
+            )))
+        # Closes, and aborts after abortTimeout if the client will not read.
+        self.timeoutConnection()
+
+
 class STSSite(Site):
     """
-    A Site whose access log omits the query string (minio-py sends the
-    WebIdentityToken there) and is a structured log event.
+    The Site of the STS port: requests are L{BoundedRequest}s, each must
+    arrive within C{request_timeout} seconds (L{_DeadlineChannel}), the
+    request line and headers within C{max_header_bytes}; form bodies are
+    left to L{wire.parse_request} (Twisted's own C{request.args} parsing of
+    POST bodies, with its bare-400 on a bad multipart body, is off). The
+    access log omits the query string (minio-py sends the WebIdentityToken
+    there) and is a structured log event.
     """
 
     requestFactory = BoundedRequest
+    protocol = _DeadlineChannel  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        reactor: IReactorTime | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, reactor=reactor, **kwargs)
+        self.request_timeout = request_timeout
+        self.max_header_bytes = max_header_bytes
+
+    def buildProtocol(self, addr: IAddress | None) -> _DeadlineChannel:  # type: ignore[override]
+        channel: _DeadlineChannel = super().buildProtocol(addr)
+        channel.request_timeout = self.request_timeout
+        channel.MAX_LENGTH = channel.totalHeadersSize = self.max_header_bytes
+        return channel
+
+    def startFactory(self) -> None:
+        # HTTPFactory opens a log file and starts a once-a-second timer for
+        # the Combined Log Format date, which nothing here uses (log() below
+        # replaces that log) and which stopFactory never cancels.
+        pass
 
     def log(self, request: Request) -> None:  # type: ignore[override]
         request_id = request.responseHeaders.getRawHeaders(b"x-amz-request-id", [b"-"])[0]
@@ -93,7 +258,11 @@ class STSResource:
         clock: IReactorTime,
         is_ready: Callable[[], bool],
         request_id: Callable[[], str] = new_request_id,
+        metrics: Metrics | None = None,
+        known_namespace: Callable[[str], bool] = lambda namespace: False,
     ) -> None:
+        self._metrics = metrics
+        self._known_namespace = known_namespace
         self._exchange = exchange
         self._default_duration = default_duration
         self._max_duration = max_duration
@@ -123,27 +292,38 @@ class STSResource:
         request.setHeader(b"x-amz-request-id", request_id.encode())
         request.setHeader(b"content-type", b"text/xml")
         started = self._clock.seconds()
+        client = getattr(request.getClientAddress(), "host", "-")
+        trail = Trail(client=client)
+        issued = None
         try:
-            issued, body = await self._handle(request, request_id)
+            issued, body = await self._handle(request, request_id, trail)
+            outcome, status = "Success", 200
         except errors.STSError as e:
-            return self._error(request, e, request_id, started)
+            body = self._error(request, e, request_id)
+            outcome, status = e.code, e.status
         except Exception:
             log.failure("unexpected error answering request {request_id}", request_id=request_id)
-            return self._error(
-                request, errors.internal_error("stsd failed unexpectedly; see its log"),
-                request_id, started,
+            body = self._error(
+                request, errors.internal_error("stsd failed unexpectedly; see its log"), request_id
             )
-        log.info(
-            "issued credentials to {sa} for tenant {tenant} (policies {policies}, "
-            "expires {expiration}) request_id={request_id} in {latency:.3f}s",
-            sa=issued.identity.username, pod=issued.identity.pod, tenant=issued.tenant,
-            policies=",".join(issued.policies_used), bindings=",".join(issued.grant.bindings),
-            expiration=wire.format_expiration(issued.credentials.expiration), request_id=request_id,
-            latency=self._clock.seconds() - started, outcome="Success",
-        )
+            outcome, status = "InternalError", 500
+        latency = self._clock.seconds() - started
+        audit.emit(audit.audit_event(request_id=request_id, trail=trail, outcome=outcome,
+                                     status=status, latency=latency, issued=issued))
+        if self._metrics is not None:
+            self._metrics.requests.labels(outcome, self._namespace_label(trail.namespace)).inc()
+            self._metrics.request_seconds.labels(
+                "success" if status == 200 else "error").observe(latency)
         return body
 
-    async def _handle(self, request: Request, request_id: str):  # type: ignore[no-untyped-def]
+    def _namespace_label(self, namespace: str | None) -> str:
+        # Only namespaces with a Tenant become label values: the path is the
+        # caller's choice, and label values must stay few.
+        if namespace is not None and self._known_namespace(namespace):
+            return namespace
+        return "other"
+
+    async def _handle(self, request: Request, request_id: str, trail: Trail):  # type: ignore[no-untyped-def]
         path = request.path
         if not path.startswith(_STS_PREFIX):
             raise errors.STSError(
@@ -169,7 +349,7 @@ class STSResource:
             default_duration=self._default_duration,
             max_duration=self._max_duration,
         )
-        issued = await self._exchange.exchange(namespace, parsed)
+        issued = await self._exchange.exchange(namespace, parsed, trail)
         body = wire.success_xml(
             issued.credentials,
             subject=issued.identity.username,
@@ -179,15 +359,8 @@ class STSResource:
         )
         return issued, body
 
-    def _error(
-        self, request: Request, error: errors.STSError, request_id: str, started: float
-    ) -> bytes:
+    def _error(self, request: Request, error: errors.STSError, request_id: str) -> bytes:
         request.setResponseCode(error.status)
         if error.retry_after is not None:
             request.setHeader(b"retry-after", str(error.retry_after).encode())
-        log.info(
-            "refused {code} ({status}): {message} request_id={request_id} in {latency:.3f}s",
-            code=error.code, status=error.status, message=error.message,
-            request_id=request_id, latency=self._clock.seconds() - started, outcome=error.code,
-        )
         return wire.error_xml(error, request_id)

@@ -13,18 +13,22 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.logger import Logger
+from twisted.web.server import Site
 from twisted.python import usage
 
 from stsd import config as configuration
-from stsd import kube, tls
+from stsd import kube, logs, tls
 from stsd.bindings import BindingIndex
-from stsd.exchange import Exchange
+from stsd.exchange import Exchange, Limits
 from stsd.identity import TokenReviewAuthenticator
+from stsd.metrics import Metrics, metrics_site_root
 from stsd.minio_client import MinIOClient
+from stsd.ratelimit import Rate, RateLimiter
 from stsd.refresh import Refresher
 from stsd.server import STSResource, STSSite
+from stsd.tokencache import CachingAuthenticator
 from stsd.tenants import EndpointRule, TenantIndex
 from stsd.upstream import make_client
 
@@ -38,9 +42,19 @@ class Options(usage.Options):
     longdesc = "Security Token Service for MinIO tenants on Kubernetes."
     optParameters = [
         ["config", "c", "/etc/stsd/stsd.yaml", "The stsd configuration file (YAML)."],
+        ["log-format", None, "text", "Log output: text, or json (one object per line)."],
+        ["log-level", None, "info", "Least severe level logged: debug, info, warn, error."],
     ]
 
     def postOptions(self) -> None:
+        try:
+            factory = logs.factory_name(self["log-format"], self["log-level"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if self.parent is not None:
+            # twistd imports its log observer factory by this name once all
+            # options are parsed; it overrides twistd's own --logger.
+            self.parent["logger"] = factory
         # Validate everything that can be checked without the network now, so
         # that a bad configuration stops start-up with one clear line.
         try:
@@ -66,12 +80,28 @@ def _tenant_trust(config: configuration.Config, access: kube.KubeAccess) -> tls.
     return tls.trust_from_files(paths, system=True)
 
 
+def _limits(config: configuration.LimitsConfig, clock: Any) -> Limits:
+    def limiter(rate: configuration.RateConfig) -> RateLimiter:
+        return RateLimiter(Rate(rate.rate, rate.burst), clock, max_keys=config.max_tracked_keys)
+
+    return Limits(
+        failed_auth_per_client=limiter(config.failed_auth_per_client),
+        per_serviceaccount=limiter(config.per_serviceaccount),
+    )
+
+
+def _listen(service: StreamServerEndpointService, parent: MultiService) -> None:
+    service._raiseSynchronously = True  # a port in use must stop start-up, not just log
+    service.setServiceParent(parent)
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: PLC0415 - injected in tests
     config: configuration.Config = options.config
     access: kube.KubeAccess = options.kube_access
     log.info("starting stsd with configuration {config}", config=configuration.redacted(config))
+    metrics = Metrics()
 
     kubernetes = kube.KubernetesClient(
         access, make_client(reactor, access.https), reactor, config.kubernetes.timeout_seconds
@@ -84,13 +114,20 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     bindings = BindingIndex()
     tenants = TenantIndex(EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain))
     refresher = Refresher(kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
+    authenticator = CachingAuthenticator(
+        TokenReviewAuthenticator(kubernetes, config.kubernetes.audience),
+        reactor, ttl=config.kubernetes.token_cache_seconds,
+    )
     exchange = Exchange(
-        authenticator=TokenReviewAuthenticator(kubernetes, config.kubernetes.audience),
+        authenticator=authenticator,
         bindings=bindings,
         tenants=tenants,
         minio=minio,
         clock=reactor,
         is_ready=lambda: refresher.ready,
+        limits=_limits(config.limits, reactor),
+        reuse_seconds=config.sts.reuse_seconds,
+        metrics=metrics,
     )
     resource = STSResource(
         exchange,
@@ -98,26 +135,51 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_duration=config.sts.max_duration_seconds,
         clock=reactor,
         is_ready=lambda: refresher.ready,
+        metrics=metrics,
+        known_namespace=tenants.has_namespace,
     )
     site = STSSite(resource.resource(), reactor=reactor)
     site.displayTracebacks = False
     site.timeout = 60  # idle connections are closed after a minute
+
+    server_options = tls.server_options(config.server.tls_cert, config.server.tls_key)
+    metrics.watch_index("bindings", lambda: len(bindings))
+    metrics.watch_index("tenants", lambda: len(tenants))
+    for resource_name in ("bindings", "tenants"):
+        metrics.watch_sync(resource_name, _age(refresher, resource_name, reactor))
+    metrics.ready.set_function(lambda: 1 if refresher.ready else 0)
+
+    def readiness() -> str | None:
+        if not refresher.ready:
+            return "PolicyBindings and Tenants not listed yet"
+        stale = 3 * config.kubernetes.resync_seconds
+        for name in ("bindings", "tenants"):
+            if reactor.seconds() - refresher.synced_at[name] > stale:
+                return f"{name} not synced for more than {stale:g} s"
+        return None
 
     top = MultiService()
     refresher.setServiceParent(top)
     credentials = TimerService(CREDENTIAL_REFRESH_SECONDS, _refresh_credentials, access)
     credentials.clock = reactor
     credentials.setServiceParent(top)
-    endpoint = SSL4ServerEndpoint(
-        reactor,
-        config.server.port,
-        tls.server_options(config.server.tls_cert, config.server.tls_key),
-        interface=config.server.interface,
-    )
-    server = StreamServerEndpointService(endpoint, site)
-    server._raiseSynchronously = True  # a port in use must stop start-up, not just log
-    server.setServiceParent(top)
+    _listen(StreamServerEndpointService(SSL4ServerEndpoint(
+        reactor, config.server.port, server_options, interface=config.server.interface,
+    ), site), top)
+    metrics_site = Site(metrics_site_root(metrics.registry, lambda: None, readiness),
+                        reactor=reactor)
+    metrics_site.noisy = False
+    _listen(StreamServerEndpointService(TCP4ServerEndpoint(
+        reactor, config.metrics.port, interface=config.metrics.interface), metrics_site), top)
     return top
+
+
+def _age(refresher: Refresher, name: str, clock: Any) -> Any:
+    def age() -> float:
+        synced = refresher.synced_at.get(name)
+        return float("nan") if synced is None else clock.seconds() - synced
+
+    return age
 
 
 def _refresh_credentials(access: kube.KubeAccess) -> None:

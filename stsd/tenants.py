@@ -130,6 +130,9 @@ class TenantIndex:
     def __len__(self) -> int:
         return sum(len(v) for v in self._tenants.values())
 
+    def has_namespace(self, namespace: str) -> bool:
+        return namespace in self._tenants
+
     def tenants(self) -> list[Tenant]:
         return [t for group in self._tenants.values() for t in group]
 

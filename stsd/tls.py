@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -47,6 +48,22 @@ def server_options(cert_path: str, key_path: str) -> CertificateOptions:
         privateKey=key,
         certificate=chain[0],
         extraCertChain=chain[1:],
+        raiseMinimumTo=MINIMUM_TLS,
+    )
+
+
+def server_options_for(
+    chain: Sequence[x509.Certificate], key: PrivateKeyTypes
+) -> CertificateOptions:
+    """
+    The same server TLS options as L{server_options}, from a chain (leaf
+    first) and key already parsed, e.g. from bytes read once and checked
+    by L{stsd.certreload}.
+    """
+    return CertificateOptions(
+        privateKey=key,
+        certificate=chain[0],
+        extraCertChain=list(chain[1:]),
         raiseMinimumTo=MINIMUM_TLS,
     )
 

@@ -272,7 +272,7 @@ def test_top_level_must_be_a_mapping() -> None:
 
 def test_unknown_section(minimal: dict[str, Any]) -> None:
     known = ", ".join(sorted(f.name for f in dataclasses.fields(Config)))
-    assert known.startswith("kubernetes, server, sts, tenants")
+    assert known == "kubernetes, limits, metrics, server, sts, tenants"
     assert (
         _error(dict(minimal, metricz={"port": 9090}))
         == f"metricz: unknown section (known: {known})"
@@ -1004,3 +1004,42 @@ def test_plugin_module_has_no_side_effects() -> None:
 def test_plugin_package_has_no_init() -> None:
     assert not (ROOT / "twisted" / "__init__.py").exists()
     assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
+
+
+# -- keys added with hardening, operability and performance ----------------------------------------
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("kubernetes", "token_verification", "oidc",
+     "kubernetes.token_verification: expected one of tokenreview, jwks, got 'oidc'"),
+    ("kubernetes", "token_cache_seconds", 11,
+     "kubernetes.token_cache_seconds: expected a number of seconds between 0 and 10, got 11"),
+    ("kubernetes", "token_cache_seconds", -1,
+     "kubernetes.token_cache_seconds: expected a number of seconds between 0 and 10, got -1"),
+    ("sts", "reuse_seconds", True,
+     "sts.reuse_seconds: expected a number of seconds between 0 and 3600, got True"),
+    ("limits", "per_serviceaccount", {"rate": 5},
+     "limits.per_serviceaccount: expected {rate: N, burst: N}, got {'rate': 5}"),
+    ("limits", "per_serviceaccount", {"rate": 0, "burst": 5},
+     "limits.per_serviceaccount.rate: must be a positive number of seconds, got 0"),
+    ("limits", "failed_auth_per_client", {"rate": 1, "burst": 0},
+     "limits.failed_auth_per_client.burst: expected an integer between 1 and 1000000000, got 0"),
+    ("metrics", "port", 0, "metrics.port: expected an integer between 1 and 65535, got 0"),
+    ("server", "request_timeout_seconds", 0,
+     "server.request_timeout_seconds: must be a positive number of seconds, got 0"),
+])
+def test_later_keys_validated(minimal: dict[str, Any], section: str, key: str, value: object,
+                              message: str) -> None:
+    assert _error(_with(minimal, section, key, value)) == message
+
+
+def test_later_keys_parsed(minimal: dict[str, Any]) -> None:
+    data = _with(minimal, "limits", "per_serviceaccount", {"rate": 2.5, "burst": 7})
+    data = _with(data, "kubernetes", "token_verification", "jwks")
+    data = _with(data, "kubernetes", "token_cache_seconds", 0)
+    config = parse_config(data)
+    assert config.limits.per_serviceaccount.rate == 2.5
+    assert config.limits.per_serviceaccount.burst == 7
+    assert config.kubernetes.token_verification == "jwks"
+    assert config.kubernetes.token_cache_seconds == 0.0
+    assert redacted(config)["limits"]["per_serviceaccount"] == {"rate": 2.5, "burst": 7}

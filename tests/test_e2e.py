@@ -430,3 +430,20 @@ async def test_no_secret_in_daemon_log(world: World, daemon: Daemon, http) -> No
             secrets += [minted.secret_key, minted.session_token]
     assert secrets and not [s for s in secrets if s in log]
     assert "eyJ" not in log  # no JWT (header starts with {" base64url-encoded)
+
+
+@pytest_twisted.ensureDeferred
+async def test_identical_requests_reuse_credentials(world: World, daemon: Daemon, http) -> None:
+    minio = world.tenants["tenant-1"].minio
+    token = world.mint()
+    before = minio.count("assumerole")
+    answers = [await post(http, daemon.sts_url("tenant-1"), params(token)) for _ in range(3)]
+    keys = {a.xml.findtext(".//sts:AccessKeyId", namespaces=NS) for a in answers}
+    assert all(a.status == 200 for a in answers)
+    assert len(keys) == 1 and minio.count("assumerole") == before + 1
+    # Another token (same ServiceAccount) never gets those credentials.
+    other = await post(http, daemon.sts_url("tenant-1"), params(world.mint()))
+    assert other.xml.findtext(".//sts:AccessKeyId", namespaces=NS) not in keys
+    # Nor does another duration.
+    longer = await post(http, daemon.sts_url("tenant-1"), params(token, DurationSeconds="7200"))
+    assert longer.xml.findtext(".//sts:AccessKeyId", namespaces=NS) not in keys

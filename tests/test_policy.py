@@ -77,7 +77,7 @@ def deny(actions: object, resources: object, **extra: object) -> dict[str, objec
         ' "Condition": {"StringEquals": {}}}]}',
         '{"Statement": [{"Effect": "Allow", "Action": "\\ud800", "Resource": "*"}]}',
         '{"Statement": [{"Effect": "Allow", "Effect": "Deny", "Action": "s3:*", "Resource": "*"}]}',
-        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}], "Id": 5}',
+        '{"Version": ["2012-10-17"], "Statement": []}',
         "[" * 100_000 + "]" * 100_000,
         '{"Statement": ' + "[" * 50_000 + "]" * 50_000 + "}",
         '{"Statement": [], "Id": ' + "9" * 5000 + "}",
@@ -291,7 +291,8 @@ def test_compact_drops_contained_patterns_and_statements() -> None:
 
 
 def test_compact_keeps_deny_contained_in_another() -> None:
-    p = policy(deny("s3:*", "*"), deny("s3:GetObject", "arn:aws:s3:::a", Condition={"Bool": {"k": "1"}}))
+    tls = {"Bool": {"aws:SecureTransport": "true"}}
+    p = policy(deny("s3:*", "*"), deny("s3:GetObject", "arn:aws:s3:::a", Condition=tls))
     assert len(compact(p).statements) == 2
 
 
@@ -301,7 +302,7 @@ def test_compact_never_merges_not_sets() -> None:
         {"Effect": "Allow", "NotAction": "s3:Put*", "Resource": "arn:aws:s3:::a"},
     )
     assert compact(p) == p
-    assert not allows(compact(p), "s3:GetObject", "arn:aws:s3:::a") is False  # Put* allows it
+    assert allows(p, "s3:GetObject", "arn:aws:s3:::a")  # the NotAction s3:Put* one does
 
 
 def test_ten_bound_policies_fit_after_compaction() -> None:
@@ -309,7 +310,8 @@ def test_ten_bound_policies_fit_after_compaction() -> None:
         return policy(
             allow(["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"],
                   [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"], Sid=f"{sid}Read"),
-            allow(["s3:PutObject", "s3:DeleteObject"], f"arn:aws:s3:::{bucket}/*", Sid=f"{sid}Write"),
+            allow(["s3:PutObject", "s3:DeleteObject"], f"arn:aws:s3:::{bucket}/*",
+                  Sid=f"{sid}Write"),
         )
 
     bound = [app("photos", f"App{i}") for i in range(10)]
@@ -341,13 +343,14 @@ ACTIONS = ["s3:*", "s3:Get*", "s3:GetObject", "s3:PutObject", "s3:?etObject", "a
 RESOURCES = ["arn:aws:s3:::*", "arn:aws:s3:::photos/*", "arn:aws:s3:::photos/a?c",
              "arn:aws:s3:::logs"]
 CONDITIONS = [
-    None,
     {"StringEquals": {"aws:username": "alice"}},
     {"StringEquals": {"aws:username": "bob"}},
     {"Bool": {"aws:SecureTransport": "true"}},
 ]
-# Every (operator, key, values) a condition above may need: a "world" is a subset of them.
-TRIPLES = sorted({t for c in CONDITIONS if c for t in Statement("Allow", {"*"}, {"*"}, condition=c).condition})
+# The canonical (operator, key, values) triples of the conditions above; a "world" (in
+# which a statement's condition holds iff all its triples are in it) is a subset of them.
+TRIPLES = sorted({t for c in CONDITIONS
+                  for t in Statement("Allow", {"*"}, {"*"}, condition=c).condition})
 FILL = "aAbcGOPetj/:*?ßS"
 CONCRETE_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:ListBucket", "admin:ServerInfo",
                     "s3:getobject", "S3:GETOBJECT", "s3:LetObject", "kms:Encrypt", ""]
@@ -372,12 +375,15 @@ def probes(patterns: list[str], concrete: list[str]) -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(concrete), *map(instances, patterns), st.text(max_size=12))
 
 
-PROBES = st.lists(st.tuples(probes(ACTIONS, CONCRETE_ACTIONS), probes(RESOURCES, CONCRETE_RESOURCES)),
-                  min_size=1, max_size=10)
+PROBES = st.lists(
+    st.tuples(probes(ACTIONS, CONCRETE_ACTIONS), probes(RESOURCES, CONCRETE_RESOURCES)),
+    min_size=1, max_size=10,
+)
 
 
 def _statement(effect: str, actions: frozenset[str], resources: frozenset[str],
-               not_actions: bool, not_resources: bool, condition: object, sid: str | None) -> Statement:
+               not_actions: bool, not_resources: bool, condition: object,
+               sid: str | None) -> Statement:
     return Statement(
         effect,
         frozenset() if not_actions else actions,
@@ -400,7 +406,7 @@ def statements(effects: tuple[str, ...] = ("Allow", "Allow", "Deny"), actions: l
         st.frozensets(st.sampled_from(RESOURCES), min_size=1, max_size=3),
         rare,
         rare,
-        st.none() | st.sampled_from(CONDITIONS[1:]) if extras else st.none(),
+        st.none() | st.sampled_from(CONDITIONS) if extras else st.none(),
         st.none() | st.sampled_from(["a", "b"]),
     )
 
@@ -434,7 +440,7 @@ def allows_in(p: Policy, action: str, resource: str, world: frozenset[object],
 WORLDS = st.frozensets(st.sampled_from(TRIPLES))
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(policies(), min_size=1, max_size=4), policies(), PROBES, WORLDS)
 def test_intersection_never_grants_more(bound: list[Policy], session: Policy,
                                         probes: list[tuple[str, str]],
@@ -474,7 +480,8 @@ def test_compaction_preserves_semantics(p: Policy, probes: list[tuple[str, str]]
     for action, resource in probes:
         assert allows(c, action, resource) == allows(p, action, resource)
         for ci in (True, False):
-            assert allows_in(c, action, resource, world, ci) == allows_in(p, action, resource, world, ci)
+            assert allows_in(c, action, resource, world, ci) == allows_in(
+                p, action, resource, world, ci)
 
 
 @settings(max_examples=300, deadline=None)

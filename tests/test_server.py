@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors, wire
 from stsd.bindings import Grant
-from stsd.exchange import Issued
+from stsd.exchange import Issued, Trail
 from stsd.identity import Identity
 from stsd.server import STSResource
 from tests.test_wire import TOKEN
@@ -31,8 +31,11 @@ class StandInExchange:
         self.calls: list[tuple[str, wire.AssumeRoleRequest]] = []
         self.outcome: Exception | None = None
 
-    async def exchange(self, namespace: str, request: wire.AssumeRoleRequest) -> Issued:
+    async def exchange(self, namespace: str, request: wire.AssumeRoleRequest,
+                       trail: Trail | None = None) -> Issued:
         self.calls.append((namespace, request))
+        if trail is not None:
+            trail.identity = Identity("apps", "photo-sa", "pod-1")
         if self.outcome is not None:
             raise self.outcome
         return Issued(

@@ -118,6 +118,11 @@ class Daemon:
     protocol: _DaemonProtocol
     transport: Any
 
+    @property
+    def metrics_url(self) -> str:
+        port = yaml.safe_load(self.config_path.read_text())["metrics"]["port"]
+        return f"http://127.0.0.1:{port}"
+
     def sts_url(self, namespace: str) -> str:
         return f"{self.url}/sts/{namespace}"
 
@@ -212,6 +217,11 @@ class World:
         return world
 
     def mint(self, namespace: str = "apps", serviceaccount: str = "photo-sa", **kw: Any) -> str:
+        """
+        A fresh token: a random C{jti} (as recent API servers add) makes two
+        tokens minted in the same second differ.
+        """
+        kw.setdefault("jti", secrets.token_hex(8))
         return self.issuer.mint(namespace, serviceaccount, **kw)
 
     @property
@@ -243,6 +253,7 @@ class World:
             "tenants": {"endpoint": self.minio_url + "/{namespace}",
                         "ca_file": str(self.pki.ca_path), "timeout_seconds": 2},
             "sts": {"default_duration_seconds": 3600, "max_duration_seconds": 43200},
+            "metrics": {"interface": "127.0.0.1", "port": free_port()},
         }
         for section, values in overrides.items():
             document.setdefault(section, {}).update(values)

@@ -1,0 +1,31 @@
+# -*- test-case-name: tests.test_manifests -*-
+"""
+The Kubernetes permissions stsd needs, in one place: the ClusterRole in
+C{etc/kubernetes/} is checked against this list, this list against the
+requests the daemon really makes (end-to-end tests), and C{stsd check}
+asks the API server about each of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Permission:
+    group: str  # "" is the core API group
+    resource: str
+    verbs: tuple[str, ...]
+    why: str
+
+
+PERMISSIONS: tuple[Permission, ...] = (
+    Permission("authentication.k8s.io", "tokenreviews", ("create",),
+               "authenticate ServiceAccount tokens"),
+    Permission("sts.min.io", "policybindings", ("list", "watch"),
+               "know which ServiceAccount may use which policies"),
+    Permission("minio.min.io", "tenants", ("list", "watch"),
+               "find each namespace's tenant"),
+    Permission("", "secrets", ("get", "list", "watch"),
+               "read the root credentials of the tenants (config.env)"),
+)

@@ -1,0 +1,194 @@
+"""
+Tests for L{stsd.tap}: option parsing and the wiring of the service, on a
+L{MemoryReactorClock} (no socket is opened, nothing is connected), and the
+twistd plugin that points at it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from stsd import tap
+from stsd.refresh import Refresher
+from stsd.testing.pki import TestPKI
+
+KUBE_TOKEN = "kube-client-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    return TestPKI.create(tmp_path_factory.mktemp("pki"))
+
+
+def write_kubeconfig(path: Path, pki: TestPKI, **cluster: Any) -> Path:
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {
+            "server": "https://127.0.0.1:6443",
+            "certificate-authority": str(pki.ca_path),
+            **cluster,
+        }}],
+        "users": [{"name": "stsd", "user": {"token": KUBE_TOKEN}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "stsd"}}],
+        "current-context": "test",
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def config_document(pki: TestPKI, kubeconfig: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "server": {"interface": "127.0.0.1", "port": 14223,
+                   "tls_cert": str(pki.cert_path), "tls_key": str(pki.key_path)},
+        "kubernetes": {"kubeconfig": str(kubeconfig), "timeout_seconds": 3,
+                       "resync_seconds": 30},
+        "tenants": {"endpoint": "https://minio.test/{namespace}", "ca_file": str(pki.ca_path)},
+    }
+    for name, values in sections.items():
+        document.setdefault(name, {}).update(values)
+    return document
+
+
+def write_config(tmp_path: Path, document: object) -> Path:
+    path = tmp_path / "stsd.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def parse(config: Path) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(["--config", str(config)])
+    return options
+
+
+def usage_error(config: Path) -> str:
+    with pytest.raises(usage.UsageError) as raised:
+        parse(config)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "Traceback" not in message
+    return message
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, pki: TestPKI) -> Path:
+    return write_kubeconfig(tmp_path / "kubeconfig", pki)
+
+
+def test_options_valid(tmp_path: Path, pki: TestPKI, kubeconfig: Path) -> None:
+    options = parse(write_config(tmp_path, config_document(pki, kubeconfig)))
+    assert options.config.server.port == 14223
+    assert options.config.kubernetes.timeout_seconds == 3.0
+    assert options.kube_access.host == "https://127.0.0.1:6443"
+    assert options.kube_access.authorization == f"Bearer {KUBE_TOKEN}"
+
+
+def test_make_service_start_and_stop(tmp_path: Path, pki: TestPKI, kubeconfig: Path) -> None:
+    options = parse(write_config(tmp_path, config_document(pki, kubeconfig)))
+    reactor = MemoryReactorClock()
+    service = tap.makeService(options, reactor=reactor)
+    assert isinstance(service, MultiService)
+    assert reactor.sslServers == [] and reactor.tcpClients == []
+
+    service.startService()
+    try:
+        assert service.running
+        # One TLS listener, on the configured port and interface.
+        [(port, _factory, context_factory, _backlog, interface)] = reactor.sslServers
+        assert (port, interface) == (14223, "127.0.0.1")
+        assert context_factory.getContext() is not None
+        # The refresher issued its first list at once: a connection attempt
+        # to the API server from the kubeconfig.
+        [refresher] = [s for s in service if isinstance(s, Refresher)]
+        assert refresher.ready is False
+        assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 6443)]
+        assert reactor.sslClients == []  # TLS is layered on the TCP connection
+        [server] = [s for s in service if isinstance(s, StreamServerEndpointService)]
+        assert server.running
+    finally:
+        stopped = service.stopService()
+    assert not service.running
+    # Stopping does not wait out the refresh in flight (its connection never
+    # completes here; kubernetes.timeout_seconds per call would be the bound):
+    # it is given up, and no further call is started.
+    results: list[object] = []
+    stopped.addBoth(results.append)
+    assert len(results) == 1 and not isinstance(results[0], Failure), results
+    assert len(reactor.tcpClients) == 1
+    assert [c for c in reactor.getDelayedCalls() if c.active()] == []
+    reactor.advance(60)
+    assert len(reactor.tcpClients) == 1
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    message = usage_error(missing)
+    assert message.startswith(f"{missing}: cannot read config file")
+
+
+def test_unknown_key(tmp_path: Path, pki: TestPKI, kubeconfig: Path) -> None:
+    document = config_document(pki, kubeconfig, kubernetes={"timeout": 3})
+    message = usage_error(write_config(tmp_path, document))
+    assert message.startswith("kubernetes.timeout: unknown key")
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, "4223", True, None])
+def test_bad_port(tmp_path: Path, pki: TestPKI, kubeconfig: Path, port: object) -> None:
+    document = config_document(pki, kubeconfig, server={"port": port})
+    message = usage_error(write_config(tmp_path, document))
+    assert message.startswith("server.port: expected an integer between 1 and 65535")
+
+
+def test_bad_timeout(tmp_path: Path, pki: TestPKI, kubeconfig: Path) -> None:
+    document = config_document(pki, kubeconfig, kubernetes={"timeout_seconds": -1})
+    message = usage_error(write_config(tmp_path, document))
+    assert message.startswith("kubernetes.timeout_seconds: must be a positive number")
+
+
+def test_unreadable_certificate(tmp_path: Path, pki: TestPKI, kubeconfig: Path) -> None:
+    document = config_document(pki, kubeconfig, server={"tls_cert": str(tmp_path / "none.crt")})
+    message = usage_error(write_config(tmp_path, document))
+    assert message.startswith("server.tls_cert: cannot read")
+
+
+def test_kubeconfig_skipping_tls_verification(tmp_path: Path, pki: TestPKI) -> None:
+    insecure = write_kubeconfig(tmp_path / "insecure", pki, **{"insecure-skip-tls-verify": True})
+    message = usage_error(write_config(tmp_path, config_document(pki, insecure)))
+    assert message.startswith("kubernetes.kubeconfig: ")
+    assert "insecure-skip-tls-verify" in message
+    assert KUBE_TOKEN not in message
+
+
+def test_kubeconfig_unusable(tmp_path: Path, pki: TestPKI) -> None:
+    broken = tmp_path / "broken"
+    broken.write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
+    message = usage_error(write_config(tmp_path, config_document(pki, broken)))
+    assert message.startswith("kubernetes.kubeconfig: cannot load Kubernetes credentials")
+
+
+def test_plugin_is_found() -> None:
+    from twisted.plugin import getPlugins
+
+    import twisted.plugins
+
+    here = str(Path(__file__).resolve().parents[1] / "twisted" / "plugins")
+    assert here in [os.path.realpath(p) for p in twisted.plugins.__path__], (
+        "the checkout's twisted/plugins is not on twisted.plugins.__path__; "
+        "is the repository root on sys.path?"
+    )
+    makers = [p for p in getPlugins(IServiceMaker) if p.tapname == "stsd"]
+    assert len(makers) == 1
+    [maker] = makers
+    assert maker.options is tap.Options
+    assert maker.makeService is tap.makeService
