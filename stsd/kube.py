@@ -2,7 +2,8 @@
 """
 The Kubernetes API, spoken with treq: where the API server is and how to
 authenticate (from a kubeconfig or the in-cluster service account, read by
-the C{kubernetes} package's config loaders), TokenReview, list and get.
+the C{kubernetes} package's config loaders), TokenReview, list, get and
+watch.
 
 The C{kubernetes} package's REST client blocks; only its config loading is
 used, at start-up and on the background credential refresh.
@@ -11,14 +12,21 @@ used, at start-up and on the background credential refresh.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from kubernetes.client import Configuration
 from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
 from treq.client import HTTPClient
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 
 from stsd import tls
 from stsd.upstream import UpstreamError, request
@@ -27,10 +35,22 @@ log = Logger()
 
 TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 
+# A watch event is one JSON line; a line is never buffered beyond this.
+MAX_WATCH_LINE_BYTES = 16 * 1024 * 1024
+# The body of a refused watch (a Status) is read only this far.
+MAX_WATCH_ERROR_BYTES = 64 * 1024
+
 
 class KubernetesError(Exception):
     """
     The API server failed or answered something unusable.
+    """
+
+
+class WatchExpired(KubernetesError):
+    """
+    The API server refused a watch with HTTP 410 Gone: the resourceVersion
+    it was to start from is too old. List again.
     """
 
 
@@ -209,3 +229,238 @@ class KubernetesClient:
         if status != 200 or not isinstance(document, dict):
             raise KubernetesError(f"get {what}: HTTP {status}: {self._status_message(document)}")
         return document
+
+    async def watch(
+        self,
+        path: str,
+        resource_version: str,
+        on_event: Callable[[str, dict[str, Any]], None],
+        *,
+        timeout_seconds: int,
+        what: str = "objects",
+        idle_seconds: float | None = None,
+    ) -> None:
+        """
+        Watch the objects at C{path} from C{resource_version} (with
+        bookmarks), calling C{on_event(type, object)} for each event as it
+        arrives, C{ERROR} events included.
+
+        The response headers must arrive within the client's timeout; after
+        that the stream may be silent for at most C{idle_seconds} (default:
+        C{timeout_seconds} plus the client's timeout, by when the API server
+        should have ended it) before it is given up. Cancelling the returned
+        coroutine's Deferred closes the connection.
+
+        @return: when the API server ends the stream (at C{timeout_seconds}).
+        @raise WatchExpired: HTTP 410: C{resource_version} is too old.
+        @raise KubernetesError: an HTTP error, no answer in time, a silent
+            stream, a malformed or overlong event, or a connection cut
+            mid-stream. An exception raised by C{on_event} ends the watch
+            and is raised as it is.
+        """
+        params = {"watch": "1", "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(int(timeout_seconds))}
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        url = self._access.host + path + ("&" if "?" in path else "?") + urlencode(params)
+        target = f"watch {what}"
+        idle = idle_seconds if idle_seconds is not None else timeout_seconds + self._timeout
+        headers = {k: [v] for k, v in self._headers().items()}
+
+        def timed_out(result: object, timeout: float) -> object:
+            if isinstance(result, Failure):
+                raise TimeoutError(timeout, target)
+            return result
+
+        requested = self._http.request("GET", url, headers=headers, unbuffered=True)
+        requested.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
+        try:
+            response = await requested
+        except TimeoutError:
+            raise KubernetesError(f"{target}: no answer within {self._timeout:g} seconds") from None
+        except CancelledError:
+            raise
+        except Exception as e:
+            # Name the kind of failure only: exception texts can quote the request.
+            raise KubernetesError(f"{target}: {_failure_kind(e)}") from None
+
+        if response.code != 200:
+            reader = _CappedBody(MAX_WATCH_ERROR_BYTES)
+            response.deliverBody(reader)
+            reader.done.addTimeout(self._timeout, self._clock)
+            try:
+                document: Any = json.loads(await reader.done)
+            except CancelledError:
+                raise
+            except Exception:
+                document = None
+            message = f"{target}: HTTP {response.code}: {self._status_message(document)}"
+            if response.code == 410:
+                raise WatchExpired(message)
+            raise KubernetesError(message)
+
+        stream = _EventStream(target, on_event, self._clock, idle, MAX_WATCH_LINE_BYTES)
+        response.deliverBody(stream)
+        await stream.done
+
+
+def _failure_kind(error: BaseException) -> str:
+    name = type(error).__name__
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        # twisted.web's ResponseNeverReceived / ResponseFailed wrap the cause.
+        return f"{name} ({type(reasons[0].value).__name__})"
+    return name
+
+
+class _EventStream(Protocol):
+    """
+    Read a watch response: newline-delimited JSON events, each handed to
+    C{on_event} as soon as its line is complete.
+
+    A partial line is held, at most C{max_line} bytes of it; the stream may
+    be silent for at most C{idle_seconds} of C{clock}. Whatever ends the
+    stream early (cancelling L{done}, a silent stream, a bad event, an
+    exception from C{on_event}) closes the connection: a watch connection
+    must not outlive its use.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        on_event: Callable[[str, dict[str, Any]], None],
+        clock: IReactorTime,
+        idle_seconds: float,
+        max_line: int,
+    ) -> None:
+        self._target = target
+        self._on_event = on_event
+        self._idle_seconds = idle_seconds
+        self._max_line = max_line
+        self._partial: list[bytes] = []
+        self._partial_size = 0
+        self._settled = False
+        self._timer: IDelayedCall | None = clock.callLater(idle_seconds, self._idle)
+        self.done: Deferred[None] = Deferred(self._cancelled)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._settled:
+            return
+        if self._timer is not None:
+            self._timer.reset(self._idle_seconds)
+        if b"\n" not in data:
+            self._partial.append(data)
+            self._partial_size += len(data)
+            if self._partial_size > self._max_line:
+                self._fail(Failure(KubernetesError(
+                    f"{self._target}: an event longer than {self._max_line} bytes")))
+            return
+        lines = data.split(b"\n")
+        if self._partial:
+            lines[0] = b"".join(self._partial) + lines[0]
+        rest = lines.pop()
+        self._partial = [rest] if rest else []
+        self._partial_size = len(rest)
+        for line in lines:
+            if self._settled:
+                return
+            self._deliver(line)
+        if not self._settled and self._partial_size > self._max_line:
+            self._fail(Failure(KubernetesError(
+                f"{self._target}: an event longer than {self._max_line} bytes")))
+
+    def _deliver(self, line: bytes) -> None:
+        if len(line) > self._max_line:
+            self._fail(Failure(KubernetesError(
+                f"{self._target}: an event longer than {self._max_line} bytes")))
+            return
+        if not line.strip():
+            return
+        # Never quote the line in a message: Secret events carry credentials.
+        try:
+            event = json.loads(line)
+        except (ValueError, RecursionError):
+            self._fail(Failure(KubernetesError(f"{self._target}: an event that is not JSON")))
+            return
+        if (not isinstance(event, dict) or not isinstance(event.get("type"), str)
+                or not isinstance(event.get("object"), dict)):
+            self._fail(Failure(KubernetesError(f"{self._target}: a malformed event")))
+            return
+        try:
+            self._on_event(event["type"], event["object"])
+        except Exception:
+            self._fail(Failure())
+
+    def _idle(self) -> None:
+        self._timer = None
+        self._fail(Failure(KubernetesError(
+            f"{self._target}: no data for {self._idle_seconds:g} seconds")))
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _close(self) -> None:
+        # IResponse.deliverBody: stopProducing abandons the body and closes
+        # the connection.
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def _fail(self, failure: Failure) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self._stop_timer()
+        self._close()
+        self.done.errback(failure)
+
+    def _cancelled(self, _: Deferred[None]) -> None:
+        # The Deferred fails with CancelledError once this returns.
+        self._settled = True
+        self._stop_timer()
+        self._close()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_timer()
+        if self._settled:
+            return
+        self._settled = True
+        if reason.check(ResponseDone, PotentialDataLoss):
+            if b"".join(self._partial).strip():
+                self.done.errback(KubernetesError(f"{self._target}: the stream ended inside an event"))
+            else:
+                self.done.callback(None)
+        else:
+            self.done.errback(KubernetesError(
+                f"{self._target}: connection lost mid-stream ({_failure_kind(reason.value)})"))
+
+
+class _CappedBody(Protocol):
+    """
+    Collect at most C{limit} bytes of a (small, error) body; the rest is
+    abandoned with the connection. Cancelling L{done} closes it too.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.done: Deferred[bytes] = Deferred(lambda _: self._close())
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._chunks.append(data[: self._limit - self._size])
+        self._size += len(data)
+        if self._size >= self._limit:
+            self._close()
+            self.done.callback(b"".join(self._chunks))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.done.called:
+            self.done.callback(b"".join(self._chunks))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -377,7 +378,7 @@ def probes(patterns: list[str], concrete: list[str]) -> st.SearchStrategy[str]:
 
 PROBES = st.lists(
     st.tuples(probes(ACTIONS, CONCRETE_ACTIONS), probes(RESOURCES, CONCRETE_RESOURCES)),
-    min_size=1, max_size=10,
+    min_size=1, max_size=8,
 )
 
 
@@ -441,7 +442,7 @@ WORLDS = st.frozensets(st.sampled_from(TRIPLES))
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(policies(), min_size=1, max_size=4), policies(), PROBES, WORLDS)
+@given(st.lists(policies(), min_size=1, max_size=3), policies(), PROBES, WORLDS)
 def test_intersection_never_grants_more(bound: list[Policy], session: Policy,
                                         probes: list[tuple[str, str]],
                                         world: frozenset[object]) -> None:
@@ -521,3 +522,10 @@ def test_pattern_contains_sees_generalizations(inner: str, data: st.DataObject) 
     assert pattern_contains(inner[:i] + "*" + inner[j:], inner)
     if i < len(inner) and inner[i] != "*":
         assert pattern_contains(inner[:i] + "?" + inner[i + 1:], inner)
+
+
+@settings(max_examples=300, deadline=None)
+@given(PATTERN, st.text(st.sampled_from("ab*?"), max_size=8))
+def test_pattern_matches_agrees_with_a_regex(pattern: str, value: str) -> None:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    assert pattern_matches(pattern, value) == bool(re.fullmatch(regex, value, re.DOTALL))

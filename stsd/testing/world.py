@@ -14,7 +14,7 @@ import secrets
 import shutil
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,7 +260,12 @@ class World:
         return document
 
     async def start_daemon(
-        self, name: str = "stsd", *, wait: bool = True, **overrides: Mapping[str, Any]
+        self,
+        name: str = "stsd",
+        *,
+        wait: bool = True,
+        args: Sequence[str] = (),
+        **overrides: Mapping[str, Any],
     ) -> Daemon:
         """
         Start C{twistd -n --pidfile= stsd --config FILE} and (unless told
@@ -271,7 +276,7 @@ class World:
         config_path.write_text(yaml.safe_dump(self.config(port, **overrides)))
         log_path = self.directory / f"{name}.log"
         protocol = _DaemonProtocol(log_path)
-        argv = [*twistd_command(), "-n", "--pidfile=", "stsd", "--config", str(config_path)]
+        argv = [*twistd_command(), "-n", "--pidfile=", "stsd", "--config", str(config_path), *args]
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))

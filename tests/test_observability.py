@@ -1,0 +1,139 @@
+"""
+What operators see: the Prometheus metrics scraped after real exchanges,
+the probes on the metrics port, JSON logs (one object per line) and the
+audit event of every request — with no secret anywhere in them.
+"""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+import pytest
+import pytest_twisted
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from stsd import logs
+from stsd.testing.world import Daemon, World
+from tests.test_e2e import http, params, post  # noqa: F401  (http is a fixture)
+
+
+@pytest.fixture(scope="module")
+def json_daemon(world: World) -> Daemon:
+    return pytest_twisted.blockon(Deferred.fromCoroutine(
+        world.start_daemon("json", args=["--log-format", "json", "--log-level", "info"])))
+
+
+async def scrape(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = await treq.get(daemon.metrics_url + "/metrics")
+    text = (await treq.content(response)).decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_move_with_exchanges(world: World, json_daemon: Daemon, http) -> None:
+    before = await scrape(json_daemon)
+    ok = await post(http, json_daemon.sts_url("tenant-1"), params(world.mint()))
+    denied = await post(http, json_daemon.sts_url("tenant-1"),
+                        params(world.mint("apps", "unbound-sa")))
+    nowhere = await post(http, json_daemon.sts_url("not-a-tenant-ns"), params(world.mint()))
+    assert (ok.status, denied.code, nowhere.code) == (200, "AccessDenied", "AccessDenied")
+    after = await scrape(json_daemon)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("stsd_requests_total", code="Success", namespace="tenant-1") == 1
+    assert moved("stsd_requests_total", code="AccessDenied", namespace="tenant-1") == 1
+    # A namespace without a Tenant is not a label value of its own.
+    assert moved("stsd_requests_total", code="AccessDenied", namespace="other") == 1
+    assert moved("stsd_request_duration_seconds_count", outcome="success") == 1
+    assert moved("stsd_cache_requests_total", cache="credentials", result="miss") == 1
+    assert value(after, "stsd_index_objects", resource="bindings") >= 2
+    assert value(after, "stsd_index_objects", resource="tenants") == 2
+    assert 0 <= value(after, "stsd_seconds_since_last_sync", resource="bindings") < 5
+    assert value(after, "stsd_ready") == 1
+    labels = {dict(k[1]).get("namespace") for k in after if k[0] == "stsd_requests_total"}
+    assert "not-a-tenant-ns" not in labels
+
+
+@pytest_twisted.ensureDeferred
+async def test_probes_on_metrics_port(json_daemon: Daemon) -> None:
+    for path in ("/healthz", "/readyz"):
+        response = await treq.get(json_daemon.metrics_url + path)
+        assert response.code == 200, path
+        await treq.content(response)
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_logs_and_audit_events(world: World, json_daemon: Daemon, http) -> None:
+    token = world.mint()
+    answer = await post(http, json_daemon.sts_url("tenant-1"), params(token))
+    assert answer.status == 200
+    request_id = answer.headers["x-amz-request-id"][0]
+    await deferLater(reactor, 0.3, lambda: None)
+    lines = [line for line in json_daemon.log_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # every line is one JSON object
+    audits = [e["audit"] for e in events if e.get("log_namespace") == "stsd.audit"]
+    mine = [a for a in audits if a["request_id"] == request_id]
+    assert len(mine) == 1
+    event = mine[0]
+    assert event["outcome"] == "Success" and event["status"] == 200
+    assert event["serviceaccount"] == "system:serviceaccount:apps:photo-sa"
+    assert event["pod"] == "pod-1"
+    assert event["tenant_namespace"] == "tenant-1"
+    assert event["tenant"] == "tenant-1/storage"
+    assert event["bindings"] == ["photo-readwrite"]
+    assert event["policies"] == ["readwrite"]
+    assert event["requested_duration_seconds"] == 3600
+    assert event["granted_duration_seconds"] == 3600
+    assert event["client"] == "127.0.0.1"
+    assert event["latency_ms"] > 0
+    minted = world.tenants["tenant-1"].minio.minted[-1]
+    assert event["access_key_id"] == minted.access_key
+    text = json_daemon.log_text()
+    assert token not in text and minted.secret_key not in text and minted.session_token not in text
+    # Refusals are audited too, with how far they got.
+    denied = await post(http, json_daemon.sts_url("tenant-1"),
+                        params(world.mint("apps", "unbound-sa")))
+    await deferLater(reactor, 0.3, lambda: None)
+    events = [json.loads(line) for line in json_daemon.log_text().splitlines() if line.strip()]
+    [refusal] = [e["audit"] for e in events if e.get("log_namespace") == "stsd.audit"
+                 and e["audit"]["request_id"] == denied.headers["x-amz-request-id"][0]]
+    assert refusal["outcome"] == "AccessDenied" and refusal["status"] == 403
+    assert refusal["serviceaccount"] == "system:serviceaccount:apps:unbound-sa"
+    assert refusal["bindings"] == [] and "access_key_id" not in refusal
+
+
+def test_log_observer_json_and_level() -> None:
+    out = StringIO()
+    observer = logs.observer_factory("json", "warn", out)()
+    log = Logger(namespace="t", observer=observer)
+    log.info("hidden {x}", x=1)
+    log.warn("shown {x}", x=2)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["x"] == 2
+    out = StringIO()
+    observer = logs.observer_factory("text", "debug", out)()
+    Logger(namespace="t", observer=observer).debug("plain {x}", x=3)
+    assert "plain 3" in out.getvalue()
+    with pytest.raises(ValueError):
+        logs.observer_factory("xml", "info")
+    assert logs.factory_name("json", "info") == "stsd.logs.observe_json_info"
+    from twisted.python.reflect import namedAny
+
+    assert callable(namedAny(logs.factory_name("text", "error")))
