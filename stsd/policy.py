@@ -430,9 +430,9 @@ def compact(policy: Policy) -> Policy:
 
     Drops Sids, duplicates, patterns contained in another of the same set, and Allows
     another unconditioned (or equally conditioned) Allow covers; merges statements
-    that differ only in their actions or only in their resources.  Deny statements are
-    only ever deduplicated or merged.  Every step preserves what is allowed, under any
-    evaluation of the Conditions.
+    that differ only in their actions or only in their resources.  A Deny is never
+    dropped for being covered by another.  Every step preserves what is allowed, under
+    any evaluation of the Conditions.
     """
     current = {_reduce(replace(s, sid=None)) for s in policy.statements}
     while True:

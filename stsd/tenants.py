@@ -144,6 +144,23 @@ class TenantIndex:
         live = {(t.namespace, t.name) for t in self.tenants()}
         self._credentials = {k: v for k, v in self._credentials.items() if k in live}
 
+    def apply(self, event: str, tenant: Tenant) -> None:
+        """
+        Apply one watch event (C{ADDED}, C{MODIFIED} or C{DELETED}). A
+        deleted tenant's credentials are forgotten; a changed one keeps
+        them until they are set again (its Secret is watched separately).
+        """
+        group = [t for t in self._tenants.get(tenant.namespace, ()) if t.name != tenant.name]
+        if event != "DELETED":
+            group.append(tenant)
+        # A new list, swapped in: a lookup never sees one half-changed.
+        if group:
+            self._tenants[tenant.namespace] = group
+        else:
+            self._tenants.pop(tenant.namespace, None)
+        if event == "DELETED":
+            self._credentials.pop((tenant.namespace, tenant.name), None)
+
     def set_credentials(self, tenant: Tenant, credentials: RootCredentials | None) -> None:
         key = (tenant.namespace, tenant.name)
         if credentials is None:

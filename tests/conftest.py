@@ -8,6 +8,9 @@ run in threads with C{deferToThread}.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -15,12 +18,21 @@ from twisted.internet.defer import Deferred
 
 from stsd.testing.world import Daemon, World
 
+# The secrets scan of each module's world is appended here (for the record).
+SCAN_REPORT = os.path.join(tempfile.gettempdir(), "stsd-secret-scan.txt")
+
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):
+def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     w = World.start(tmp_path_factory.mktemp("world"), reactor)
     yield w
     pytest_twisted.blockon(Deferred.fromCoroutine(w.stop()))
+    # Every secret of the test world, searched for in every daemon log line.
+    count, lines, leaks = w.scan_logs()
+    with open(SCAN_REPORT, "a") as report:
+        report.write(f"{request.module.__name__}: {count} secrets, {lines} log lines, "
+                     f"leaks: {leaks or 'none'}\n")
+    assert not leaks, f"secrets found in {leaks}"
 
 
 @pytest.fixture(scope="module")

@@ -137,3 +137,23 @@ def test_log_observer_json_and_level() -> None:
     from twisted.python.reflect import namedAny
 
     assert callable(namedAny(logs.factory_name("text", "error")))
+
+
+@pytest_twisted.ensureDeferred
+async def test_secret_scan_finds_a_leak(tmp_path) -> None:
+    """The scan that guards every end-to-end module can fail."""
+    from stsd.testing.world import Daemon as DaemonRecord
+
+    other = World.start(tmp_path / "w", reactor)
+    try:
+        token = other.mint()
+        log_path = tmp_path / "leaky.log"
+        log_path.write_text(f"line one\nPOST /sts/x?WebIdentityToken={token}\n")
+        other._daemons.append(DaemonRecord("https://x", tmp_path / "c", log_path, None, None))
+        count, lines, leaks = other.scan_logs()
+        assert leaks == [str(log_path)] and lines == 2 and count >= 4
+        log_path.write_text("line one\nPOST /sts/x\n")
+        assert other.scan_logs()[2] == []
+        other._daemons.clear()
+    finally:
+        await other.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from random import Random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -487,11 +488,11 @@ def test_compaction_preserves_semantics(p: Policy, probes: list[tuple[str, str]]
 
 @settings(max_examples=300, deadline=None)
 @given(policies(), st.randoms(use_true_random=False))
-def test_round_trip_and_canonical_order(p: Policy, random: object) -> None:
+def test_round_trip_and_canonical_order(p: Policy, rnd: Random) -> None:
     c = compact(p)
     assert parse_policy(to_json(c)) == c
     shuffled = list(p.statements)
-    random.shuffle(shuffled)  # type: ignore[attr-defined]
+    rnd.shuffle(shuffled)
     assert compact(Policy(tuple(shuffled))) == c
 
 

@@ -153,6 +153,7 @@ class World:
     kube_url: str
     minio_url: str
     client_token: str
+    tokens: list[str] = field(default_factory=list)
     _ports: list[Any] = field(default_factory=list)
     _daemons: list[Daemon] = field(default_factory=list)
 
@@ -222,7 +223,38 @@ class World:
         tokens minted in the same second differ.
         """
         kw.setdefault("jti", secrets.token_hex(8))
-        return self.issuer.mint(namespace, serviceaccount, **kw)
+        token = self.issuer.mint(namespace, serviceaccount, **kw)
+        self.tokens.append(token)
+        return token
+
+    def secrets(self) -> set[str]:
+        """
+        Every secret this world holds: the API client token, tokens minted,
+        tenant root secret keys, and the secret keys and session tokens MinIO
+        minted.
+        """
+        found = {self.client_token, *self.tokens}
+        for tenant in self.tenants.values():
+            found.add(tenant.minio.secret_key)
+            for minted in tenant.minio.minted:
+                found.update((minted.secret_key, minted.session_token))
+        return {s for s in found if s}
+
+    def scan_logs(self) -> tuple[int, int, list[str]]:
+        """
+        Look for every secret in every line of every daemon's log.
+
+        @return: (secrets, lines scanned, names of logs with a leak).
+        """
+        secret_set = self.secrets()
+        lines = 0
+        leaks = []
+        for daemon in self._daemons:
+            text = daemon.log_text()
+            lines += text.count("\n")
+            if any(s in text for s in secret_set):
+                leaks.append(str(daemon.log_path))
+        return len(secret_set), lines, leaks
 
     @property
     def kubeconfig_path(self) -> Path:
