@@ -26,6 +26,7 @@ setup(
         "idna>=3",
         "prometheus-client>=0.20",
     ],
+    entry_points={"console_scripts": ["stsd = stsd.check:main"]},
     extras_require={
         "test": [
             "pytest>=8",

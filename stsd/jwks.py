@@ -177,10 +177,11 @@ class KeySet(Service):
     C{system:service-account-issuer-discovery}).
 
     Fetched when the service starts, every C{refresh_interval} seconds, and
-    on demand through L{refetch}, which fetches at most once per
-    C{min_refetch_interval} seconds (a forged token naming made-up keys must
-    not turn into a flood of API calls); concurrent callers share the fetch
-    in flight. A failed fetch keeps the last good keys.
+    on demand through L{refetch} (a token naming a key not in the set),
+    which starts a fetch at most once per C{min_refetch_interval} seconds: a
+    flood of forged tokens naming made-up keys costs at most one API call
+    per interval. Concurrent callers share the fetch in flight. A failed
+    fetch keeps the last good keys.
 
     @ivar fetches: how many fetches were started (for tests and metrics).
     @ivar fetched_at: clock time of the last successful fetch, or L{None}.
@@ -201,7 +202,7 @@ class KeySet(Service):
         self._issuer: str | None = None
         self._keys: dict[str, VerificationKey] = {}
         self._healthy = False
-        self._last_attempt: float | None = None
+        self._last_refetch: float | None = None
         self._fetching: Deferred[None] | None = None
         self._waiters: list[Deferred[None]] = []
         self._loop: LoopingCall | None = None
@@ -270,21 +271,23 @@ class KeySet(Service):
 
     def refetch(self) -> Deferred[None]:
         """
-        Fetch again, unless a fetch started less than
-        C{min_refetch_interval} seconds ago: then join the one in flight, or
-        return at once. Never fails.
+        Fetch again, unless another L{refetch} started one less than
+        C{min_refetch_interval} seconds ago; join the fetch in flight, if
+        any. Never fails.
         """
         if self._fetching is None:
+            # Only on-demand fetches count: a periodic fetch just before a
+            # key rotation must not delay picking up the new key.
             now = self._clock.seconds()
-            recent = (self._last_attempt is not None
-                      and now - self._last_attempt < self._min_refetch_interval)
+            recent = (self._last_refetch is not None
+                      and now - self._last_refetch < self._min_refetch_interval)
             if recent:
                 return succeed(None)
+            self._last_refetch = now
             self._start_fetch()
         return self._join()
 
     def _start_fetch(self) -> None:
-        self._last_attempt = self._clock.seconds()
         self.fetches += 1
         fetching = Deferred.fromCoroutine(self._fetch())
         self._fetching = fetching

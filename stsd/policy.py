@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 DEFAULT_VERSION = "2012-10-17"
 _VERSIONS = ("2012-10-17", "2008-10-17")
 _EFFECTS = ("Allow", "Deny")
+_WILDCARD = re.compile(r"[*?]")
 _POLICY_KEYS = frozenset({"Version", "Id", "Statement"})
 _STATEMENT_KEYS = frozenset({"Sid", "Effect", "Action", "NotAction", "Resource", "NotResource",
                              "Condition"})
@@ -131,7 +133,6 @@ class Policy:
             raise PolicyError(f"unsupported Version {_short(self.version)}")
 
 
-
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     # Parsers disagree on which duplicate wins; refuse rather than guess.
     result = dict(pairs)
@@ -209,20 +210,26 @@ def parse_policy(document: str | bytes | Mapping[str, object]) -> Policy:
     return Policy(tuple(_parse_statement(s) for s in statements), version)
 
 
-
 def _glob(pattern: str, text: str, hole: str) -> bool:
     """Whether *pattern* matches all of *text*; ``?`` matches one character except *hole*.
 
     The greedy single-backtrack algorithm is O(len(pattern) * len(text)) at worst, where
     a regular expression could backtrack exponentially on a hostile ``*a*a*a*b``.
     """
-    p = t = mark = 0
-    star = -1
-    while t < len(text):
-        if p < len(pattern) and pattern[p] == "*":
+    wild = _WILDCARD.search(pattern)
+    if wild is None:
+        return pattern == text
+    # Literal head and tail must match outright: rejects most pairs without the loop.
+    tail = pattern[max(pattern.rfind("*"), pattern.rfind("?")) + 1:]
+    if not (text.startswith(pattern[:wild.start()]) and text.endswith(tail)):
+        return False
+    p = t = mark = wild.start()
+    star, n, m = -1, len(pattern), len(text)
+    while t < m:
+        if p < n and pattern[p] == "*":
             star, mark = p, t
             p += 1
-        elif p < len(pattern) and (text[t] != hole if pattern[p] == "?" else pattern[p] == text[t]):
+        elif p < n and (text[t] != hole if pattern[p] == "?" else pattern[p] == text[t]):
             p += 1
             t += 1
         elif star >= 0:  # let the last * absorb one more character, retry after it
@@ -265,7 +272,6 @@ def _action_contains(outer: str, inner: str) -> bool:
     return pattern_contains(outer, inner) and pattern_contains(outer, inner, case_insensitive=True)
 
 
-
 def _applies(statement: Statement, action: str, resource: str) -> bool:
     def hit(patterns: frozenset[str], value: str, ci: bool) -> bool:
         return any(pattern_matches(p, value, case_insensitive=ci) for p in patterns)
@@ -300,7 +306,6 @@ def has_allow(policy: Policy) -> bool:
     """Whether any Allow statement remains (statement sets are never empty, so each one
     can allow something, possibly under its Condition)."""
     return any(s.effect == "Allow" for s in policy.statements)
-
 
 
 def merge(policies: Iterable[Policy]) -> Policy:
@@ -441,7 +446,6 @@ def compact(policy: Policy) -> Policy:
         if reduced == current:  # each step only shrinks the policy, so this terminates
             return Policy(tuple(sorted(current, key=_sort_key)), policy.version)
         current = reduced
-
 
 
 def _one_or_list(values: Iterable[object]) -> object:

@@ -21,6 +21,7 @@ from twisted.python import usage
 from stsd import config as configuration
 from stsd import kube, logs, tls
 from stsd.bindings import BindingIndex
+from stsd.certreload import CertificateLoadError, CertificateReloader
 from stsd.exchange import Exchange, Limits
 from stsd.identity import TokenReviewAuthenticator
 from stsd.metrics import Metrics, metrics_site_root
@@ -67,7 +68,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"kubernetes.kubeconfig: {e}") from None
 
 
-def _tenant_trust(config: configuration.Config, access: kube.KubeAccess) -> tls.CertificateTrust:
+def tenant_trust(config: configuration.Config, access: kube.KubeAccess) -> tls.CertificateTrust:
     """
     Tenants are verified against the system store, the cluster's CA (the
     operator's auto-certificates are signed by it) and C{tenants.ca_file}.
@@ -107,7 +108,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         access, make_client(reactor, access.https), reactor, config.kubernetes.timeout_seconds
     )
     minio = MinIOClient(
-        make_client(reactor, tls.VerifiedHTTPS(_tenant_trust(config, access))),
+        make_client(reactor, tls.VerifiedHTTPS(tenant_trust(config, access))),
         reactor,
         config.tenants.timeout_seconds,
     )
@@ -142,7 +143,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     site.displayTracebacks = False
     site.timeout = 60  # idle connections are closed after a minute
 
-    server_options = tls.server_options(config.server.tls_cert, config.server.tls_key)
+    try:
+        reloader = CertificateReloader(config.server.tls_cert, config.server.tls_key, reactor)
+    except CertificateLoadError as e:
+        raise usage.UsageError(f"server.tls_cert: {e}") from None
+    metrics.certificate_expiry.set_function(lambda: reloader.not_after.timestamp())
     metrics.watch_index("bindings", lambda: len(bindings))
     metrics.watch_index("tenants", lambda: len(tenants))
     for resource_name in ("bindings", "tenants"):
@@ -163,8 +168,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     credentials = TimerService(CREDENTIAL_REFRESH_SECONDS, _refresh_credentials, access)
     credentials.clock = reactor
     credentials.setServiceParent(top)
+    reloader.setServiceParent(top)
     _listen(StreamServerEndpointService(SSL4ServerEndpoint(
-        reactor, config.server.port, server_options, interface=config.server.interface,
+        reactor, config.server.port, reloader.options, interface=config.server.interface,
     ), site), top)
     metrics_site = Site(metrics_site_root(metrics.registry, lambda: None, readiness),
                         reactor=reactor)

@@ -447,3 +447,16 @@ async def test_identical_requests_reuse_credentials(world: World, daemon: Daemon
     # Nor does another duration.
     longer = await post(http, daemon.sts_url("tenant-1"), params(token, DurationSeconds="7200"))
     assert longer.xml.findtext(".//sts:AccessKeyId", namespaces=NS) not in keys
+
+
+@pytest_twisted.ensureDeferred
+async def test_daemon_needs_only_its_cluster_role(world: World, daemon: Daemon, http) -> None:
+    from stsd.rbac import PERMISSIONS
+
+    answer = await post(http, daemon.sts_url("tenant-1"), params(world.mint()))
+    assert answer.status == 200
+    role = {(p.group, p.resource, verb) for p in PERMISSIONS for verb in p.verbs}
+    used = world.kubernetes.used_permissions
+    assert ("authentication.k8s.io", "tokenreviews", "create") in used
+    assert ("sts.min.io", "policybindings", "list") in used
+    assert used <= role, used - role

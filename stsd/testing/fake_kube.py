@@ -40,6 +40,7 @@ _ROUTES = [
     for plural, (prefix, _, _) in _KINDS.items()
 ]
 _TOKENREVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+_SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 _SA_GROUPS = ("system:serviceaccounts",)
 
 
@@ -159,6 +160,10 @@ class FakeKubernetes:
         self._watches: set[_Watch] = set()
         self._faults: list[_Fault] = []
         self._hung: set = set()
+        # RBAC of the client token: (group, resource, verb) allowed; None allows all.
+        self.granted: set[tuple[str, str, str]] | None = None
+        # (group, resource, verb) of every request the client made, for RBAC checks.
+        self.used_permissions: set[tuple[str, str, str]] = set()
 
     # -- plumbing -------------------------------------------------------------
 
@@ -342,6 +347,20 @@ class FakeKubernetes:
                 raise ValueError(f"unknown fault mode {mode!r}")
             self._faults.append(_Fault(path_prefix, mode, times))
 
+    def grant_only(self, permissions: Sequence[tuple[str, str, str]]) -> None:
+        """
+        Enforce RBAC like the real API server: from now on only these
+        (group, resource, verb) are allowed to the client; others get 403.
+        """
+        self.granted = set(permissions)
+
+    def revoke(self, group: str, resource: str, verb: str) -> None:
+        if self.granted is not None:
+            self.granted.discard((group, resource, verb))
+
+    def _allowed(self, attributes: tuple[str, str, str]) -> bool:
+        return self.granted is None or attributes in self.granted
+
     def clear_faults(self) -> None:
         """Remove faults and drop the connections of requests left hanging."""
         self._faults.clear()
@@ -390,6 +409,20 @@ class FakeKubernetes:
         if not self._authorized(request):
             return _json(request, 401, _status(401, "Unauthorized", "Unauthorized"))
 
+        attributes = _attributes(method, path, query)
+        if attributes is not None:
+            self.used_permissions.add(attributes)
+            if not self._allowed(attributes):
+                group, resource, verb = attributes
+                return _json(request, 403, _status(
+                    403, "Forbidden",
+                    f'{resource}{"." + group if group else ""} is forbidden: User '
+                    f'"system:serviceaccount:minio-operator:stsd" cannot {verb} resource '
+                    f'"{resource}" in API group "{group}"'))
+        if path == _SSAR:
+            if method != "POST":
+                return _method_not_allowed(request)
+            return self._ssar(request, body or b"")
         if path == _TOKENREVIEWS:
             if method != "POST":
                 return _method_not_allowed(request)
@@ -413,6 +446,19 @@ class FakeKubernetes:
             return self._list(request, plural, m["ns"], query)
         return _json(request, 404, _status(404, "NotFound", "the server could not find the requested resource",
                                           {}))
+
+    def _ssar(self, request, body: bytes):
+        try:
+            review = json.loads(body)
+            attrs = review["spec"]["resourceAttributes"]
+            key = (attrs.get("group", ""), attrs["resource"], attrs["verb"])
+        except (ValueError, KeyError, TypeError):
+            return _json(request, 400, _status(400, "BadRequest", "not a SelfSubjectAccessReview"))
+        allowed = self._allowed(key)
+        status: dict[str, Any] = {"allowed": allowed}
+        if not allowed:
+            status["reason"] = "no RBAC policy matched"
+        return _json(request, 201, {**review, "status": status})
 
     def _authorized(self, request) -> bool:
         header = request.getHeader("authorization") or ""
@@ -608,6 +654,24 @@ class FakeKubernetes:
         if extra:
             user["extra"] = extra
         return user, auds
+
+
+def _attributes(method: str, path: str, query: dict[str, str]) -> tuple[str, str, str] | None:
+    """
+    The RBAC (group, resource, verb) of a request, as the API server derives
+    it; None for paths RBAC does not cover here (discovery, reviews of self).
+    """
+    if path == _TOKENREVIEWS and method == "POST":
+        return ("authentication.k8s.io", "tokenreviews", "create")
+    for pattern, plural in _ROUTES:
+        m = pattern.match(path)
+        if m is None or method != "GET":
+            continue
+        group = _KINDS[plural][1].rpartition("/")[0]
+        if m["name"] is not None:
+            return (group, plural, "get")
+        return (group, plural, "watch" if query.get("watch") in ("1", "true") else "list")
+    return None
 
 
 def _field_selector(raw: str) -> dict[str, str]:

@@ -25,6 +25,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.web.server import Site
 
+from stsd.rbac import PERMISSIONS
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.pki import TestPKI
@@ -192,6 +193,9 @@ class World:
             kubernetes.add_tenant(
                 t.namespace, t.name, configuration_secret=f"{t.name}-env-configuration"
             )
+        # RBAC as in production: exactly the permissions of stsd's ClusterRole.
+        kubernetes.grant_only(
+            [(p.group, p.resource, verb) for p in PERMISSIONS for verb in p.verbs])
         kubernetes.create_serviceaccount("apps", "photo-sa")
         kubernetes.create_serviceaccount("apps", "unbound-sa")
         kubernetes.add_policybinding(

@@ -1,0 +1,7 @@
+"""
+C{python -m stsd check --config FILE}: the same as the C{stsd} command.
+"""
+
+from stsd.check import main
+
+main()

@@ -1,0 +1,193 @@
+# -*- test-case-name: tests.test_check -*-
+"""
+C{stsd check --config FILE}: a pre-flight check for operators.
+
+Loads the configuration, verifies the TLS files, reaches the API server,
+asks it (SelfSubjectAccessReview) about every permission stsd needs, lists
+the Tenants and reaches each one's admin API; prints a table and a
+verdict, and exits non-zero if anything failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+
+from stsd import config as configuration
+from stsd import kube, tls
+from stsd.certreload import CertificateLoadError, load_certificate
+from stsd.minio_client import MinIOClient, TenantEndpoint
+from stsd.rbac import PERMISSIONS
+from stsd.refresh import TENANTS_PATH
+from stsd.tap import tenant_trust
+from stsd.tenants import EndpointRule, parse_tenant, root_credentials, secret_config_env
+from stsd.upstream import UpstreamError, make_client, request
+
+SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
+@dataclass
+class Row:
+    check: str
+    ok: bool
+    detail: str = ""
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+
+    def add(self, check: str, ok: bool, detail: str = "") -> bool:
+        self.rows.append(Row(check, ok, detail))
+        return ok
+
+    def render(self, out: IO[str]) -> None:
+        width = max(len(r.check) for r in self.rows) + 2
+        out.write(f"{'CHECK':<{width}}RESULT  DETAIL\n")
+        for r in self.rows:
+            out.write(f"{r.check:<{width}}{'ok' if r.ok else 'FAIL':<8}{r.detail}\n")
+        failed = sum(not r.ok for r in self.rows)
+        if failed:
+            out.write(f"verdict: FAILED ({failed} of {len(self.rows)} checks failed)\n")
+        else:
+            out.write(f"verdict: OK (all {len(self.rows)} checks passed)\n")
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+
+async def _access_review(
+    http: Any, clock: Any, access: kube.KubeAccess, timeout: float,
+    group: str, resource: str, verb: str,
+) -> tuple[bool, str]:
+    body = json.dumps({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"group": group, "resource": resource, "verb": verb}},
+    }).encode()
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if access.authorization:
+        headers["Authorization"] = access.authorization
+    response = await request(http, clock, "POST", access.host + SSAR_PATH,
+                             target="SelfSubjectAccessReview", timeout=timeout,
+                             headers=headers, data=body)
+    if response.status not in (200, 201):
+        return False, f"HTTP {response.status}"
+    status = json.loads(response.body).get("status") or {}
+    return status.get("allowed") is True, str(status.get("reason", ""))[:80]
+
+
+async def run_check(reactor: Any, config_path: str, out: IO[str]) -> bool:
+    report = Report()
+    try:
+        config = configuration.load_config(config_path)
+    except configuration.ConfigError as e:
+        report.add(f"config {config_path}", False, str(e))
+        report.render(out)
+        return False
+    report.add(f"config {config_path}", True)
+    try:
+        loaded = load_certificate(config.server.tls_cert, config.server.tls_key)
+        left = (loaded.not_after.timestamp() - reactor.seconds()) / 86400
+        report.add("TLS certificate and key", left > 0,
+                   f"expires {loaded.not_after:%Y-%m-%d %H:%M} UTC ({left:.1f} days)")
+    except CertificateLoadError as e:
+        report.add("TLS certificate and key", False, str(e))
+    try:
+        access = kube.load_access(config.kubernetes.kubeconfig)
+    except kube.KubeAccessError as e:
+        report.add("Kubernetes credentials", False, str(e))
+        report.render(out)
+        return False
+    timeout = config.kubernetes.timeout_seconds
+    kube_http = make_client(reactor, access.https)
+    minio_http = make_client(reactor, tls.VerifiedHTTPS(tenant_trust(config, access)))
+    client = kube.KubernetesClient(access, kube_http, reactor, timeout)
+    try:
+        await _check_cluster(report, reactor, config, access, kube_http, client, minio_http)
+    finally:
+        for http in (kube_http, minio_http):
+            await http._agent._pool.closeCachedConnections()
+    report.render(out)
+    return report.ok
+
+
+async def _step(report: Report, name: str, call: Callable[[], Awaitable[str]]) -> bool:
+    try:
+        detail = await call()
+    except Exception as e:  # noqa: BLE001 - every failure is a row of the report
+        return report.add(name, False, str(e)[:160])
+    return report.add(name, True, detail)
+
+
+async def _check_cluster(
+    report: Report, reactor: Any, config: configuration.Config, access: kube.KubeAccess,
+    kube_http: Any, client: kube.KubernetesClient, minio_http: Any,
+) -> None:
+    timeout = config.kubernetes.timeout_seconds
+
+    def review(group: str, resource: str, verb: str) -> Awaitable[tuple[bool, str]]:
+        return _access_review(kube_http, reactor, access, timeout, group, resource, verb)
+
+    try:
+        await review("authentication.k8s.io", "tokenreviews", "create")
+    except (UpstreamError, ValueError) as e:
+        report.add(f"Kubernetes API {access.host}", False, str(e)[:160])
+        return
+    report.add(f"Kubernetes API {access.host}", True, "reached")
+    for permission in PERMISSIONS:
+        for verb in permission.verbs:
+            async def allowed(p=permission, v=verb) -> str:
+                ok, reason = await review(p.group, p.resource, v)
+                if not ok:
+                    raise RuntimeError(f"not allowed ({reason or 'no reason given'})")
+                return p.why
+
+            name = f"RBAC {verb} {permission.resource}" + (
+                f".{permission.group}" if permission.group else "")
+            await _step(report, name, allowed)
+    tenants: list[Any] = []
+
+    async def list_tenants() -> str:
+        items, _ = await client.list(TENANTS_PATH, "Tenants")
+        tenants.extend(t for t in (parse_tenant(i) for i in items) if t is not None)
+        return f"{len(tenants)} found"
+
+    if not await _step(report, "list Tenants", list_tenants):
+        return
+    rule = EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain)
+    minio = MinIOClient(minio_http, reactor, config.tenants.timeout_seconds)
+    for tenant in tenants:
+        async def reach(t=tenant) -> str:
+            env: dict[str, str] = {}
+            if t.secret_name:
+                secret = await client.get(
+                    f"/api/v1/namespaces/{t.namespace}/secrets/{t.secret_name}", "Secret")
+                env = secret_config_env(secret) if secret else {}
+            credentials = root_credentials(t, env)
+            if credentials is None:
+                raise RuntimeError(f"no root credentials in Secret {t.secret_name}")
+            url = rule.url(t)
+            region = await minio.region(TenantEndpoint(f"{t.namespace}/{t.name}", url, credentials))
+            return f"{url} region {region}"
+
+        await _step(report, f"tenant {tenant.namespace}/{tenant.name}", reach)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 3 or args[0] != "check" or args[1] != "--config":
+        sys.stderr.write("usage: stsd check --config FILE\n")
+        raise SystemExit(2)
+
+    async def run(reactor: Any) -> None:
+        if not await run_check(reactor, args[2], sys.stdout):
+            raise SystemExit(1)
+
+    react(lambda reactor: Deferred.fromCoroutine(run(reactor)))

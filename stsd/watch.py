@@ -1,0 +1,571 @@
+# -*- test-case-name: tests.test_watch -*-
+"""
+Keep the in-memory view of PolicyBindings, Tenants and their Secrets fresh
+with list + watch: a change reaches the indexes as soon as the API server
+streams it, instead of at the next periodic list.
+
+L{ListWatch} follows one collection: list, then watch from the list's
+resourceVersion (with bookmarks); a watch that ends normally is resumed
+from the last version seen; a 410 or other C{ERROR} event, a failed or cut
+connection, a silent stream or a failing list start over with a new list,
+after a backoff with full jitter when something failed. A safety-net
+C{LoopingCall} re-lists every C{resync_seconds} whatever the watch says, so
+a watch that stalls silently cannot leave the state stale for longer.
+
+L{WatchSync} is the drop-in counterpart of L{stsd.refresh.Refresher}: the
+same C{ready} and C{synced_at}, the same failure semantics (a failure keeps
+the last good state, is logged, and never stops anything).
+
+Secret data and tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+
+from stsd.bindings import Binding, BindingIndex, parse_binding
+from stsd.kube import KubernetesError, WatchExpired
+from stsd.minio_client import RootCredentials
+from stsd.tenants import (
+    Tenant,
+    TenantIndex,
+    parse_tenant,
+    root_credentials,
+    secret_config_env,
+)
+
+log = Logger()
+
+BINDINGS_PATH = "/apis/sts.min.io/v1beta1/policybindings"
+TENANTS_PATH = "/apis/minio.min.io/v2/tenants"
+
+WATCH_SECONDS = 300  # timeoutSeconds asked of the API server per watch request
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 30.0
+# A watch that ends cleanly sooner than this with nothing in it is treated
+# like a failure (backoff): a server ending every watch at once must not be
+# asked again in a tight loop.
+MIN_WATCH_SECONDS = 1.0
+
+EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED")
+
+
+class Watcher(Protocol):
+    """
+    What L{ListWatch} needs of L{stsd.kube.KubernetesClient}.
+    """
+
+    async def list(self, path: str, what: str) -> tuple[list[dict[str, Any]], str]: ...
+
+    async def watch(
+        self,
+        path: str,
+        resource_version: str,
+        on_event: Callable[[str, dict[str, Any]], None],
+        *,
+        timeout_seconds: int,
+        what: str = ...,
+    ) -> None: ...
+
+
+class _ErrorEvent(Exception):
+    """
+    The watch stream carried an C{ERROR} event (a Status): list again.
+    """
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        code = status.get("code")
+        reason = status.get("reason")
+        self.code = code if isinstance(code, int) else None
+        self.reason = reason if isinstance(reason, str) else "no reason"
+        super().__init__(f"ERROR event: {self.code} {self.reason}")
+
+    @property
+    def expired(self) -> bool:
+        return self.code == 410 or self.reason in ("Expired", "Gone")
+
+
+def _resource_version(obj: dict[str, Any]) -> str | None:
+    metadata = obj.get("metadata")
+    version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+    return version if isinstance(version, str) and version else None
+
+
+def _object_key(obj: dict[str, Any]) -> tuple[str, str] | None:
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        return None
+    namespace, name = metadata.get("namespace"), metadata.get("name")
+    if isinstance(namespace, str) and isinstance(name, str):
+        return namespace, name
+    return None
+
+
+class ListWatch(Service):
+    """
+    Follow the objects at one API path: list into C{on_replace(items,
+    resourceVersion)}, then stream each change into C{on_event(type,
+    object)} (C{ADDED}, C{MODIFIED}, C{DELETED}; bookmarks only advance the
+    resourceVersion).
+
+    Every step catches and logs its own failures and the loop goes on: a
+    failure keeps the last good state. Stopping cancels the list, watch or
+    backoff in flight and the safety-net timer; L{stopService}'s Deferred
+    fires once the loop has ended, and no callback is called after that.
+
+    @ivar listed: a list has succeeded at least once.
+    @ivar attempted: the first list has finished, successfully or not.
+    @ivar synced_at: clock time of the last successful list or event.
+    @ivar resource_version: the version the next watch starts from.
+    """
+
+    def __init__(
+        self,
+        kubernetes: Watcher,
+        path: str,
+        what: str,
+        *,
+        on_replace: Callable[[list[dict[str, Any]], str], None],
+        on_event: Callable[[str, dict[str, Any]], None],
+        clock: IReactorTime,
+        resync_seconds: float,
+        watch_seconds: int = WATCH_SECONDS,
+        random: Callable[[], float] = _random.random,
+        backoff_base: float = BACKOFF_BASE_SECONDS,
+        backoff_cap: float = BACKOFF_CAP_SECONDS,
+    ) -> None:
+        self._kubernetes = kubernetes
+        self._path = path
+        self.what = what
+        self._on_replace = on_replace
+        self._on_event = on_event
+        self._clock = clock
+        self._resync_seconds = resync_seconds
+        self._watch_seconds = watch_seconds
+        self._random = random
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+
+        self.listed = False
+        self.attempted = False
+        self.synced_at: float | None = None
+        self.resource_version: str | None = None
+
+        self._phase = "stopped"  # listing | watching | backoff | stopped
+        self._stopping = False
+        self._must_list = True
+        self._resync_requested = False
+        self._attempt = 0  # consecutive failures, for the backoff
+        self._delivered = False  # the current watch delivered an event
+        self._watch_started = 0.0
+        self._pending: Deferred[Any] | None = None
+        self._safety: LoopingCall | None = None
+        self._waiters: list[Deferred[None]] = []
+
+    # -- the service ------------------------------------------------------------
+
+    def startService(self) -> None:
+        if self.running:
+            return
+        super().startService()
+        self._stopping = False
+        self._must_list = True
+        self._phase = "listing"
+        Deferred.fromCoroutine(self._run())
+        self._safety = LoopingCall(self.resync)
+        self._safety.clock = self._clock
+        self._safety.start(self._resync_seconds, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        if self._safety is not None and self._safety.running:
+            self._safety.stop()
+        self._safety = None
+        if self._phase == "stopped":
+            return succeed(None)
+        stopped: Deferred[None] = Deferred()
+        self._waiters.append(stopped)
+        if self._pending is not None:
+            self._pending.cancel()
+        return stopped
+
+    def resync(self) -> None:
+        """
+        The safety net: list again now and restart the watch from the new
+        version. A list or backoff in flight already leads to a list.
+        """
+        try:
+            if self._stopping:
+                return
+            if self._phase == "watching" and self._pending is not None:
+                self._resync_requested = True
+                self._pending.cancel()
+            elif self._phase == "backoff":
+                self._must_list = True
+        except Exception:
+            log.failure("{what}: starting the periodic re-list failed", what=self.what)
+
+    # -- the loop ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = 0.0
+        try:
+            while not self._stopping:
+                try:
+                    if delay > 0:
+                        self._phase = "backoff"
+                        await self._wait(deferLater(self._clock, delay, lambda: None))
+                        delay = 0.0
+                    if self._must_list:
+                        await self._list()
+                    await self._watch()
+                    delay = self._ended()
+                except Exception as e:
+                    if self._stopping:
+                        break
+                    delay = self._failed(e)
+        finally:
+            self._phase = "stopped"
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    async def _wait(self, d: Deferred[Any]) -> Any:
+        if self._stopping:  # stopped from a callback of this very loop
+            d.cancel()
+            raise CancelledError()
+        self._pending = d
+        try:
+            result = await d
+        finally:
+            self._pending = None
+        if self._stopping:
+            raise CancelledError()
+        return result
+
+    async def _list(self) -> None:
+        self._phase = "listing"
+        try:
+            items, version = await self._wait(
+                Deferred.fromCoroutine(self._kubernetes.list(self._path, self.what)))
+        finally:
+            self.attempted = True
+        self._on_replace(items, version)
+        first = not self.listed
+        self.resource_version = version
+        self._must_list = False
+        self.listed = True
+        self.synced_at = self._clock.seconds()
+        (log.info if first else log.debug)(
+            "{what}: listed {count} at resourceVersion {version}",
+            what=self.what, count=len(items), version=version)
+
+    async def _watch(self) -> None:
+        self._phase = "watching"
+        self._resync_requested = False
+        self._delivered = False
+        self._watch_started = self._clock.seconds()
+        await self._wait(Deferred.fromCoroutine(self._kubernetes.watch(
+            self._path, self.resource_version or "", self._event,
+            timeout_seconds=self._watch_seconds, what=self.what,
+        )))
+
+    def _event(self, etype: str, obj: dict[str, Any]) -> None:
+        if self._stopping:
+            raise CancelledError()
+        if etype == "ERROR":
+            raise _ErrorEvent(obj)
+        if etype in EVENT_TYPES:
+            self._on_event(etype, obj)
+        elif etype != "BOOKMARK":
+            log.warn("{what}: ignoring a watch event of unknown type {type}",
+                     what=self.what, type=etype[:40])
+            return
+        version = _resource_version(obj)
+        if version is not None:
+            self.resource_version = version
+        self._delivered = True
+        self._attempt = 0
+        self.synced_at = self._clock.seconds()
+
+    def _ended(self) -> float:
+        """
+        The API server ended the watch (its timeoutSeconds): resume from the
+        last version at once, unless it ended at once with nothing in it.
+        """
+        now = self._clock.seconds()
+        if self._delivered or now - self._watch_started >= MIN_WATCH_SECONDS:
+            self._attempt = 0
+            self.synced_at = now
+            return 0.0
+        delay = self._backoff()
+        log.info("{what}: the watch ended at once; watching again in {delay} s",
+                 what=self.what, delay=round(delay, 3))
+        return delay
+
+    def _failed(self, error: Exception) -> float:
+        """
+        Something failed: list again, after a backoff unless the failure
+        was the safety net's own cancel or a first 410.
+        """
+        self._must_list = True
+        if self._resync_requested:
+            self._resync_requested = False
+            return 0.0
+        if isinstance(error, (_ErrorEvent, WatchExpired)):
+            expired = isinstance(error, WatchExpired) or error.expired
+            # A first "too old" is routine (history compacted while we were
+            # away): list at once. Repeated ones back off like failures.
+            delay = 0.0 if expired and self._attempt == 0 else self._backoff()
+            log.info("{what}: {reason}; listing again in {delay} s",
+                     what=self.what, reason=str(error), delay=round(delay, 3))
+            return delay
+        delay = self._backoff()
+        if isinstance(error, KubernetesError):
+            log.warn("{what}: {reason}; keeping the last good state, listing again in {delay} s",
+                     what=self.what, reason=str(error), delay=round(delay, 3))
+        else:
+            log.failure("{what}: unexpected failure; keeping the last good state, "
+                        "listing again in {delay} s", what=self.what, delay=round(delay, 3))
+        return delay
+
+    def _backoff(self) -> float:
+        """
+        Full jitter: uniform in [0, min(cap, base * 2 ** attempt)).
+        """
+        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(self._attempt, 32))
+        self._attempt += 1
+        return self._random() * ceiling
+
+
+@dataclass(eq=False)
+class _SecretFeed:
+    """
+    The watch of one tenant's configuration Secret, and what it last read.
+    """
+
+    tenant: Tenant
+    secret_name: str
+    watch: ListWatch | None = None
+    # The Secret's config.env; None until it has been read once.
+    config_env: dict[str, str] | None = field(default=None, repr=False)
+    warned: bool = False
+
+
+class WatchSync(Service):
+    """
+    List + watch PolicyBindings and Tenants, and each Tenant's Secret, into
+    the given indexes: the watch-based counterpart of
+    L{stsd.refresh.Refresher}.
+
+    @ivar synced_at: per resource (C{bindings}, C{tenants}), clock time of
+        the last successful list or event.
+    """
+
+    def __init__(
+        self,
+        kubernetes: Watcher,
+        bindings: BindingIndex,
+        tenants: TenantIndex,
+        clock: IReactorTime,
+        resync_seconds: float,
+        *,
+        watch_seconds: int = WATCH_SECONDS,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self._kubernetes = kubernetes
+        self._bindings = bindings
+        self._tenants = tenants
+        self._clock = clock
+        self._resync_seconds = resync_seconds
+        self._watch_seconds = watch_seconds
+        self._random = random
+        self._feeds: dict[tuple[str, str], _SecretFeed] = {}
+        self._stopping: set[Deferred[None]] = set()
+        self._ready = False
+        self.binding_watch = self._list_watch(
+            BINDINGS_PATH, "PolicyBindings", self._replace_bindings, self._binding_event)
+        self.tenant_watch = self._list_watch(
+            TENANTS_PATH, "Tenants", self._replace_tenants, self._tenant_event)
+
+    def _list_watch(
+        self,
+        path: str,
+        what: str,
+        on_replace: Callable[[list[dict[str, Any]], str], None],
+        on_event: Callable[[str, dict[str, Any]], None],
+    ) -> ListWatch:
+        return ListWatch(
+            self._kubernetes, path, what, on_replace=on_replace, on_event=on_event,
+            clock=self._clock, resync_seconds=self._resync_seconds,
+            watch_seconds=self._watch_seconds, random=self._random,
+        )
+
+    @property
+    def ready(self) -> bool:
+        """
+        Bindings and tenants have been listed (and the first read of each
+        listed tenant's Secret has finished, as the Refresher did): before
+        that, a missing binding means "not known yet", not "denied". Once
+        ready, always ready.
+        """
+        if not self._ready:
+            self._ready = (
+                self.binding_watch.listed
+                and self.tenant_watch.listed
+                and all(f.watch is not None and f.watch.attempted for f in self._feeds.values())
+            )
+        return self._ready
+
+    @property
+    def synced_at(self) -> dict[str, float]:
+        out = {}
+        for name, watch in (("bindings", self.binding_watch), ("tenants", self.tenant_watch)):
+            if watch.synced_at is not None:
+                out[name] = watch.synced_at
+        return out
+
+    def secret_watches(self) -> dict[tuple[str, str], str]:
+        """
+        The Secrets watched: (namespace, tenant) to Secret name.
+        """
+        return {key: feed.secret_name for key, feed in self._feeds.items()}
+
+    def startService(self) -> None:
+        super().startService()
+        self.binding_watch.startService()
+        self.tenant_watch.startService()
+        for feed in list(self._feeds.values()):
+            if feed.watch is not None and not feed.watch.running:
+                feed.watch.startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        stops = [self.binding_watch.stopService(), self.tenant_watch.stopService()]
+        stops += [f.watch.stopService() for f in self._feeds.values() if f.watch is not None]
+        stops += list(self._stopping)
+        return gatherResults(stops).addCallback(lambda _: None)
+
+    # -- bindings ---------------------------------------------------------------
+
+    def _replace_bindings(self, items: list[dict[str, Any]], version: str) -> None:
+        self._bindings.replace(b for b in (parse_binding(i) for i in items) if b is not None)
+
+    def _binding_event(self, etype: str, obj: dict[str, Any]) -> None:
+        binding = parse_binding(obj)
+        if binding is None:
+            # Malformed now: whatever it granted before is gone.
+            key = _object_key(obj)
+            if key is not None:
+                self._bindings.apply("DELETED", Binding(key[0], key[1], "", "", ()))
+            return
+        self._bindings.apply(etype, binding)
+
+    # -- tenants ----------------------------------------------------------------
+
+    def _replace_tenants(self, items: list[dict[str, Any]], version: str) -> None:
+        tenants = [t for t in (parse_tenant(i) for i in items) if t is not None]
+        self._tenants.replace(tenants)
+        live = {(t.namespace, t.name) for t in tenants}
+        for key in [k for k in self._feeds if k not in live]:
+            self._drop_feed(key)
+        for tenant in tenants:
+            self._track(tenant)
+
+    def _tenant_event(self, etype: str, obj: dict[str, Any]) -> None:
+        tenant = parse_tenant(obj)
+        if tenant is None:
+            key = _object_key(obj)
+            if key is not None:
+                self._tenants.apply("DELETED", Tenant(key[0], key[1], True, None, {}))
+                self._drop_feed(key)
+            return
+        self._tenants.apply(etype, tenant)
+        if etype == "DELETED":
+            self._drop_feed((tenant.namespace, tenant.name))
+        else:
+            self._track(tenant)
+
+    def _track(self, tenant: Tenant) -> None:
+        """
+        Make sure the Secret C{tenant} names is watched, and its
+        credentials follow a change of C{spec.env}.
+        """
+        key = (tenant.namespace, tenant.name)
+        feed = self._feeds.get(key)
+        if feed is not None and feed.secret_name == tenant.secret_name:
+            feed.tenant = tenant
+            if feed.config_env is not None:
+                self._set_credentials(feed)
+            return
+        if feed is not None:
+            # Another Secret now: the old one's credentials stay until the
+            # new one has been read.
+            self._drop_feed(key)
+        if tenant.secret_name is None:
+            self._tenants.set_credentials(tenant, root_credentials(tenant, {}))
+            return
+        feed = _SecretFeed(tenant, tenant.secret_name)
+        # The field selector lets RBAC grant list/watch on just this Secret
+        # (resourceNames); the name comes from the Tenant's spec: quote it.
+        namespace, name = quote(tenant.namespace, safe=""), quote(tenant.secret_name, safe="")
+        feed.watch = self._list_watch(
+            f"/api/v1/namespaces/{namespace}/secrets?fieldSelector=metadata.name%3D{name}",
+            f"Secret {tenant.namespace}/{tenant.secret_name}",
+            lambda items, version: self._replace_secret(feed, items),
+            lambda etype, obj: self._read_secret(feed, None if etype == "DELETED" else obj),
+        )
+        self._feeds[key] = feed
+        if self.running:
+            feed.watch.startService()
+
+    def _drop_feed(self, key: tuple[str, str]) -> None:
+        feed = self._feeds.pop(key, None)
+        if feed is None or feed.watch is None:
+            return
+        stopped = feed.watch.stopService()
+        if not stopped.called:
+            # stopService waits for it too.
+            self._stopping.add(stopped)
+
+            def forget(result: object) -> object:
+                self._stopping.discard(stopped)
+                return result
+
+            stopped.addBoth(forget)
+
+    # -- secrets ----------------------------------------------------------------
+
+    def _replace_secret(self, feed: _SecretFeed, items: list[dict[str, Any]]) -> None:
+        secret = next((i for i in items if isinstance(i.get("metadata"), dict)
+                       and i["metadata"].get("name") == feed.secret_name), None)
+        self._read_secret(feed, secret)
+
+    def _read_secret(self, feed: _SecretFeed, secret: dict[str, Any] | None) -> None:
+        """
+        The Secret as now known (L{None}: it does not exist).
+        """
+        if self._feeds.get((feed.tenant.namespace, feed.tenant.name)) is not feed:
+            return  # a feed being stopped
+        feed.config_env = secret_config_env(secret) if secret is not None else {}
+        self._set_credentials(feed)
+
+    def _set_credentials(self, feed: _SecretFeed) -> None:
+        credentials: RootCredentials | None = root_credentials(feed.tenant, feed.config_env or {})
+        if credentials is None and not feed.warned:
+            log.warn("Tenant {namespace}/{name}: no root credentials in Secret {secret}",
+                     namespace=feed.tenant.namespace, name=feed.tenant.name,
+                     secret=feed.secret_name)
+        feed.warned = credentials is None
+        self._tenants.set_credentials(feed.tenant, credentials)

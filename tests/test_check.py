@@ -1,0 +1,92 @@
+"""
+C{stsd check} against the simulated cluster: all green, then a missing
+permission, an unreachable tenant and a bad config turn it red.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pytest_twisted
+import yaml
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+
+from stsd.check import run_check
+from stsd.testing.world import World, free_port
+
+
+def write_config(world: World, path: Path, **overrides) -> str:
+    path.write_text(yaml.safe_dump(world.config(free_port(), **overrides)))
+    return str(path)
+
+
+def rows(output: str) -> dict[str, str]:
+    table = {}
+    for line in output.splitlines()[1:-1]:
+        name, _, rest = line.partition("  ")
+        table[name.strip()] = rest.strip()
+    return table
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_passes_on_the_demo_cluster(world: World, tmp_path: Path) -> None:
+    out = StringIO()
+    assert await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
+    text = out.getvalue()
+    assert text.splitlines()[-1] == "verdict: OK (all 14 checks passed)", text
+    table = rows(text)
+    assert table["RBAC create tokenreviews.authentication.k8s.io"].startswith("ok")
+    assert table["RBAC get secrets"].startswith("ok")
+    assert "region us-east-1" in table["tenant tenant-1/storage"]
+    assert "region eu-west-1" in table["tenant tenant-2/archive"]
+    assert world.client_token not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_reports_a_missing_permission(world: World, tmp_path: Path) -> None:
+    world.kubernetes.revoke("", "secrets", "watch")
+    try:
+        out = StringIO()
+        assert not await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
+    finally:
+        world.kubernetes.granted.add(("", "secrets", "watch"))
+    text = out.getvalue()
+    assert rows(text)["RBAC watch secrets"].startswith("FAIL")
+    assert text.splitlines()[-1] == "verdict: FAILED (1 of 14 checks failed)", text
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_reports_an_unreachable_tenant(world: World, tmp_path: Path) -> None:
+    world.tenants["tenant-2"].minio.fail("info", "500")
+    try:
+        out = StringIO()
+        assert not await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
+    finally:
+        world.tenants["tenant-2"].minio.clear_faults()
+    table = rows(out.getvalue())
+    assert table["tenant tenant-2/archive"].startswith("FAIL")
+    assert table["tenant tenant-1/storage"].startswith("ok")
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_command_exit_codes(world: World, tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    good = write_config(world, tmp_path / "good.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: {port: 0}\n")
+
+    def run(path: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "stsd", "check", "--config", path],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    ok = await deferToThread(run, good)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "verdict: OK" in ok.stdout
+    failed = await deferToThread(run, str(bad))
+    assert failed.returncode == 1
+    assert "server.port" in failed.stdout and "verdict: FAILED" in failed.stdout
