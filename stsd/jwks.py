@@ -19,8 +19,9 @@ keys (service-account issuer discovery), so that a request costs no API call.
 
 The trade-off of C{jwks}: the keys say who signed a token, not whether what
 it names still exists. A token of a deleted pod or ServiceAccount stays
-valid until it expires (projected tokens live at most an hour, usually;
-the C{kubernetes.io} C{warnafter} claim is not a deadline); only
+valid until it expires (a projected token lives for its volume's
+C{expirationSeconds}, an hour by default; tokens from the TokenRequest API
+or minted for the API server's own audience may live much longer); only
 C{tokenreview} refuses it at once.
 
 Time is the injected clock's, not PyJWT's wall clock: PyJWT only checks the
@@ -164,7 +165,8 @@ def _parse_jwk(jwk: object) -> VerificationKey:
     except (jwt.PyJWTError, ValueError, TypeError, KeyError) as e:
         raise JWKSError(f"kid {kid[:80]}: unusable {kty} key ({type(e).__name__})") from None
     if jwk.get("alg", algorithm) != algorithm:
-        raise JWKSError(f"kid {kid[:80]}: algorithm {str(jwk.get('alg'))[:20]!r} is not {algorithm}")
+        alg = str(jwk.get("alg"))[:20]
+        raise JWKSError(f"kid {kid[:80]}: algorithm {alg!r} is not {algorithm}")
     return VerificationKey(kid, algorithm, public)
 
 
@@ -207,6 +209,7 @@ class KeySet(Service):
         self._waiters: list[Deferred[None]] = []
         self._loop: LoopingCall | None = None
         self._loop_done: Deferred[object] | None = None
+        self._stopping = False
         self.fetches = 0
         self.fetched_at: float | None = None
 
@@ -240,14 +243,20 @@ class KeySet(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self._clock
         self._loop_done = self._loop.start(self._refresh_interval, now=True)
 
     def stopService(self) -> Deferred[object] | None:
         super().stopService()
+        self._stopping = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._fetching is not None:
+            # Shutdown must not wait out the API server timeout of a fetch in
+            # flight: give it up (its waiters are released, keys unchanged).
+            self._fetching.cancel()
         return self._loop_done
 
     def _tick(self) -> Deferred[None]:
@@ -315,10 +324,12 @@ class KeySet(Service):
     async def _fetch(self) -> None:
         try:
             issuer, keys = await self._download()
-        except (KubernetesError, JWKSError) as e:
-            self._failed(str(e))
-            return
-        except Exception:
+        except Exception as e:
+            if self._stopping:  # cancelled by stopService: nothing to report
+                return
+            if isinstance(e, (KubernetesError, JWKSError)):
+                self._failed(str(e))
+                return
             log.failure("fetching the cluster's token signing keys failed")
             self._failed("unexpected error")
             return

@@ -327,7 +327,11 @@ class ListWatch(Service):
             expired = isinstance(error, WatchExpired) or error.expired
             # A first "too old" is routine (history compacted while we were
             # away): list at once. Repeated ones back off like failures.
-            delay = 0.0 if expired and self._attempt == 0 else self._backoff()
+            if expired and self._attempt == 0:
+                self._attempt += 1
+                delay = 0.0
+            else:
+                delay = self._backoff()
             log.info("{what}: {reason}; listing again in {delay} s",
                      what=self.what, reason=str(error), delay=round(delay, 3))
             return delay

@@ -167,6 +167,12 @@ def parse_request(
     duration = _parse_duration(params.get("DurationSeconds"), default_duration, max_duration)
     policy = None
     text = params.get("Policy")
+    if text and len(text) > MINIO_POLICY_LIMIT:
+        # AWS's limit for an inline session policy; it also bounds the CPU
+        # the policy algebra spends on a caller's document.
+        raise errors.packed_policy_too_large(
+            f"Policy is longer than {MINIO_POLICY_LIMIT} characters"
+        )
     if text:
         try:
             policy = parse_policy(text)

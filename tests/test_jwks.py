@@ -383,7 +383,8 @@ class JWKSAuthenticatorTests(Cluster):
         self.start()
         for sub in ["oidc:alice", "alice", "system:serviceaccount:apps",
                     "system:serviceaccount:apps:photo-sa:x", "system:node:worker-1",
-                    "oidc:system:serviceaccount:apps:photo-sa", "system:serviceaccount:Apps:photo-sa"]:
+                    "oidc:system:serviceaccount:apps:photo-sa",
+                    "system:serviceaccount:Apps:photo-sa"]:
             with self.subTest(sub=sub):
                 self.refuse(self.mint(sub=sub), "InvalidIdentityToken")
         self.refuse(self.mint(sub=42))  # not even a string: pyjwt refuses it as malformed
@@ -474,6 +475,18 @@ class JWKSAuthenticatorTests(Cluster):
         self.successResultOf(Deferred.fromCoroutine(_stop(self.keys)))
         self.clock.advance(10 * REFRESH)
         self.assertEqual(self.fetches(), (1, 1))
+
+    def test_stop_gives_up_a_fetch_in_flight(self) -> None:
+        self.fake.fail(DISCOVERY_PATH, "hang")
+        with captured_logs() as events:
+            self.keys.startService()
+            self.stub.flush()
+            stopped = self.keys.stopService()
+            assert stopped is not None
+            self.successResultOf(stopped)  # at once, not after the API timeout
+        self.assertFalse(self.keys.known)
+        self.assertEqual([e for e in events if e["log_level"].name in ("warn", "error")], [])
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
 
     def test_api_server_down_at_start_then_recovers(self) -> None:
         self.fake.fail(DISCOVERY_PATH, "500")
@@ -567,7 +580,8 @@ class JWKSAuthenticatorTests(Cluster):
                     authenticator=authenticator)
 
     def test_no_usable_keys_is_not_known(self) -> None:
-        keys = self.keyset(Static("https://x", {"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}))
+        hmac_only = {"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}
+        keys = self.keyset(Static("https://x", hmac_only))
         authenticator = JWKSAuthenticator(keys, AUDIENCE, self.clock)
         keys.startService()
         self.assertFalse(keys.known)

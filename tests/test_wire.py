@@ -106,6 +106,13 @@ def test_duration_bounded_by_configured_maximum() -> None:
     assert parse(form(DurationSeconds="3600"), max_duration=3600).duration_seconds == 3600
 
 
+def test_policy_length_bounded() -> None:
+    statement = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}
+    long = json.dumps({"Version": "2012-10-17", "Statement": [statement] * 40})
+    assert len(long) > 2048
+    assert code_of(body=form(Policy=long)) == ("PackedPolicyTooLarge", 400)
+
+
 def test_policy_parsed() -> None:
     policy = json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}]})

@@ -1,0 +1,1039 @@
+"""
+Tests for L{stsd.watch} (list + watch of PolicyBindings, Tenants and their
+Secrets) and L{stsd.kube.KubernetesClient.watch}.
+
+Most run in memory: the strict fake API server behind C{StubTreq} (which
+streams a watch response chunk by chunk as the fake writes it: each
+C{flush} delivers what was written) and a C{Clock}. A few run over real
+loopback TLS to measure how soon a change reaches the index.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import statistics
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import pytest_twisted
+from cryptography.hazmat.primitives.asymmetric import rsa
+from treq.testing import StubTreq
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
+
+from stsd import errors, kube, tls
+from stsd.bindings import Binding, BindingIndex
+from stsd.kube import KubeAccess, KubernetesClient, KubernetesError, WatchExpired
+from stsd.tenants import EndpointRule, TenantIndex
+from stsd.testing.fake_kube import FakeKubernetes
+from stsd.testing.pki import TestPKI
+from stsd.testing.tokens import TokenIssuer
+from stsd.upstream import make_client
+from stsd.watch import BINDINGS_PATH, TENANTS_PATH, WATCH_SECONDS, ListWatch, WatchSync
+
+T = TypeVar("T")
+
+T0 = 1_800_000_000.0
+CLIENT = "client-token-for-watch-tests"
+TIMEOUT = 5.0
+RESYNC = 30.0
+KUBE = "https://kube.test"
+PASSWORD_1 = "first-root-password-Qx81"
+PASSWORD_2 = "rotated-root-password-Zk27"
+
+
+@functools.cache
+def _rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
+    return Deferred.fromCoroutine(coroutine)
+
+
+class Jitter:
+    """
+    The injected random source: always C{value}, and counts its calls.
+    """
+
+    def __init__(self, value: float = 0.5) -> None:
+        self.value = value
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return self.value
+
+
+@implementer(ILogObserver)
+class Captured:
+    """
+    Every log event emitted while installed, formatted and raw.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def text(self) -> str:
+        return "\n".join(f"{formatEvent(e)} {e!r}" for e in self.events)
+
+    def __enter__(self) -> Captured:
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        globalLogPublisher.removeObserver(self)
+
+
+def kube_client(host: str, http: Any, clock: Any, timeout: float = TIMEOUT) -> KubernetesClient:
+    access = KubeAccess(host=host, https=None, configuration=None,  # type: ignore[arg-type]
+                        authorization=f"Bearer {CLIENT}")
+    return KubernetesClient(access, http, clock, timeout)
+
+
+class InMemory(SynchronousTestCase):
+    """
+    The fake API server behind StubTreq, on a Clock, and a WatchSync.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.fake = FakeKubernetes(TokenIssuer(key=_rsa_key(), clock=self.clock),
+                                   client_token=CLIENT, clock=self.clock)
+        self.stub = StubTreq(self.fake.resource())
+        self.client = kube_client(KUBE, self.stub, self.clock)
+        self.bindings = BindingIndex()
+        self.tenants = TenantIndex(EndpointRule(None, "cluster.local"))
+        self.jitter = Jitter(0.5)
+        self.sync = WatchSync(self.client, self.bindings, self.tenants, self.clock, RESYNC,
+                              random=self.jitter)
+        self.addCleanup(self.fake.shutdown)
+
+    def pump(self) -> None:
+        # One flush moves the bytes of the connections open when it starts;
+        # a request made in reaction (the watch after a list) needs another.
+        for _ in range(12):
+            self.stub.flush()
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.pump()
+
+    def start(self) -> None:
+        self.sync.startService()
+        self.pump()
+        self.assertTrue(self.sync.ready)
+
+    def stop(self) -> None:
+        stopped = self.sync.stopService()
+        self.pump()
+        self.successResultOf(stopped)
+        self.assertEqual(self.fake.open_watches, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def lists(self, path: str) -> list[dict[str, str]]:
+        return [r.query for r in self.fake.requests
+                if r.path == path.split("?")[0] and r.query.get("watch") != "1"]
+
+    def watches(self, path: str) -> list[dict[str, str]]:
+        return [r.query for r in self.fake.requests
+                if r.path == path.split("?")[0] and r.query.get("watch") == "1"]
+
+    def granted(self, ns: str = "tenant-1", sa: str = "photo-sa") -> tuple[str, ...] | None:
+        grant = self.bindings.lookup(ns, "apps", sa)
+        return None if grant is None else grant.policies
+
+    def populate(self) -> None:
+        self.fake.add_policybinding("tenant-1", "keep", app_namespace="apps",
+                                    serviceaccount="photo-sa", policies=["readonly"])
+        self.fake.add_policybinding("tenant-1", "doomed", app_namespace="apps",
+                                    serviceaccount="other-sa", policies=["readwrite"])
+        self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_1)
+        self.fake.add_tenant("tenant-1", "storage", configuration_secret="storage-env")
+
+    def secret_key(self, ns: str = "tenant-1") -> str:
+        return self.tenants.endpoint(ns).credentials.secret_key
+
+
+# -- list, then watch ---------------------------------------------------------------------
+
+
+class ListThenWatchTests(InMemory):
+    def test_lists_then_watches_from_the_list_version_and_becomes_ready(self) -> None:
+        self.populate()
+        self.assertFalse(self.sync.ready)
+        self.sync.startService()
+        self.pump()
+        self.assertTrue(self.sync.ready)
+        self.assertEqual(self.granted(), ("readonly",))
+        self.assertEqual(self.secret_key(), PASSWORD_1)
+        self.assertEqual(self.sync.synced_at, {"bindings": T0, "tenants": T0})
+        [watch] = self.watches(BINDINGS_PATH)
+        self.assertEqual(watch, {"watch": "1", "allowWatchBookmarks": "true",
+                                 "timeoutSeconds": str(WATCH_SECONDS),
+                                 "resourceVersion": str(self.fake.resource_version)})
+        # One watch each: bindings, tenants, the tenant's Secret (by name).
+        self.assertEqual(self.fake.open_watches, 3)
+        [secret_watch] = self.watches("/api/v1/namespaces/tenant-1/secrets")
+        self.assertEqual(secret_watch["fieldSelector"], "metadata.name=storage-env")
+        self.stop()
+
+    def test_added_modified_deleted_reach_the_index_without_a_list(self) -> None:
+        self.populate()
+        self.start()
+        lists = len(self.lists(BINDINGS_PATH))
+
+        self.fake.add_policybinding("tenant-1", "new", app_namespace="apps",
+                                    serviceaccount="photo-sa", policies=["photos"])
+        self.pump()
+        self.assertEqual(self.granted(), ("photos", "readonly"))
+
+        # MODIFIED: the binding moves to another ServiceAccount.
+        self.fake.update_policybinding("tenant-1", "new", serviceaccount="moved-sa")
+        self.pump()
+        self.assertEqual(self.granted(), ("readonly",))
+        self.assertEqual(self.granted(sa="moved-sa"), ("photos",))
+
+        self.fake.delete_policybinding("tenant-1", "doomed")
+        self.pump()
+        self.assertIsNone(self.granted(sa="other-sa"))
+
+        # All of it from the stream: no time passed, no list was made.
+        self.assertEqual(self.clock.seconds(), T0)
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), lists)
+        self.assertEqual(self.sync.binding_watch.resource_version,
+                         str(self.fake.resource_version))
+        self.stop()
+
+    def test_bookmark_advances_the_version_the_next_watch_starts_from(self) -> None:
+        self.populate()
+        self.start()
+        before = self.sync.binding_watch.resource_version
+        # A change elsewhere moves the server's version; the bindings stream
+        # hears of it only through the bookmark.
+        self.fake.add_tenant("tenant-2", "archive", configuration_secret="archive-env")
+        self.fake.send_bookmark()
+        self.pump()
+        latest = str(self.fake.resource_version)
+        self.assertNotEqual(before, latest)
+        self.assertEqual(self.sync.binding_watch.resource_version, latest)
+        self.clock.advance(10)
+        self.fake.end_watches()  # as at timeoutSeconds
+        self.pump()
+        self.assertEqual(self.watches(BINDINGS_PATH)[-1]["resourceVersion"], latest)
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), 1, "a clean end is resumed, not re-listed")
+        self.stop()
+
+    def test_clean_end_is_resumed_from_the_last_version(self) -> None:
+        self.populate()
+        self.start()
+        self.fake.add_policybinding("tenant-1", "b2", app_namespace="apps",
+                                    serviceaccount="photo-sa", policies=["photos"])
+        self.pump()
+        seen = self.sync.binding_watch.resource_version
+        self.fake.end_watches()
+        self.pump()
+        self.assertEqual(self.watches(BINDINGS_PATH)[-1]["resourceVersion"], seen)
+        self.fake.delete_policybinding("tenant-1", "b2")
+        self.pump()
+        self.assertEqual(self.granted(), ("readonly",))
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), 1)
+        self.stop()
+
+    def test_watch_ended_at_once_with_nothing_backs_off(self) -> None:
+        self.start()
+        watches = len(self.watches(BINDINGS_PATH))
+        self.fake.end_watches()  # at once, nothing delivered
+        self.pump()
+        self.assertEqual(len(self.watches(BINDINGS_PATH)), watches, "not asked again at once")
+        self.advance(0.25)  # 0.5 (jitter) * 0.5 s
+        self.assertEqual(len(self.watches(BINDINGS_PATH)), watches + 1)
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), 1, "its version is still good")
+        self.stop()
+
+
+# -- starting over --------------------------------------------------------------------------
+
+
+class RelistTests(InMemory):
+    def test_410_after_compaction_relists_at_once(self) -> None:
+        self.populate()
+        self.start()
+        old = self.sync.binding_watch.resource_version
+        self.clock.advance(10)
+        self.fake.end_watches()
+        # While no watch is open: changes, then the history is compacted.
+        self.fake.add_policybinding("tenant-1", "while-away", app_namespace="apps",
+                                    serviceaccount="photo-sa", policies=["photos"])
+        self.fake.delete_policybinding("tenant-1", "doomed")
+        self.fake.compact_history()
+        self.pump()
+        # Resumed from the old version, got 410, listed again at once.
+        self.assertEqual([w["resourceVersion"] for w in self.watches(BINDINGS_PATH)[-2:]],
+                         [old, str(self.fake.resource_version)])
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), 2)
+        self.assertEqual(self.granted(), ("photos", "readonly"))
+        self.assertIsNone(self.granted(sa="other-sa"))
+        self.assertEqual(self.clock.seconds(), T0 + 10)
+        # And the new watch works.
+        self.fake.delete_policybinding("tenant-1", "while-away")
+        self.pump()
+        self.assertEqual(self.granted(), ("readonly",))
+        self.stop()
+
+    def test_cut_backs_off_with_jitter_then_relists(self) -> None:
+        self.populate()
+        self.start()
+        calls = self.jitter.calls
+        self.fake.cut_watches()
+        # Changes made while disconnected.
+        self.fake.add_policybinding("tenant-1", "while-cut", app_namespace="apps",
+                                    serviceaccount="photo-sa", policies=["photos"])
+        self.fake.delete_policybinding("tenant-1", "doomed")
+        self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_2)
+        self.pump()
+        self.assertGreater(self.jitter.calls, calls, "the backoff drew from the injected random")
+        # Backing off: the last good state is kept, nothing asked yet.
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), 1)
+        self.assertEqual(self.granted(), ("readonly",))
+        self.assertEqual(self.secret_key(), PASSWORD_1)
+        self.advance(0.25 - 0.001)  # full jitter: 0.5 * min(30, 0.5 * 2**0)
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), 1)
+        self.advance(0.001)
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), 2)
+        self.assertEqual(self.granted(), ("photos", "readonly"))
+        self.assertIsNone(self.granted(sa="other-sa"))
+        self.assertEqual(self.secret_key(), PASSWORD_2)
+        self.assertEqual(self.fake.open_watches, 3)
+        self.assertEqual(self.watches(BINDINGS_PATH)[-1]["resourceVersion"],
+                         str(self.fake.resource_version))
+        self.stop()
+
+    def test_failing_list_keeps_the_last_good_state_and_retries(self) -> None:
+        self.populate()
+        self.start()
+        self.fake.fail("/apis/sts.min.io/", "500", times=2)
+        self.fake.cut_watches()
+        self.fake.delete_policybinding("tenant-1", "keep")
+        with Captured() as log:
+            self.pump()
+            for delay in (0.25, 0.5):  # 0.5 * 0.5 * 2**n: the cut, then one failed list
+                self.advance(delay)
+                self.assertEqual(self.granted(), ("readonly",), "last good state kept")
+                self.assertEqual(self.sync.synced_at["bindings"], T0)
+                self.assertTrue(self.sync.ready)
+            self.assertEqual(len(self.lists(BINDINGS_PATH)), 3)
+            self.advance(1.0 - 0.001)
+            self.assertEqual(len(self.lists(BINDINGS_PATH)), 3)
+            self.advance(0.001)
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), 4)
+        self.assertIsNone(self.granted())
+        self.assertEqual(self.sync.synced_at["bindings"], T0 + 1.75)
+        self.assertEqual(self.fake.open_watches, 3)
+        self.assertIn("list PolicyBindings: HTTP 500", log.text())
+        self.stop()
+
+    def test_not_ready_until_both_listed(self) -> None:
+        self.populate()
+        self.fake.fail(TENANTS_PATH, "500", times=1)
+        self.sync.startService()
+        self.pump()
+        self.assertFalse(self.sync.ready)
+        self.assertTrue(self.sync.binding_watch.listed)
+        self.advance(0.25)
+        self.assertTrue(self.sync.ready)
+        self.assertEqual(self.secret_key(), PASSWORD_1)
+        self.stop()
+
+    def test_safety_net_relists_every_resync_seconds(self) -> None:
+        self.populate()
+        self.start()
+        # The watch stalls silently: the server stops sending on it.
+        for w in list(self.fake._watches):
+            w.send = lambda *args: None  # type: ignore[method-assign]
+        self.fake.add_policybinding("tenant-1", "unseen", app_namespace="apps",
+                                    serviceaccount="photo-sa", policies=["photos"])
+        self.advance(RESYNC - 0.001)
+        self.assertEqual(self.granted(), ("readonly",))
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), 1)
+        self.advance(0.001)
+        self.assertEqual(self.granted(), ("photos", "readonly"))
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), 2)
+        # The watch was restarted from the new list's version, the old one closed.
+        self.assertEqual(self.watches(BINDINGS_PATH)[-1]["resourceVersion"],
+                         str(self.fake.resource_version))
+        self.assertEqual(self.fake.open_watches, 3)
+        self.fake.delete_policybinding("tenant-1", "unseen")
+        self.pump()
+        self.assertEqual(self.granted(), ("readonly",))
+        self.advance(RESYNC)
+        self.assertEqual(len(self.lists(BINDINGS_PATH)), 3)
+        self.assertEqual(len(self.lists(TENANTS_PATH)), 3)
+        self.assertEqual(self.sync.synced_at, {"bindings": T0 + 2 * RESYNC,
+                                               "tenants": T0 + 2 * RESYNC})
+        self.stop()
+
+    def test_exception_in_a_handler_is_logged_and_the_loop_goes_on(self) -> None:
+        class Flaky(BindingIndex):
+            fail = True
+
+            def apply(self, event: str, binding: Binding) -> None:
+                if self.fail:
+                    self.fail = False
+                    raise ZeroDivisionError("boom")
+                super().apply(event, binding)
+
+        self.bindings = Flaky()
+        self.sync = WatchSync(self.client, self.bindings, self.tenants, self.clock, RESYNC,
+                              random=self.jitter)
+        self.populate()
+        self.start()
+        self.fake.add_policybinding("tenant-1", "new", app_namespace="apps",
+                                    serviceaccount="photo-sa", policies=["photos"])
+        self.pump()
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self.granted(), ("readonly",))
+        self.advance(0.25)  # backoff, then a list brings it in
+        self.assertEqual(self.granted(), ("photos", "readonly"))
+        self.stop()
+
+
+# -- tenants and their Secrets ------------------------------------------------------------
+
+
+class TenantSecretTests(InMemory):
+    def test_tenant_added_and_removed_starts_and_stops_its_secret_watch(self) -> None:
+        self.start()
+        self.assertEqual(self.sync.secret_watches(), {})
+        self.assertEqual(self.fake.open_watches, 2)
+        self.fake.config_env_secret("tenant-2", "archive-env", "root2", PASSWORD_1)
+        self.fake.add_tenant("tenant-2", "archive", configuration_secret="archive-env")
+        self.pump()
+        self.assertEqual(self.sync.secret_watches(), {("tenant-2", "archive"): "archive-env"})
+        self.assertEqual(self.fake.open_watches, 3)
+        endpoint = self.tenants.endpoint("tenant-2")
+        self.assertEqual((endpoint.credentials.access_key, endpoint.credentials.secret_key),
+                         ("root2", PASSWORD_1))
+        self.fake.delete_tenant("tenant-2", "archive")
+        self.pump()
+        self.assertEqual(self.sync.secret_watches(), {})
+        self.assertEqual(self.fake.open_watches, 2)
+        with pytest.raises(errors.STSError) as raised:
+            self.tenants.endpoint("tenant-2")
+        self.assertEqual(raised.value.code, "InvalidParameterValue")
+        self.assertEqual(self.clock.seconds(), T0)
+        self.stop()
+
+    def test_rotated_secret_updates_the_credentials(self) -> None:
+        self.populate()
+        with Captured() as log:
+            self.start()
+            self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_2)
+            self.pump()
+            self.assertEqual(self.secret_key(), PASSWORD_2)
+            # Deleted: no credentials left (spec.env has none).
+            self.fake.delete_secret("tenant-1", "storage-env")
+            self.pump()
+            with pytest.raises(errors.STSError) as raised:
+                self.tenants.endpoint("tenant-1")
+            self.assertEqual(raised.value.code, "InternalError")
+            self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_1)
+            self.pump()
+            self.assertEqual(self.secret_key(), PASSWORD_1)
+            self.stop()
+        text = log.text()
+        self.assertIn("no root credentials in Secret storage-env", text)
+        for secret in (PASSWORD_1, PASSWORD_2, base64.b64encode(PASSWORD_1.encode()).decode(),
+                       CLIENT):
+            self.assertNotIn(secret, text)
+
+    def test_tenant_switching_secret_watches_the_new_one(self) -> None:
+        self.populate()
+        self.start()
+        self.fake.config_env_secret("tenant-1", "other-env", "root", PASSWORD_2)
+        self.fake.update_tenant("tenant-1", "storage", {"configuration": {"name": "other-env"}})
+        self.pump()
+        self.assertEqual(self.sync.secret_watches(), {("tenant-1", "storage"): "other-env"})
+        self.assertEqual(self.secret_key(), PASSWORD_2)
+        self.assertEqual(self.fake.open_watches, 3)
+        # The old Secret no longer matters.
+        self.fake.config_env_secret("tenant-1", "storage-env", "root", "ignored-password")
+        self.pump()
+        self.assertEqual(self.secret_key(), PASSWORD_2)
+        self.stop()
+
+    def test_spec_env_change_recomputes_credentials(self) -> None:
+        self.fake.add_secret("tenant-1", "storage-env",
+                             {"config.env": b'export MINIO_ROOT_USER="root"\n'})
+        self.fake.add_tenant("tenant-1", "storage", configuration_secret="storage-env")
+        self.start()
+        with pytest.raises(errors.STSError):
+            self.tenants.endpoint("tenant-1")
+        self.fake.update_tenant("tenant-1", "storage", {
+            "configuration": {"name": "storage-env"},
+            "env": [{"name": "MINIO_ROOT_PASSWORD", "value": PASSWORD_2}]})
+        self.pump()
+        self.assertEqual(self.secret_key(), PASSWORD_2)
+        self.stop()
+
+    def test_failed_secret_watch_keeps_the_last_credentials(self) -> None:
+        self.populate()
+        self.start()
+        self.fake.fail("/api/v1/", "500")
+        self.fake.cut_watches()
+        self.pump()
+        for _ in range(5):
+            self.advance(2.0)
+            self.assertEqual(self.secret_key(), PASSWORD_1)
+        self.assertGreater(len(self.lists("/api/v1/namespaces/tenant-1/secrets")), 2)
+        self.fake.fail("/api/v1/", None)
+        self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_2)
+        self.advance(RESYNC)
+        self.assertEqual(self.secret_key(), PASSWORD_2)
+        self.stop()
+
+    def test_tenant_relist_drops_vanished_tenants(self) -> None:
+        self.populate()
+        self.start()
+        self.clock.advance(10)
+        self.fake.end_watches()
+        self.fake.delete_tenant("tenant-1", "storage")
+        self.fake.compact_history()
+        self.pump()  # resumed from a compacted version: 410, list
+        self.assertEqual(self.sync.secret_watches(), {})
+        self.assertEqual(len(self.tenants), 0)
+        self.assertEqual(self.fake.open_watches, 2)
+        self.stop()
+
+
+# -- stopping -----------------------------------------------------------------------------
+
+
+class StopTests(InMemory):
+    def test_stop_while_watching(self) -> None:
+        self.populate()
+        self.start()
+        self.stop()
+        self.assertEqual(self.stub._agent._pumps, set(), "every connection closed")
+        # Nothing runs afterwards.
+        requests = len(self.fake.requests)
+        self.advance(10 * RESYNC)
+        self.assertEqual(len(self.fake.requests), requests)
+
+    def test_stop_while_backing_off(self) -> None:
+        self.populate()
+        self.start()
+        self.fake.cut_watches()
+        self.pump()
+        self.assertNotEqual(self.clock.getDelayedCalls(), [])
+        self.stop()
+
+    def test_stop_while_a_list_hangs(self) -> None:
+        self.fake.fail("/apis/", "hang")
+        self.sync.startService()
+        self.pump()
+        self.assertEqual(len(self.fake._hung), 2)
+        self.stop()
+        self.assertEqual(self.fake._hung, set())
+        self.assertFalse(self.sync.ready)
+
+    def test_stop_over_a_real_client_that_never_connects(self) -> None:
+        # As makeService wires it: the treq client of make_client on a
+        # reactor whose connections never complete.
+        reactor = MemoryReactorClock()
+        client = kube_client("https://127.0.0.1:6443",
+                             make_client(reactor, tls.VerifiedHTTPS(tls.CertificateTrust(()))),
+                             reactor)
+        sync = WatchSync(client, BindingIndex(), TenantIndex(EndpointRule(None, "c")),
+                         reactor, RESYNC)
+        sync.startService()
+        self.assertEqual([c[:2] for c in reactor.tcpClients], [("127.0.0.1", 6443)] * 2)
+        self.assertFalse(sync.ready)
+        self.successResultOf(sync.stopService())
+        self.assertEqual([c for c in reactor.getDelayedCalls() if c.active()], [])
+        reactor.advance(10 * RESYNC)
+        self.assertEqual(len(reactor.tcpClients), 2)
+
+
+# -- ListWatch's decisions, with a scripted API ---------------------------------------------
+
+
+class ScriptedAPI:
+    """
+    Each list and watch waits for the test to answer it.
+    """
+
+    def __init__(self) -> None:
+        self.lists: list[Deferred[tuple[list[dict[str, Any]], str]]] = []
+        self.watches: list[tuple[str, Callable[[str, dict[str, Any]], None], Deferred[None]]] = []
+
+    async def list(self, path: str, what: str) -> tuple[list[dict[str, Any]], str]:
+        d: Deferred[tuple[list[dict[str, Any]], str]] = Deferred()
+        self.lists.append(d)
+        return await d
+
+    async def watch(self, path: str, resource_version: str,
+                    on_event: Callable[[str, dict[str, Any]], None], *,
+                    timeout_seconds: int, what: str = "objects") -> None:
+        d: Deferred[None] = Deferred()
+        self.watches.append((resource_version, on_event, d))
+        await d
+
+
+def _version(rv: str) -> dict[str, Any]:
+    return {"metadata": {"resourceVersion": rv}}
+
+
+class ListWatchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.api = ScriptedAPI()
+        self.replaced: list[tuple[list[dict[str, Any]], str]] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.jitter = Jitter(1.0)
+        self.lw = ListWatch(
+            self.api, "/things", "things",
+            on_replace=lambda items, rv: self.replaced.append((items, rv)),
+            on_event=lambda etype, obj: self.events.append((etype, obj)),
+            clock=self.clock, resync_seconds=3600, random=self.jitter,
+        )
+
+    def backoff(self) -> float:
+        """The delay of the pending backoff (the earliest timer)."""
+        return min(c.getTime() for c in self.clock.getDelayedCalls()) - self.clock.seconds()
+
+    def listed(self, rv: str = "5") -> Callable[[str, dict[str, Any]], None]:
+        self.api.lists[-1].callback(([], rv))
+        rv_watched, on_event, _ = self.api.watches[-1]
+        self.assertEqual(rv_watched, rv)
+        return on_event
+
+    def test_events_bookmarks_and_unknown_types(self) -> None:
+        self.lw.startService()
+        on_event = self.listed("5")
+        on_event("ADDED", _version("6"))
+        on_event("BOOKMARK", _version("9"))
+        on_event("SOMETHING", _version("10"))
+        self.assertEqual([e for e, _ in self.events], ["ADDED"])
+        self.assertEqual(self.lw.resource_version, "9")
+        self.successResultOf(self.lw.stopService())
+
+    def deliver(self, etype: str, obj: dict[str, Any]) -> None:
+        """As the client does: an exception from on_event ends the watch with it."""
+        _, on_event, d = self.api.watches[-1]
+        try:
+            on_event(etype, obj)
+        except Exception as e:
+            d.errback(e)
+
+    def test_410_relists_at_once_then_backs_off_if_repeated(self) -> None:
+        expired = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}
+        self.lw.startService()
+        self.listed("5")
+        self.deliver("ERROR", expired)
+        self.assertEqual(len(self.api.lists), 2, "listed again at once")
+        self.listed("8")
+        self.deliver("ERROR", expired)  # again, with nothing in between
+        self.assertEqual(len(self.api.lists), 2)
+        self.assertEqual(self.backoff(), 1.0)  # 1.0 * min(30, 0.5 * 2**1)
+        self.clock.advance(1.0)
+        self.listed("9")
+        self.deliver("ADDED", _version("10"))
+        # Any other ERROR: back off (from the start again), then list.
+        self.deliver("ERROR", {"kind": "Status", "code": 500, "reason": "InternalError"})
+        self.assertEqual(self.backoff(), 0.5)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.api.lists), 4)
+        self.assertEqual([rv for _, rv in self.replaced], ["5", "8", "9"])
+        self.successResultOf(self.lw.stopService())
+
+    def test_watch_that_ran_a_while_is_resumed_at_once(self) -> None:
+        self.lw.startService()
+        self.listed("5")
+        self.clock.advance(1.0)
+        self.api.watches[-1][2].callback(None)
+        self.assertEqual([w[0] for w in self.api.watches], ["5", "5"])
+        self.assertEqual(len(self.api.lists), 1)
+        self.assertEqual(self.lw.synced_at, 1.0)
+        self.successResultOf(self.lw.stopService())
+
+    def test_safety_net_tick_relists_and_restarts_the_watch(self) -> None:
+        self.lw.startService()
+        self.listed("5")
+        first = self.api.watches[-1][2]
+        self.clock.advance(3600)
+        self.assertTrue(first.called, "the old watch was cancelled")
+        self.assertEqual(len(self.api.lists), 2)
+        self.listed("11")
+        self.assertEqual(self.lw.resource_version, "11")
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.successResultOf(self.lw.stopService())
+
+    def test_backoff_doubles_to_the_cap_with_full_jitter(self) -> None:
+        self.lw.startService()
+        delays = []
+        for _ in range(9):
+            self.api.lists[-1].errback(KubernetesError("list things: HTTP 500"))
+            delays.append(self.backoff())
+            self.clock.advance(delays[-1])
+        self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
+        self.assertEqual(self.jitter.calls, 9)
+        self.jitter.value = 0.25
+        self.api.lists[-1].errback(KubernetesError("list things: HTTP 500"))
+        self.assertEqual(self.backoff(), 7.5)
+        self.assertEqual(self.replaced, [])
+        self.assertFalse(self.lw.listed)
+        self.assertTrue(self.lw.attempted)
+        self.successResultOf(self.lw.stopService())
+
+    def test_an_event_resets_the_backoff(self) -> None:
+        self.lw.startService()
+        self.api.lists[-1].errback(KubernetesError("x"))
+        self.clock.advance(self.backoff())
+        self.api.lists[-1].errback(KubernetesError("x"))
+        self.clock.advance(self.backoff())
+        on_event = self.listed()
+        on_event("MODIFIED", _version("7"))
+        self.api.watches[-1][2].errback(KubernetesError("watch things: connection lost"))
+        self.assertEqual(self.backoff(), 0.5)
+        self.successResultOf(self.lw.stopService())
+
+    def test_resync_during_a_list_or_backoff_does_not_cut_it(self) -> None:
+        self.lw.startService()
+        self.lw.resync()
+        self.assertEqual(len(self.api.lists), 1)
+        self.assertFalse(self.api.lists[0].called)
+        self.api.lists[-1].errback(KubernetesError("x"))
+        self.lw.resync()
+        self.assertEqual(len(self.api.lists), 1)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.api.lists), 2)
+        self.successResultOf(self.lw.stopService())
+
+    def test_nothing_is_applied_after_stop(self) -> None:
+        self.lw.startService()
+        on_event = self.listed()
+        self.successResultOf(self.lw.stopService())
+        self.assertEqual(len(self.replaced), 1)
+        with self.assertRaises(CancelledError):
+            on_event("ADDED", _version("6"))
+        self.assertEqual(self.events, [])
+        self.clock.advance(7200)
+        self.assertEqual(len(self.api.lists), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+# -- KubernetesClient.watch ---------------------------------------------------------------
+
+
+class Streamer(Resource):
+    """
+    A watch endpoint the test writes to by hand.
+    """
+
+    isLeaf = True
+
+    def __init__(self, code: int = 200, body: bytes | None = None) -> None:
+        super().__init__()
+        self.code, self.body = code, body
+        self.requests: list[Request] = []
+        self.lost: list[object] = []
+
+    def render_GET(self, request: Request) -> Any:
+        self.requests.append(request)
+        request.setResponseCode(self.code)
+        request.setHeader("content-type", "application/json")
+        if self.body is not None:
+            return self.body
+        request.notifyFinish().addBoth(self.lost.append)
+        request.write(b"")
+        return NOT_DONE_YET
+
+
+class ClientWatchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def watch(self, server: Streamer, **kwargs: Any) -> tuple[StubTreq, Deferred[None]]:
+        stub = StubTreq(server)
+        client = kube_client(KUBE, stub, self.clock)
+        kwargs.setdefault("timeout_seconds", 60)
+        d = run(client.watch("/api/v1/namespaces/t/secrets?fieldSelector=metadata.name%3Ds", "12",
+                             lambda t, o: self.events.append((t, o)), what="Secret t/s", **kwargs))
+        stub.flush()
+        return stub, d
+
+    def test_events_split_across_chunks(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server)
+        [request] = server.requests
+        self.assertEqual(request.args[b"fieldSelector"], [b"metadata.name=s"])
+        self.assertEqual(request.args[b"resourceVersion"], [b"12"])
+        self.assertEqual(request.args[b"allowWatchBookmarks"], [b"true"])
+        self.assertEqual(request.getHeader("authorization"), f"Bearer {CLIENT}")
+        for chunk in (b'{"type":"ADDED","object":{"metadata":{"name":"a"',
+                      b'}}}\n\n{"type":"BOOK', b'MARK","object":{}}\n{"type":"DELETED",',
+                      b'"object":{"x":1}}\n'):
+            request.write(chunk)
+            stub.flush()
+        self.assertEqual(self.events, [("ADDED", {"metadata": {"name": "a"}}),
+                                       ("BOOKMARK", {}), ("DELETED", {"x": 1})])
+        request.finish()
+        stub.flush()
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_overlong_line_is_refused_and_the_connection_closed(self) -> None:
+        self.patch(kube, "MAX_WATCH_LINE_BYTES", 100)
+        server = Streamer()
+        stub, d = self.watch(server)
+        server.requests[0].write(b'{"type":"ADDED","object":{"data":"' + b"x" * 60)
+        stub.flush()
+        self.assertNoResult(d)
+        server.requests[0].write(b"x" * 60)
+        stub.flush()
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), "watch Secret t/s: an event longer than 100 bytes")
+        self.assertEqual(len(server.lost), 1)
+
+    def test_silent_stream_is_given_up(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server, idle_seconds=40)
+        self.clock.advance(39)
+        server.requests[0].write(b'{"type":"BOOKMARK","object":{}}\n')
+        stub.flush()
+        self.clock.advance(39)  # data reset the deadline
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), "watch Secret t/s: no data for 40 seconds")
+        stub.flush()
+        self.assertEqual(len(server.lost), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_default_idle_deadline_is_past_the_server_timeout(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server, timeout_seconds=60)
+        self.clock.advance(60 + TIMEOUT - 0.001)
+        self.assertNoResult(d)
+        self.clock.advance(0.001)
+        self.failureResultOf(d, KubernetesError)
+
+    def test_no_headers_in_time(self) -> None:
+        class Hang(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Request) -> Any:
+                return NOT_DONE_YET
+
+        stub = StubTreq(Hang())
+        d = run(kube_client(KUBE, stub, self.clock).watch(
+            "/x", "1", lambda t, o: None, timeout_seconds=60, what="things"))
+        stub.flush()
+        self.clock.advance(TIMEOUT)
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), f"watch things: no answer within {TIMEOUT:g} seconds")
+
+    def test_http_errors(self) -> None:
+        forbidden = json.dumps({"kind": "Status", "code": 403, "message": "secrets is forbidden"})
+        _, d = self.watch(Streamer(403, forbidden.encode()))
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), "watch Secret t/s: HTTP 403: secrets is forbidden")
+        _, d = self.watch(Streamer(410, b'{"message": "too old resource version"}'))
+        self.failureResultOf(d, WatchExpired)
+        _, d = self.watch(Streamer(500, b"<html>oops</html>"))
+        self.assertEqual(str(self.failureResultOf(d, KubernetesError).value),
+                         "watch Secret t/s: HTTP 500: no message")
+
+    def test_malformed_event_is_not_quoted(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server)
+        server.requests[0].write(b'{"type":"ADDED","object":{"data":{"config.env":"SECRETVALUE"}}\n')
+        stub.flush()
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), "watch Secret t/s: an event that is not JSON")
+        stub, d = self.watch(server)
+        server.requests[1].write(b'["SECRETVALUE"]\n')
+        stub.flush()
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), "watch Secret t/s: a malformed event")
+        self.assertEqual(len(server.lost), 2)
+
+    def test_cut_mid_stream_and_partial_end(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server)
+        server.requests[0].write(b'{"type":"ADDED","object":{}}\n{"type":')
+        stub.flush()
+        server.requests[0].transport.abortConnection()
+        stub.flush()
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertTrue(str(failure.value).startswith("watch Secret t/s: connection lost mid-stream"))
+        self.assertEqual(self.events, [("ADDED", {})])
+
+    def test_on_event_exception_ends_the_watch_as_itself(self) -> None:
+        server = Streamer()
+        stub = StubTreq(server)
+
+        def explode(etype: str, obj: dict[str, Any]) -> None:
+            raise ZeroDivisionError(etype)
+
+        d = run(kube_client(KUBE, stub, self.clock).watch(
+            "/x", "1", explode, timeout_seconds=60))
+        stub.flush()
+        server.requests[0].write(b'{"type":"ADDED","object":{}}\n')
+        stub.flush()
+        self.failureResultOf(d, ZeroDivisionError)
+        self.assertEqual(len(server.lost), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancel_closes_the_connection(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        stub.flush()
+        self.assertEqual(len(server.lost), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+# -- over real loopback TLS ---------------------------------------------------------------
+
+
+class Counting(Site):
+    """
+    A Site that knows how many connections are open.
+    """
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        self.open = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        self.open += 1
+        lost = protocol.connectionLost
+
+        def connectionLost(reason: Any) -> None:
+            self.open -= 1
+            lost(reason)
+
+        protocol.connectionLost = connectionLost
+        return protocol
+
+
+class Loopback:
+    def __init__(self, tmp_path: Path, random: Callable[[], float]) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        pki = TestPKI.create(tmp_path)
+        self.fake = FakeKubernetes(TokenIssuer(key=_rsa_key(), clock=reactor), client_token=CLIENT)
+        self.site = Counting(self.fake.resource())
+        self.port = reactor.listenSSL(0, self.site, pki.server_options(), interface="127.0.0.1")
+        self.http = make_client(reactor, tls.VerifiedHTTPS(
+            tls.trust_from_files([str(pki.ca_path)], system=False)))
+        client = kube_client(f"https://127.0.0.1:{self.port.getHost().port}", self.http, reactor)
+        self.bindings = BindingIndex()
+        self.applied: Deferred[None] | None = None
+        loopback = self
+
+        class Notifying(BindingIndex):
+            def apply(self, event: str, binding: Binding) -> None:
+                super().apply(event, binding)
+                if loopback.applied is not None and not loopback.applied.called:
+                    loopback.applied.callback(None)
+
+        self.bindings = Notifying()
+        self.tenants = TenantIndex(EndpointRule(None, "cluster.local"))
+        self.sync = WatchSync(client, self.bindings, self.tenants, reactor, RESYNC, random=random)
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            await deferLater(self.reactor, 0.005, lambda: None)
+
+    async def close(self) -> None:
+        await self.sync.stopService()
+        self.fake.shutdown()
+        await self.http._agent._pool.closeCachedConnections()
+        await self.until(lambda: self.site.open == 0)
+        await self.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_binding_change_latency_over_loopback_tls(tmp_path: Path) -> None:
+    world = Loopback(tmp_path, random=lambda: 0.1)
+    try:
+        world.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_1)
+        world.fake.add_tenant("tenant-1", "storage", configuration_secret="storage-env")
+        world.sync.startService()
+        await world.until(lambda: world.sync.ready)
+        assert world.tenants.endpoint("tenant-1").credentials.secret_key == PASSWORD_1
+
+        async def timed(change: Callable[[], object], seen: Callable[[], bool]) -> float:
+            world.applied = Deferred()
+            start = time.perf_counter()
+            change()
+            await world.applied
+            elapsed = time.perf_counter() - start
+            assert seen()
+            return elapsed
+
+        added = []
+        for i in range(20):
+            added.append(await timed(
+                lambda i=i: world.fake.add_policybinding(
+                    "tenant-1", f"b{i}", app_namespace="apps", serviceaccount=f"sa-{i}",
+                    policies=["readonly"]),
+                lambda i=i: world.bindings.lookup("tenant-1", "apps", f"sa-{i}") is not None))
+        moved = await timed(
+            lambda: world.fake.update_policybinding("tenant-1", "b0", serviceaccount="sa-moved"),
+            lambda: world.bindings.lookup("tenant-1", "apps", "sa-0") is None)
+        deleted = await timed(
+            lambda: world.fake.delete_policybinding("tenant-1", "b1"),
+            lambda: world.bindings.lookup("tenant-1", "apps", "sa-1") is None)
+        median = statistics.median(added)
+        print(f"\nadd_policybinding -> BindingIndex.lookup over loopback TLS: "
+              f"median {median * 1000:.2f} ms, max {max(added) * 1000:.2f} ms (n=20); "
+              f"moved {moved * 1000:.2f} ms, deleted {deleted * 1000:.2f} ms")
+        assert max(added + [moved, deleted]) < 2.0
+        assert world.fake.count(BINDINGS_PATH) == 2, "one list, one watch: events, not lists"
+    finally:
+        await world.close()
+    assert world.fake.open_watches == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_cut_over_loopback_tls_relists_with_changes_made_meanwhile(tmp_path: Path) -> None:
+    world = Loopback(tmp_path, random=lambda: 0.1)
+    try:
+        world.fake.add_policybinding("tenant-1", "keep", app_namespace="apps",
+                                     serviceaccount="photo-sa", policies=["readonly"])
+        world.sync.startService()
+        await world.until(lambda: world.sync.ready and world.fake.open_watches == 2)
+        world.fake.cut_watches()
+        world.fake.delete_policybinding("tenant-1", "keep")
+        world.fake.add_policybinding("tenant-1", "new", app_namespace="apps",
+                                     serviceaccount="photo-sa", policies=["photos"])
+        await world.until(lambda: world.fake.open_watches == 2
+                          and world.fake.count(BINDINGS_PATH) == 4)
+        grant = world.bindings.lookup("tenant-1", "apps", "photo-sa")
+        assert grant is not None and grant.policies == ("photos",)
+    finally:
+        await world.close()
