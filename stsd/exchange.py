@@ -145,7 +145,7 @@ class Exchange:
 
     def _cache_metric(self, cache: str, hit: bool) -> None:
         if self._metrics is not None:
-            self._metrics.cache.labels(cache, "hit" if hit else "miss").inc()
+            self._metrics.cache_lookup(cache, hit)
 
     async def exchange(
         self, namespace: str, request: AssumeRoleRequest, trail: Trail | None = None

@@ -13,9 +13,12 @@ series count.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -43,9 +46,9 @@ class Metrics:
         self.upstream_seconds = Histogram(
             "stsd_upstream_duration_seconds", "Duration of calls to Kubernetes and MinIO.",
             ["target"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.cache = Counter(
-            "stsd_cache_requests", "Cache lookups, by cache and hit or miss.",
-            ["cache", "result"], registry=r)
+        self._cache_counts: dict[tuple[str, str], int] = {}
+        self._cache_sources: dict[str, Callable[[], tuple[int, int]]] = {}
+        r.register(_CacheCollector(self))
         self.rate_limited = Counter(
             "stsd_ratelimit_rejections", "Requests refused with Throttling, by limit.",
             ["limit"], registry=r)
@@ -68,11 +71,54 @@ class Metrics:
         self.upstream.labels(target, "ok" if ok else "error").inc()
         self.upstream_seconds.labels(target).observe(seconds)
 
+    def cache_lookup(self, cache: str, hit: bool) -> None:
+        key = (cache, "hit" if hit else "miss")
+        self._cache_counts[key] = self._cache_counts.get(key, 0) + 1
+
+    def watch_cache(self, cache: str, counts: Callable[[], tuple[int, int]]) -> None:
+        """
+        A cache that counts its own (hits, misses), read when scraped.
+        """
+        self._cache_sources[cache] = counts
+
+    def cache_counts(self) -> dict[tuple[str, str], int]:
+        counts = dict(self._cache_counts)
+        for cache, source in self._cache_sources.items():
+            hits, misses = source()
+            counts[(cache, "hit")] = hits
+            counts[(cache, "miss")] = misses
+        return counts
+
     def watch_index(self, resource: str, size: Callable[[], int]) -> None:
         self.index_size.labels(resource).set_function(size)
 
     def watch_sync(self, resource: str, age: Callable[[], float]) -> None:
         self.sync_age.labels(resource).set_function(age)
+
+
+class _CacheCollector:
+    """
+    C{stsd_cache_requests_total}: counted here for some caches, by the
+    caches themselves for others (the TokenReview cache).
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = self._family()
+        for (cache, result), count in sorted(self._metrics.cache_counts().items()):
+            family.add_metric([cache, result], count)
+        return [family]
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "stsd_cache_requests", "Cache lookups, by cache and hit or miss.",
+            labels=["cache", "result"])
 
 
 class MetricsResource(Resource):
@@ -125,3 +171,47 @@ def metrics_site_root(
     root.putChild(b"healthz", _Probe(live))
     root.putChild(b"readyz", _Probe(ready))
     return root
+
+
+def kubernetes_target(method: str, url: str) -> str:
+    path, _, query = url.partition("?")
+    if path.endswith("/tokenreviews"):
+        return "tokenreview"
+    if "/.well-known/" in path or path.endswith("/jwks"):
+        return "jwks"
+    if "watch=1" in query or "watch=true" in query:
+        return "watch"
+    return "get" if "/secrets/" in path else "list"
+
+
+def minio_target(method: str, url: str) -> str:
+    return "admin" if "/minio/admin/" in url else "assumerole"
+
+
+class ObservedHTTPClient:
+    """
+    A treq client that counts and times every call by target, without the
+    clients knowing: C{request} is all stsd's clients use. The time is to
+    the response headers (for a watch, the stream's start).
+    """
+
+    def __init__(
+        self, inner: Any, metrics: Metrics, classify: Callable[[str, str], str], clock: Any
+    ) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._classify = classify
+        self._clock = clock
+        self._agent = inner._agent  # the pool, for closing cached connections
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        target = self._classify(method, url)
+        started = self._clock.seconds()
+
+        def done(result: Any) -> Any:
+            ok = not isinstance(result, Failure) and (
+                result.code < 400 or result.code == 404)
+            self._metrics.observe_upstream(target, self._clock.seconds() - started, ok)
+            return result
+
+        return self._inner.request(method, url, **kwargs).addBoth(done)

@@ -24,7 +24,13 @@ from stsd.bindings import BindingIndex
 from stsd.certreload import CertificateLoadError, CertificateReloader
 from stsd.exchange import Exchange, Limits
 from stsd.identity import TokenReviewAuthenticator
-from stsd.metrics import Metrics, metrics_site_root
+from stsd.metrics import (
+    Metrics,
+    ObservedHTTPClient,
+    kubernetes_target,
+    metrics_site_root,
+    minio_target,
+)
 from stsd.minio_client import MinIOClient
 from stsd.ratelimit import Rate, RateLimiter
 from stsd.refresh import Refresher
@@ -104,14 +110,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     log.info("starting stsd with configuration {config}", config=configuration.redacted(config))
     metrics = Metrics()
 
+    kube_http = ObservedHTTPClient(
+        make_client(reactor, access.https), metrics, kubernetes_target, reactor)
     kubernetes = kube.KubernetesClient(
-        access, make_client(reactor, access.https), reactor, config.kubernetes.timeout_seconds
-    )
-    minio = MinIOClient(
+        access, kube_http, reactor, config.kubernetes.timeout_seconds)
+    minio_http = ObservedHTTPClient(
         make_client(reactor, tls.VerifiedHTTPS(tenant_trust(config, access))),
-        reactor,
-        config.tenants.timeout_seconds,
-    )
+        metrics, minio_target, reactor)
+    minio = MinIOClient(minio_http, reactor, config.tenants.timeout_seconds)
     bindings = BindingIndex()
     tenants = TenantIndex(EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain))
     refresher = Refresher(kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
@@ -119,6 +125,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         TokenReviewAuthenticator(kubernetes, config.kubernetes.audience),
         reactor, ttl=config.kubernetes.token_cache_seconds,
     )
+    metrics.watch_cache("tokenreview", lambda: (authenticator.hits, authenticator.misses))
     exchange = Exchange(
         authenticator=authenticator,
         bindings=bindings,

@@ -52,6 +52,10 @@ TENANTS_PATH = "/apis/minio.min.io/v2/tenants"
 WATCH_SECONDS = 300  # timeoutSeconds asked of the API server per watch request
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
+# The backoff starts again from its base once nothing has failed for this
+# long (as client-go's reflector does): a connection cut now and then is
+# retried quickly, one cut again and again is not.
+BACKOFF_RESET_SECONDS = 60.0
 # A watch that ends cleanly sooner than this with nothing in it is treated
 # like a failure (backoff): a server ending every watch at once must not be
 # asked again in a tight loop.
@@ -165,7 +169,8 @@ class ListWatch(Service):
         self._stopping = False
         self._must_list = True
         self._resync_requested = False
-        self._attempt = 0  # consecutive failures, for the backoff
+        self._attempt = 0  # failures in a row, for the backoff
+        self._last_failure = float("-inf")
         self._delivered = False  # the current watch delivered an event
         self._watch_started = 0.0
         self._pending: Deferred[Any] | None = None
@@ -296,7 +301,6 @@ class ListWatch(Service):
         if version is not None:
             self.resource_version = version
         self._delivered = True
-        self._attempt = 0
         self.synced_at = self._clock.seconds()
 
     def _ended(self) -> float:
@@ -306,7 +310,6 @@ class ListWatch(Service):
         """
         now = self._clock.seconds()
         if self._delivered or now - self._watch_started >= MIN_WATCH_SECONDS:
-            self._attempt = 0
             self.synced_at = now
             return 0.0
         delay = self._backoff()
@@ -327,29 +330,34 @@ class ListWatch(Service):
             expired = isinstance(error, WatchExpired) or error.expired
             # A first "too old" is routine (history compacted while we were
             # away): list at once. Repeated ones back off like failures.
-            if expired and self._attempt == 0:
-                self._attempt += 1
-                delay = 0.0
-            else:
-                delay = self._backoff()
+            delay = self._backoff(first_free=expired)
             log.info("{what}: {reason}; listing again in {delay} s",
                      what=self.what, reason=str(error), delay=round(delay, 3))
             return delay
         delay = self._backoff()
         if isinstance(error, KubernetesError):
-            log.warn("{what}: {reason}; keeping the last good state, listing again in {delay} s",
+            # The reason names what failed ("list Tenants: HTTP 500: ...").
+            log.warn("{reason}; keeping the last good state, listing {what} again in {delay} s",
                      what=self.what, reason=str(error), delay=round(delay, 3))
         else:
             log.failure("{what}: unexpected failure; keeping the last good state, "
                         "listing again in {delay} s", what=self.what, delay=round(delay, 3))
         return delay
 
-    def _backoff(self) -> float:
+    def _backoff(self, *, first_free: bool = False) -> float:
         """
-        Full jitter: uniform in [0, min(cap, base * 2 ** attempt)).
+        The delay before the next try after a failure. Full jitter: uniform
+        in [0, min(cap, base * 2 ** n)) for the n-th failure in a row (from
+        0); with C{first_free}, no delay at all if n is 0.
         """
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(self._attempt, 32))
-        self._attempt += 1
+        now = self._clock.seconds()
+        if now - self._last_failure >= BACKOFF_RESET_SECONDS:
+            self._attempt = 0
+        self._last_failure = now
+        attempt, self._attempt = self._attempt, self._attempt + 1
+        if first_free and attempt == 0:
+            return 0.0
+        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(attempt, 32))
         return self._random() * ceiling
 
 
@@ -396,7 +404,7 @@ class WatchSync(Service):
         self._watch_seconds = watch_seconds
         self._random = random
         self._feeds: dict[tuple[str, str], _SecretFeed] = {}
-        self._stopping: set[Deferred[None]] = set()
+        self._draining: set[Deferred[None]] = set()  # secret watches being stopped
         self._ready = False
         self.binding_watch = self._list_watch(
             BINDINGS_PATH, "PolicyBindings", self._replace_bindings, self._binding_event)
@@ -458,7 +466,7 @@ class WatchSync(Service):
         super().stopService()
         stops = [self.binding_watch.stopService(), self.tenant_watch.stopService()]
         stops += [f.watch.stopService() for f in self._feeds.values() if f.watch is not None]
-        stops += list(self._stopping)
+        stops += list(self._draining)
         return gatherResults(stops).addCallback(lambda _: None)
 
     # -- bindings ---------------------------------------------------------------
@@ -524,7 +532,7 @@ class WatchSync(Service):
         # The field selector lets RBAC grant list/watch on just this Secret
         # (resourceNames); the name comes from the Tenant's spec: quote it.
         namespace, name = quote(tenant.namespace, safe=""), quote(tenant.secret_name, safe="")
-        feed.watch = self._list_watch(
+        watch = feed.watch = self._list_watch(
             f"/api/v1/namespaces/{namespace}/secrets?fieldSelector=metadata.name%3D{name}",
             f"Secret {tenant.namespace}/{tenant.secret_name}",
             lambda items, version: self._replace_secret(feed, items),
@@ -532,7 +540,7 @@ class WatchSync(Service):
         )
         self._feeds[key] = feed
         if self.running:
-            feed.watch.startService()
+            watch.startService()
 
     def _drop_feed(self, key: tuple[str, str]) -> None:
         feed = self._feeds.pop(key, None)
@@ -541,10 +549,10 @@ class WatchSync(Service):
         stopped = feed.watch.stopService()
         if not stopped.called:
             # stopService waits for it too.
-            self._stopping.add(stopped)
+            self._draining.add(stopped)
 
             def forget(result: object) -> object:
-                self._stopping.discard(stopped)
+                self._draining.discard(stopped)
                 return result
 
             stopped.addBoth(forget)

@@ -29,7 +29,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from functools import cache
 from typing import Any
-from urllib.parse import quote, quote_plus, urlencode
+from urllib.parse import quote, quote_plus, unquote_to_bytes, urlencode
 from xml.etree import ElementTree
 
 import jwt
@@ -38,7 +38,7 @@ import pytest_twisted
 import treq
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet import reactor as global_reactor
@@ -170,6 +170,38 @@ def assert_sts_success(headers: dict[str, list[str]], body: bytes) -> None:
     assert root.findtext(".//sts:RequestId", namespaces=NS) == headers["x-amz-request-id"][0]
 
 
+def assert_refused_safely(status: int, body: bytes) -> None:
+    """The oracle for the known defects below: still a 4xx, no traceback, no secret."""
+    assert 400 <= status < 500, (status, body[:300])
+    assert b"Traceback" not in body
+    assert b"SecretAccessKey" not in body
+
+
+# Known defects of STSResource (owned elsewhere), each pinned by a strict xfail
+# below. The fuzz tests hold such requests to assert_refused_safely only; drop
+# these predicates when the xfails start passing.
+NON_UTF8_PATH = (
+    "Klein decodes the path as UTF-8 before routing and answers a path that is not "
+    "(e.g. /sts/%ff) with its own 400 'Non-UTF-8 encoding in URL.', not STS XML and "
+    "without x-amz-request-id (klein/_resource.py, KleinResource.render); fix in "
+    "STSResource.resource(): answer such requests before Klein sees them")
+UNKNOWN_METHOD = (
+    "STSResource routes the catch-all with methods=_ANY_METHOD, so werkzeug answers any "
+    "other method with its HTML 405 page without x-amz-request-id; fix: drop methods= "
+    "from the catch-all route (any method then reaches sts(), which answers 405 STS XML)")
+
+
+def klein_refuses(target: bytes, host: bytes = b"sts.test") -> bool:
+    path = target.split(b"?", 1)[0]
+    try:
+        host.decode("utf-8")
+        for segment in path.split(b"/"):
+            unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def result_of(d: Deferred) -> Any:
     results: list[Any] = []
     d.addBoth(results.append)
@@ -252,8 +284,6 @@ def forms(draw: st.DrawFn) -> dict[str, Any]:
     if pairs and draw(st.booleans()):  # duplicate one, same or different value
         key, value = draw(st.sampled_from(pairs))
         pairs.append((key, draw(st.one_of(st.just(value), values))))
-    if draw(st.integers(0, 20)) == 0:  # over parse_qsl's field limit
-        pairs += [("f", "x")] * draw(st.sampled_from([99, 100, 101, 500]))
     pairs = draw(st.permutations(pairs))
     body_parts: list[bytes] = []
     query_parts: list[bytes] = []
@@ -261,6 +291,9 @@ def forms(draw: st.DrawFn) -> dict[str, Any]:
         part = draw(encoded(key)) + draw(st.sampled_from([b"=", b"=", b"", b"=="])) + draw(
             encoded(value))
         (body_parts if draw(st.booleans()) else query_parts).append(part)
+    if draw(st.integers(0, 15)) == 0:  # about parse_qsl's field limit (100)
+        many = [b"f=x"] * draw(st.sampled_from([97, 98, 100, 101, 500]))
+        (body_parts if draw(st.booleans()) else query_parts).extend(many)
     sep = draw(st.sampled_from([b"&", b"&", b";", b"&&"]))
     return {
         "body": sep.join(body_parts),
@@ -279,7 +312,7 @@ def parse(body: bytes, query: bytes, content_type: str | None
     except errors.STSError as e:
         assert e.status == 400, e
         assert e.code in {"InvalidParameterValue", "MissingParameter", "InvalidIdentityToken",
-                          "MalformedPolicyDocument"}, e
+                          "MalformedPolicyDocument", "PackedPolicyTooLarge"}, e
         assert e.type == "Sender"
         return None, e
     assert isinstance(request, wire.AssumeRoleRequest)
@@ -296,7 +329,9 @@ def parse(body: bytes, query: bytes, content_type: str | None
 
 
 @settings(max_examples=700, deadline=None)
-@given(body=st.one_of(st.binary(max_size=200), st.binary(min_size=65_000, max_size=66_000)),
+@given(body=st.one_of(st.binary(max_size=200), st.builds(
+           lambda b, n: (b * n)[:n], st.binary(min_size=1, max_size=8),
+           st.sampled_from([65_535, 65_536, 65_537, 100_000]))),
        query=st.binary(max_size=200), content_type=content_types)
 def test_parse_request_random_bytes(body: bytes, query: bytes, content_type: str | None) -> None:
     _count("parse_request random bytes")
@@ -323,7 +358,7 @@ json_values = st.recursive(json_leaves, lambda inner: st.one_of(
     st.dictionaries(st.one_of(st.sampled_from(
         ["Effect", "Action", "NotAction", "Resource", "NotResource", "Condition", "Sid",
          "Principal", "StringEquals", "s3:prefix", "Statement", "Version"]), st.text(max_size=8)),
-        inner, max_size=4)), max_leaves=20)
+        inner, max_size=4)), max_leaves=10)
 statements = st.fixed_dictionaries(
     {"Effect": st.one_of(st.sampled_from(["Allow", "Deny"]), json_values)},
     optional={"Action": json_values, "NotAction": json_values, "Resource": json_values,
@@ -343,7 +378,8 @@ def test_parse_request_random_policies(policy: Any, spaced: bool) -> None:
                       "WebIdentityToken": TOKEN, "Policy": text}).encode()
     request, error = parse(body, b"", wire.FORM_CONTENT_TYPE)
     if error is not None:
-        assert error.code == "MalformedPolicyDocument", error
+        assert error.code == "MalformedPolicyDocument" or (
+            error.code == "PackedPolicyTooLarge" and len(text) > wire.MINIO_POLICY_LIMIT), error
     else:
         assert request is not None and request.policy is not None
 
@@ -419,13 +455,20 @@ def test_resource_hostile_requests(method: str, path: str, body: bytes | None,
                                    content_type: str | None, headers: dict[str, str],
                                    query: str) -> None:
     _count("resource hostile requests")
-    query = quote(query, safe="?&=%+;/:,")  # treq wants a URL; the bytes stay hostile
+    # treq wants a URL (the bytes stay hostile); StubTreq's own Site drops a request
+    # line over 16 KiB (huge query strings go through STSSite in the raw tests).
+    query = quote(query, safe="?&=%+;/:,")[:8000]
     if content_type is not None:
         headers = {**headers, "Content-Type": content_type.replace("\x00", "")}
     _, exchange = stub_for("plain")
     before = exchange.calls
     status, found, content = stub_request("plain", method, path + query, body=body,
                                           headers=headers)
+    if klein_refuses((path + query).encode()):
+        _count("resource hostile requests: non-UTF-8 path (known defect)")
+        assert_refused_safely(status, content)
+        assert exchange.calls == before
+        return
     if status == 200:
         if path in ("/healthz",):
             return
@@ -438,15 +481,21 @@ def test_resource_hostile_requests(method: str, path: str, body: bytes | None,
         assert_sts_error(status, found, content, head=method == "HEAD")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "STSResource routes the catch-all with methods=_ANY_METHOD, so werkzeug answers any "
-    "other method with its HTML 405 page without x-amz-request-id; fix: drop methods= "
-    "from the catch-all route (any method then reaches sts(), which answers 405 STS XML)"))
-@settings(max_examples=20, deadline=None)
-@given(method=st.sampled_from(["FOO", "PROPFIND", "MKCOL", "BREW", "M-SEARCH"]))
-def test_resource_unknown_methods(method: str) -> None:
-    _count("resource unknown methods")
-    status, found, content = stub_request("plain", method, "/sts/tenant-1")
+@pytest.mark.parametrize("method", ["FOO", "PROPFIND", "M-SEARCH"])
+def test_resource_unknown_methods_refused_safely(method: str) -> None:
+    status, _, content = stub_request("plain", method, "/sts/tenant-1")
+    assert_refused_safely(status, content)
+
+
+@pytest.mark.xfail(strict=True, reason=UNKNOWN_METHOD)
+def test_resource_unknown_method_is_sts_xml() -> None:
+    status, found, content = stub_request("plain", "PROPFIND", "/sts/tenant-1")
+    assert_sts_error(status, found, content)
+
+
+@pytest.mark.xfail(strict=True, reason=NON_UTF8_PATH)
+def test_resource_non_utf8_path_is_sts_xml() -> None:
+    status, found, content = stub_request("plain", "POST", "/sts/%ff")
     assert_sts_error(status, found, content)
 
 
@@ -503,6 +552,7 @@ ATTACKS = ["alg-none", "hs256-public-pem", "hs256-public-der", "hs256-empty", "m
 @st.composite
 def hostile_tokens(draw: st.DrawFn) -> str:
     attack = draw(st.sampled_from(ATTACKS))
+    event(f"attack: {attack}")
     claims = good_claims()
     if attack == "alg-none":
         alg = draw(st.sampled_from(["none", "None", "NONE", "nOnE"]))
@@ -571,12 +621,24 @@ def pad_token(token: str, length: int) -> str:
     return exact_length(make, length)
 
 
-def token_request(token: str, where: str) -> tuple[str, bytes | None]:
+def ask_with_token(token: str, where: str) -> tuple[int, dict[str, list[str]], bytes]:
+    """
+    POST the token in a form body (through StubTreq), or in the query string
+    like minio-py: through STSSite in memory, as StubTreq's own Site keeps
+    Twisted's 16 KiB request-line limit and drops a 20,000-character token.
+    """
     params = urlencode({"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15",
                         "WebIdentityToken": token})
-    if where == "query":
-        return "/sts/tenant-1?" + params, None
-    return "/sts/tenant-1", params.encode()
+    if where == "body":
+        return stub_request("verifying", "POST", "/sts/tenant-1", body=params.encode(),
+                            headers={"Content-Type": wire.FORM_CONTENT_TYPE})
+    clock = MemoryReactorClock()
+    site, _ = make_site(clock, exchange=VerifyingExchange())
+    protocol, transport = connect(site)
+    protocol.dataReceived(request_bytes(b"POST", b"/sts/tenant-1?" + params.encode(),
+                                        [(b"Host", b"sts.test")], b""))
+    [answer] = responses(transport.value(), [b"POST"])
+    return answer
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -587,14 +649,13 @@ def test_hostile_tokens_get_no_credentials(token: str, where: str, length: int |
     if length is not None:
         token = pad_token(token, length)
         assert len(token) == length
-    path, body = token_request(token, where)
-    headers = {"Content-Type": wire.FORM_CONTENT_TYPE} if body else {}
-    status, found, content = stub_request("verifying", "POST", path, body=body, headers=headers)
+    status, found, content = ask_with_token(token, where)
     code = assert_sts_error(status, found, content)
-    assert (code, status) in {("AccessDenied", 403), ("InvalidIdentityToken", 400)}
+    assert (code, status) in {("AccessDenied", 403), ("InvalidIdentityToken", 400)} or (
+        (code, token) == ("MissingParameter", ""))
     if length == 20_001:
         assert code == "InvalidIdentityToken"
-    assert token.encode() not in content
+    assert len(token) < 16 or token.encode() not in content  # short garbage may occur by chance
 
 
 def test_verifying_exchange_accepts_the_real_thing() -> None:
@@ -607,18 +668,15 @@ def test_verifying_exchange_accepts_the_real_thing() -> None:
         20_000)
     for token in (valid, longest):
         for where in ("body", "query"):
-            path, body = token_request(token, where)
-            headers = {"Content-Type": wire.FORM_CONTENT_TYPE} if body else {}
-            status, found, content = stub_request("verifying", "POST", path, body=body,
-                                                  headers=headers)
+            status, found, content = ask_with_token(token, where)
             assert status == 200, content
             assert_sts_success(found, content)
     too_long = exact_length(
         lambda n, extra: rs256({**good_claims(), "pad": "p" * n}, header={"x": "y" * extra}),
         20_001)
-    path, body = token_request(too_long, "query")
-    status, found, content = stub_request("verifying", "POST", path)
-    assert assert_sts_error(status, found, content) == "InvalidIdentityToken"
+    for where in ("body", "query"):
+        status, found, content = ask_with_token(too_long, where)
+        assert assert_sts_error(status, found, content) == "InvalidIdentityToken"
 
 
 # ---------------------------------------------------------------------------
@@ -640,6 +698,11 @@ def connect(site: STSSite) -> tuple[Any, StringTransport]:
     return protocol, transport
 
 
+class _Stream(io.BufferedReader):
+    def close(self) -> None:
+        pass  # HTTPResponse closes its file after each response: keep reading
+
+
 class _Sock:
     def __init__(self, stream: io.BufferedReader) -> None:
         self.stream = stream
@@ -650,7 +713,7 @@ class _Sock:
 
 def responses(data: bytes, methods: list[bytes]) -> list[tuple[int, dict[str, list[str]], bytes]]:
     """Every HTTP response in *data* (the methods say which were HEADs)."""
-    stream = io.BufferedReader(io.BytesIO(data))  # type: ignore[arg-type]
+    stream = _Stream(io.BytesIO(data))  # type: ignore[arg-type]
     found = []
     while stream.peek(1):
         method = methods[len(found)] if len(found) < len(methods) else b"POST"
@@ -696,10 +759,11 @@ raw_headers = st.lists(st.one_of(
 
 
 @st.composite
-def raw_requests(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
+def raw_requests(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 4)) == 0:
-        return draw(st.binary(max_size=400)), []
-    method = draw(st.sampled_from([m.encode() for m in _ANY_METHOD if m != "CONNECT"]))
+        return draw(st.binary(max_size=400))
+    method = draw(st.sampled_from([m.encode() for m in _ANY_METHOD if m != "CONNECT"] + [
+        b"FOO", b"post"]))
     body = draw(st.one_of(st.binary(max_size=200), st.just(urlencode({
         "Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15",
         "WebIdentityToken": TOKEN}).encode()), st.just(b"5\r\nhello\r\n0\r\n\r\n")))
@@ -708,19 +772,27 @@ def raw_requests(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
         headers.append((b"Content-Length", str(len(body)).encode()))
     version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1x"]))
     data = request_bytes(method, draw(raw_targets), headers, body, version)
-    return data + draw(st.sampled_from([b"", b"", b"GARBAGE\r\n", data])), [method, method]
+    return data + draw(st.sampled_from([b"", b"", b"GARBAGE\r\n", data]))
+
+
+def known_defect(data: bytes) -> bool:
+    """Whether the first request in *data* hits a known STSResource defect."""
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    line = head[0].split(b" ")
+    if len(line) != 3:
+        return False
+    hosts = [h.split(b":", 1)[1].strip() for h in head[1:]
+             if b":" in h and h.split(b":", 1)[0].strip().lower() == b"host"]
+    return line[0].decode("latin-1") not in _ANY_METHOD or any(
+        klein_refuses(line[1], host) for host in [*hosts, b"x"])
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
-@given(request=raw_requests(), chunk=st.sampled_from([1, 7, 100, 100_000]))
-def test_raw_bytes_through_the_site(request: tuple[bytes, list[bytes]], chunk: int) -> None:
+@given(data=raw_requests(), chunk=st.sampled_from([1, 7, 100, 100_000]))
+def test_raw_bytes_through_the_site(data: bytes, chunk: int) -> None:
     _count("raw bytes through the site")
-    data, methods = request
-    first = data.split(b"\r\n", 1)[0].split(b" ")
-    # A request line naming a method the resource does not route gets werkzeug's
-    # HTML 405 (test_resource_unknown_methods, xfail): not this test's business.
-    assume(len(first) != 3 or first[0].decode("latin-1") in _ANY_METHOD or not first[0])
+    method = data.split(b" ", 1)[0]
     clock = MemoryReactorClock()
     site, exchange = make_site(clock)
     protocol, transport = connect(site)
@@ -732,13 +804,18 @@ def test_raw_bytes_through_the_site(request: tuple[bytes, list[bytes]], chunk: i
     assert transport.disconnecting
     written = transport.value()
     assert b"Traceback" not in written
-    for status, headers, body in responses(written, methods):
+    if known_defect(data):
+        _count("raw bytes through the site: known STSResource defect")
+        for status, _, body in responses(written, [method, method]):
+            assert_refused_safely(status, body)
+        return
+    for status, headers, body in responses(written, [method, method]):
         if status == 200 and b"SecretAccessKey" in body:
             assert_sts_success(headers, body)
         elif status == 200:  # /healthz, /readyz
             assert body in (b"ok\n", b"ready\n", b"")
         else:
-            assert_sts_error(status, headers, body, head=(b"HEAD" in methods and not body))
+            assert_sts_error(status, headers, body, head=method == b"HEAD" and not body)
     protocol.connectionLost(Failure(ConnectionError("closed")))
     assert clock.getDelayedCalls() == []
 
@@ -922,11 +999,16 @@ def test_query_string_token_of_20000_characters_fits_the_head() -> None:
     protocol, transport = connect(site)
     token = TOKEN + "A" * (20_000 - len(TOKEN))
     query = urlencode({"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15",
-                       "WebIdentityToken": token, "Policy": GOOD_POLICY * 3})
+                       "WebIdentityToken": token, "Policy": LONG_POLICY})
     protocol.dataReceived(request_bytes(
         b"POST", b"/sts/tenant-1?" + query.encode(), [(b"Host", b"sts.test")], b""))
     [(status, headers, body)] = responses(transport.value(), [b"POST"])
     assert (status, exchange.calls) == (200, 1)
+
+
+LONG_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+     "Resource": [f"arn:aws:s3:::bucket-{i:03d}/*" for i in range(64)]}]})  # 1975 chars
 
 
 def test_site_defaults_and_wiring() -> None:

@@ -7,6 +7,7 @@ audit event of every request — with no secret anywhere in them.
 from __future__ import annotations
 
 import json
+import time
 from io import StringIO
 
 import pytest
@@ -66,6 +67,11 @@ async def test_metrics_move_with_exchanges(world: World, json_daemon: Daemon, ht
     assert value(after, "stsd_index_objects", resource="tenants") == 2
     assert 0 <= value(after, "stsd_seconds_since_last_sync", resource="bindings") < 5
     assert value(after, "stsd_ready") == 1
+    assert moved("stsd_upstream_requests_total", target="assumerole", result="ok") == 1
+    assert moved("stsd_cache_requests_total", cache="tokenreview", result="miss") == 3
+    assert moved("stsd_upstream_requests_total", target="tokenreview", result="ok") == 3
+    assert value(after, "stsd_upstream_requests_total", target="list", result="ok") >= 2
+    assert value(after, "stsd_tls_certificate_expiry_timestamp_seconds") > time.time() + 86400
     labels = {dict(k[1]).get("namespace") for k in after if k[0] == "stsd_requests_total"}
     assert "not-a-tenant-ns" not in labels
 

@@ -388,6 +388,17 @@ class RelistTests(InMemory):
                                                "tenants": T0 + 2 * RESYNC})
         self.stop()
 
+    def test_binding_turned_malformed_is_dropped(self) -> None:
+        self.populate()
+        self.start()
+        # Through the fake's own object store, so the stream carries it.
+        self.fake._put("policybindings", "tenant-1", "keep", {"spec": {"application": "bad"}},
+                       create=False)
+        self.pump()
+        self.assertIsNone(self.granted())
+        self.assertEqual(len(self.bindings), 1)
+        self.stop()
+
     def test_exception_in_a_handler_is_logged_and_the_loop_goes_on(self) -> None:
         class Flaky(BindingIndex):
             fail = True
@@ -654,12 +665,20 @@ class ListWatchTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.listed("9")
         self.deliver("ADDED", _version("10"))
-        # Any other ERROR: back off (from the start again), then list.
+        # Any other ERROR: back off (the third failure in a row), then list.
         self.deliver("ERROR", {"kind": "Status", "code": 500, "reason": "InternalError"})
-        self.assertEqual(self.backoff(), 0.5)
-        self.clock.advance(0.5)
+        self.assertEqual(self.backoff(), 2.0)
+        self.clock.advance(2.0)
         self.assertEqual(len(self.api.lists), 4)
         self.assertEqual([rv for _, rv in self.replaced], ["5", "8", "9"])
+        self.successResultOf(self.lw.stopService())
+
+    def test_http_410_on_the_watch_relists_at_once(self) -> None:
+        self.lw.startService()
+        self.listed("5")
+        self.api.watches[-1][2].errback(WatchExpired("watch things: HTTP 410: too old"))
+        self.assertEqual(len(self.api.lists), 2)
+        self.assertEqual(self.jitter.calls, 0)
         self.successResultOf(self.lw.stopService())
 
     def test_watch_that_ran_a_while_is_resumed_at_once(self) -> None:
@@ -701,14 +720,22 @@ class ListWatchTests(SynchronousTestCase):
         self.assertTrue(self.lw.attempted)
         self.successResultOf(self.lw.stopService())
 
-    def test_an_event_resets_the_backoff(self) -> None:
+    def test_backoff_starts_over_after_a_quiet_minute(self) -> None:
         self.lw.startService()
         self.api.lists[-1].errback(KubernetesError("x"))
         self.clock.advance(self.backoff())
         self.api.lists[-1].errback(KubernetesError("x"))
-        self.clock.advance(self.backoff())
+        self.clock.advance(self.backoff())  # 1.0 s
         on_event = self.listed()
         on_event("MODIFIED", _version("7"))
+        # Cut again and again: each one waits longer...
+        self.clock.advance(58.9)
+        self.api.watches[-1][2].errback(KubernetesError("watch things: connection lost"))
+        self.assertEqual(self.backoff(), 2.0)
+        self.clock.advance(2.0)
+        self.listed()
+        # ...but a minute without failure starts over.
+        self.clock.advance(60)
         self.api.watches[-1][2].errback(KubernetesError("watch things: connection lost"))
         self.assertEqual(self.backoff(), 0.5)
         self.successResultOf(self.lw.stopService())
