@@ -267,12 +267,12 @@ async def measure(world: World, server: Server, mode: str, round_no: int, token_
     out, err, code = await getProcessOutputAndValue(
         "taskset",
         ["-c", str(args.load_core), "wrk", f"-t{args.threads}", f"-c{args.connections}",
-         f"-d{args.duration}s", "--timeout", "10s", "--latency", "-s", str(LUA),
+         f"-d{args.duration:g}s", "--timeout", "10s", "--latency", "-s", str(LUA),
          f"{server.url}/sts/{NAMESPACE}", "--", str(token_file), str(args.threads)],
         env=dict(os.environ), reactor=world.reactor)
     after = Counters.take(world, server.pid)
     if code != 0:
-        raise RuntimeError(f"wrk failed ({code}): {err.decode(errors='replace')}")
+        raise RuntimeError(f"wrk failed ({code}): {err.decode(errors='replace')} {out.decode(errors='replace')}")
     s = _wrk_summary(out)
     wall = after.wall - before.wall
     seconds = s["duration_us"] / 1e6

@@ -260,7 +260,11 @@ class STSResource:
         request_id: Callable[[], str] = new_request_id,
         metrics: Metrics | None = None,
         known_namespace: Callable[[str], bool] = lambda namespace: False,
+        readiness: Callable[[], str | None] | None = None,
     ) -> None:
+        # Why stsd is not ready (None when it is); by default, the initial sync.
+        self._readiness = readiness or (
+            lambda: None if is_ready() else "PolicyBindings and Tenants not listed yet")
         self._metrics = metrics
         self._known_namespace = known_namespace
         self._exchange = exchange
@@ -281,10 +285,11 @@ class STSResource:
     @app.route("/readyz", methods=["GET", "HEAD"])
     def readyz(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain")
-        if self._is_ready():
+        problem = self._readiness()
+        if problem is None:
             return b"ready\n"
         request.setResponseCode(503)
-        return b"not ready: PolicyBindings and Tenants not listed yet\n"
+        return f"not ready: {problem}\n".encode()
 
     @app.route("/", branch=True, methods=_ANY_METHOD)
     async def sts(self, request: Request) -> bytes:

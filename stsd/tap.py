@@ -9,6 +9,7 @@ them as one L{MultiService}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -121,6 +122,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     bindings = BindingIndex()
     tenants = TenantIndex(EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain))
     refresher = Refresher(kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
+    readiness = _readiness(refresher, config.kubernetes.resync_seconds, reactor)
     authenticator = CachingAuthenticator(
         TokenReviewAuthenticator(kubernetes, config.kubernetes.audience),
         reactor, ttl=config.kubernetes.token_cache_seconds,
@@ -145,6 +147,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         is_ready=lambda: refresher.ready,
         metrics=metrics,
         known_namespace=tenants.has_namespace,
+        readiness=readiness,
     )
     site = STSSite(resource.resource(), reactor=reactor)
     site.displayTracebacks = False
@@ -161,15 +164,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         metrics.watch_sync(resource_name, _age(refresher, resource_name, reactor))
     metrics.ready.set_function(lambda: 1 if refresher.ready else 0)
 
-    def readiness() -> str | None:
-        if not refresher.ready:
-            return "PolicyBindings and Tenants not listed yet"
-        stale = 3 * config.kubernetes.resync_seconds
-        for name in ("bindings", "tenants"):
-            if reactor.seconds() - refresher.synced_at[name] > stale:
-                return f"{name} not synced for more than {stale:g} s"
-        return None
-
     top = MultiService()
     refresher.setServiceParent(top)
     credentials = TimerService(CREDENTIAL_REFRESH_SECONDS, _refresh_credentials, access)
@@ -185,6 +179,23 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     _listen(StreamServerEndpointService(TCP4ServerEndpoint(
         reactor, config.metrics.port, interface=config.metrics.interface), metrics_site), top)
     return top
+
+
+def _readiness(sync: Any, resync: float, clock: Any) -> Callable[[], str | None]:
+    """
+    Why stsd is not ready, or None: the initial list is done and no
+    resource's last sync is older than three resync periods.
+    """
+
+    def readiness() -> str | None:
+        if not sync.ready:
+            return "PolicyBindings and Tenants not listed yet"
+        for name in ("bindings", "tenants"):
+            if clock.seconds() - sync.synced_at[name] > 3 * resync:
+                return f"{name} not synced for more than {3 * resync:g} s"
+        return None
+
+    return readiness
 
 
 def _age(refresher: Refresher, name: str, clock: Any) -> Any:

@@ -126,6 +126,7 @@ class TenantIndex:
         self._rule = rule
         self._tenants: dict[str, list[Tenant]] = {}
         self._credentials: dict[tuple[str, str], RootCredentials] = {}
+        self._warned: set[tuple[str, str]] = set()
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._tenants.values())
@@ -141,6 +142,16 @@ class TenantIndex:
         for t in tenants:
             by_namespace.setdefault(t.namespace, []).append(t)
         self._tenants = by_namespace
+        for t in self.tenants():
+            url = self._rule.url(t)
+            if url.startswith("http://") and (t.namespace, t.name) not in self._warned:
+                # AssumeRole answers carry fresh secret keys: over plain HTTP
+                # anyone on the path reads them.
+                self._warned.add((t.namespace, t.name))
+                log.warn(
+                    "INSECURE: Tenant {namespace}/{name} is reached over plain HTTP ({url}); "
+                    "issued credentials cross the network unencrypted. Enable TLS on the Tenant.",
+                    namespace=t.namespace, name=t.name, url=url)
         live = {(t.namespace, t.name) for t in self.tenants()}
         self._credentials = {k: v for k, v in self._credentials.items() if k in live}
 

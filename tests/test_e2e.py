@@ -460,3 +460,56 @@ async def test_daemon_needs_only_its_cluster_role(world: World, daemon: Daemon, 
     assert ("authentication.k8s.io", "tokenreviews", "create") in used
     assert ("sts.min.io", "policybindings", "list") in used
     assert used <= role, used - role
+
+
+async def peer_serial(url: str, ca: str) -> int:
+    """The serial of the certificate the server at C{url} presents."""
+    import ssl
+    from urllib.parse import urlsplit
+
+    from cryptography import x509
+
+    def fetch() -> int:
+        parts = urlsplit(url)
+        context = ssl.create_default_context(cafile=ca)
+        import socket
+
+        with socket.create_connection((parts.hostname, parts.port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=parts.hostname) as tls_socket:
+                der = tls_socket.getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der).serial_number
+
+    return await deferToThread(fetch)
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_rotation_without_restart(world: World, http, tmp_path) -> None:
+    """
+    A renewed certificate (the Secret's files replaced) is served within
+    10 s; the daemon keeps answering with no restart.
+    """
+    import shutil
+
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    shutil.copy(world.pki.cert_path, tls_dir / "tls.crt")
+    shutil.copy(world.pki.key_path, tls_dir / "tls.key")
+    rotating = await world.start_daemon(
+        "rotating", server={"tls_cert": str(tls_dir / "tls.crt"), "tls_key": str(tls_dir / "tls.key")})
+    ca = str(world.pki.ca_path)
+    first = await peer_serial(rotating.url, ca)
+    cert_pem, key_pem = world.pki.issue(["localhost"], ["127.0.0.1"])
+    (tls_dir / "tls.key.new").write_bytes(key_pem)
+    (tls_dir / "tls.crt.new").write_bytes(cert_pem)
+    os.replace(tls_dir / "tls.key.new", tls_dir / "tls.key")
+    os.replace(tls_dir / "tls.crt.new", tls_dir / "tls.crt")
+    started = time.monotonic()
+
+    async def rotated() -> bool:
+        return await peer_serial(rotating.url, ca) != first
+
+    assert await eventually(rotated, timeout=12, interval=0.5)
+    assert time.monotonic() - started <= 10.5
+    answer = await post(http, rotating.sts_url("tenant-1"), params(world.mint()))
+    assert answer.status == 200
+    assert await rotating.stop() in (0, -15)

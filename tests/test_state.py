@@ -111,6 +111,24 @@ class TenantTests(SynchronousTestCase):
         self.assertEqual(EndpointRule("https://h/{namespace}/{tenant}", "x").url(plain),
                          "https://h/t/x")
 
+    def test_plain_http_tenant_warned_once(self) -> None:
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            index = TenantIndex(EndpointRule(None, "cluster.local"))
+            plain = parse_tenant(tenant_obj("t", "x", requestAutoCert=False))
+            secure = parse_tenant(tenant_obj("u", "y"))
+            index.replace([plain, secure])
+            index.replace([plain, secure])
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        warnings = [e for e in events if e.get("log_level") == LogLevel.warn
+                    and "INSECURE" in e.get("log_format", "")]
+        self.assertEqual([(e["namespace"], e["url"]) for e in warnings],
+                         [("t", "http://minio.t.svc.cluster.local:80")])
+
     def test_index_errors(self) -> None:
         index = TenantIndex(EndpointRule(None, "cluster.local"))
         one, two = parse_tenant(tenant_obj("t", "one")), parse_tenant(tenant_obj("t", "two"))
