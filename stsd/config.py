@@ -188,6 +188,12 @@ def _file(content: Callable[[str, str], object] = _read) -> _Check:
     return check
 
 
+def _boolean(key: str, value: object, base_dir: str | None) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {_shown(value)}")
+    return value
+
+
 def _choice(*allowed: str) -> _Check:
     def check(key: str, value: object, base_dir: str | None) -> str:
         if value not in allowed:
@@ -285,6 +291,7 @@ class KubernetesConfig:
     audience: str = field(default="sts.min.io", metadata=_spec(_text))
     resync_seconds: float = field(default=30.0, metadata=_spec(_seconds))
     timeout_seconds: float = field(default=10.0, metadata=_spec(_seconds))
+    watch: bool = field(default=True, metadata=_spec(_boolean))
     token_verification: str = field(
         default="tokenreview", metadata=_spec(_choice("tokenreview", "jwks"))
     )

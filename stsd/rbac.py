@@ -29,3 +29,7 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "secrets", ("get", "list", "watch"),
                "read the root credentials of the tenants (config.env)"),
 )
+
+# The service-account issuer discovery documents: the cluster's token
+# signing keys, for refusing forged tokens locally (and for jwks mode).
+DISCOVERY_URLS: tuple[str, ...] = ("/.well-known/openid-configuration", "/openid/v1/jwks")

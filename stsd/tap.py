@@ -25,6 +25,7 @@ from stsd.bindings import BindingIndex
 from stsd.certreload import CertificateLoadError, CertificateReloader
 from stsd.exchange import Exchange, Limits
 from stsd.identity import TokenReviewAuthenticator
+from stsd.jwks import JWKSAuthenticator, KeySet, LocallyCheckedTokenReview
 from stsd.metrics import (
     Metrics,
     ObservedHTTPClient,
@@ -39,6 +40,7 @@ from stsd.server import STSResource, STSSite
 from stsd.tokencache import CachingAuthenticator
 from stsd.tenants import EndpointRule, TenantIndex
 from stsd.upstream import make_client
+from stsd.watch import WatchSync
 
 log = Logger()
 
@@ -121,10 +123,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     minio = MinIOClient(minio_http, reactor, config.tenants.timeout_seconds)
     bindings = BindingIndex()
     tenants = TenantIndex(EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain))
-    refresher = Refresher(kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
-    readiness = _readiness(refresher, config.kubernetes.resync_seconds, reactor)
+    sync: Refresher | WatchSync = (WatchSync if config.kubernetes.watch else Refresher)(
+        kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
+    keys = KeySet(kubernetes, reactor)
+    readiness = _readiness(sync, config.kubernetes.resync_seconds, reactor)
     authenticator = CachingAuthenticator(
-        TokenReviewAuthenticator(kubernetes, config.kubernetes.audience),
+        _authenticator(config.kubernetes, kubernetes, keys, reactor),
         reactor, ttl=config.kubernetes.token_cache_seconds,
     )
     metrics.watch_cache("tokenreview", lambda: (authenticator.hits, authenticator.misses))
@@ -134,7 +138,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         tenants=tenants,
         minio=minio,
         clock=reactor,
-        is_ready=lambda: refresher.ready,
+        is_ready=lambda: sync.ready,
         limits=_limits(config.limits, reactor),
         reuse_seconds=config.sts.reuse_seconds,
         metrics=metrics,
@@ -144,7 +148,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         default_duration=config.sts.default_duration_seconds,
         max_duration=config.sts.max_duration_seconds,
         clock=reactor,
-        is_ready=lambda: refresher.ready,
+        is_ready=lambda: sync.ready,
         metrics=metrics,
         known_namespace=tenants.has_namespace,
         readiness=readiness,
@@ -161,11 +165,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     metrics.watch_index("bindings", lambda: len(bindings))
     metrics.watch_index("tenants", lambda: len(tenants))
     for resource_name in ("bindings", "tenants"):
-        metrics.watch_sync(resource_name, _age(refresher, resource_name, reactor))
-    metrics.ready.set_function(lambda: 1 if refresher.ready else 0)
+        metrics.watch_sync(resource_name, _age(sync, resource_name, reactor))
+    metrics.ready.set_function(lambda: 1 if sync.ready else 0)
 
     top = MultiService()
-    refresher.setServiceParent(top)
+    sync.setServiceParent(top)
+    keys.setServiceParent(top)
     credentials = TimerService(CREDENTIAL_REFRESH_SECONDS, _refresh_credentials, access)
     credentials.clock = reactor
     credentials.setServiceParent(top)
@@ -198,9 +203,20 @@ def _readiness(sync: Any, resync: float, clock: Any) -> Callable[[], str | None]
     return readiness
 
 
-def _age(refresher: Refresher, name: str, clock: Any) -> Any:
+def _authenticator(
+    config: configuration.KubernetesConfig, kubernetes: kube.KubernetesClient, keys: KeySet,
+    clock: Any,
+) -> JWKSAuthenticator | LocallyCheckedTokenReview:
+    if config.token_verification == "jwks":
+        return JWKSAuthenticator(keys, config.audience, clock)
+    # TokenReview, but forged tokens are refused locally once the keys are known.
+    return LocallyCheckedTokenReview(
+        TokenReviewAuthenticator(kubernetes, config.audience), keys, clock)
+
+
+def _age(sync: Any, name: str, clock: Any) -> Any:
     def age() -> float:
-        synced = refresher.synced_at.get(name)
+        synced = sync.synced_at.get(name)
         return float("nan") if synced is None else clock.seconds() - synced
 
     return age

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from stsd import tap
 from stsd.refresh import Refresher
+from stsd.watch import WatchSync
 from stsd.testing.pki import TestPKI
 
 KUBE_TOKEN = "kube-client-token-for-tests"
@@ -94,8 +95,16 @@ def test_options_valid(tmp_path: Path, pki: TestPKI, kubeconfig: Path) -> None:
     assert options.kube_access.authorization == f"Bearer {KUBE_TOKEN}"
 
 
-def test_make_service_start_and_stop(tmp_path: Path, pki: TestPKI, kubeconfig: Path) -> None:
-    options = parse(write_config(tmp_path, config_document(pki, kubeconfig)))
+@pytest.mark.parametrize("watch, sync_type, calls", [
+    # bindings and tenants listed at once, plus the signing keys' discovery
+    (True, WatchSync, 3),
+    # the refresher lists bindings first, then tenants; plus discovery
+    (False, Refresher, 2),
+])
+def test_make_service_start_and_stop(tmp_path: Path, pki: TestPKI, kubeconfig: Path,
+                                     watch: bool, sync_type: type, calls: int) -> None:
+    options = parse(write_config(tmp_path, config_document(
+        pki, kubeconfig, kubernetes={"watch": watch})))
     reactor = MemoryReactorClock()
     service = tap.makeService(options, reactor=reactor)
     assert isinstance(service, MultiService)
@@ -110,9 +119,10 @@ def test_make_service_start_and_stop(tmp_path: Path, pki: TestPKI, kubeconfig: P
         assert context_factory.getContext() is not None
         # The refresher issued its first list at once: a connection attempt
         # to the API server from the kubeconfig.
-        [refresher] = [s for s in service if isinstance(s, Refresher)]
-        assert refresher.ready is False
-        assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 6443)]
+        [sync] = [s for s in service if isinstance(s, sync_type)]
+        assert sync.ready is False
+        assert [(host, port) for host, port, *_ in reactor.tcpClients] == (
+            [("127.0.0.1", 6443)] * calls)
         assert reactor.sslClients == []  # TLS is layered on the TCP connection
         listeners = [s for s in service if isinstance(s, StreamServerEndpointService)]
         assert listeners and all(s.running for s in listeners)
@@ -125,10 +135,10 @@ def test_make_service_start_and_stop(tmp_path: Path, pki: TestPKI, kubeconfig: P
     results: list[object] = []
     stopped.addBoth(results.append)
     assert len(results) == 1 and not isinstance(results[0], Failure), results
-    assert len(reactor.tcpClients) == 1
+    assert len(reactor.tcpClients) == calls
     assert [c for c in reactor.getDelayedCalls() if c.active()] == []
     reactor.advance(60)
-    assert len(reactor.tcpClients) == 1
+    assert len(reactor.tcpClients) == calls
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -285,7 +285,7 @@ class World:
             "server": {"interface": "127.0.0.1", "port": port,
                        "tls_cert": str(self.pki.cert_path), "tls_key": str(self.pki.key_path)},
             "kubernetes": {"kubeconfig": str(self.kubeconfig_path), "audience": "sts.min.io",
-                           "resync_seconds": 1, "timeout_seconds": 2},
+                           "resync_seconds": 10, "timeout_seconds": 2},
             "tenants": {"endpoint": self.minio_url + "/{namespace}",
                         "ca_file": str(self.pki.ca_path), "timeout_seconds": 2},
             "sts": {"default_duration_seconds": 3600, "max_duration_seconds": 43200},
