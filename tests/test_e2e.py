@@ -574,3 +574,56 @@ async def test_certificate_rotation_without_restart(world: World, http, tmp_path
     answer = await post(http, rotating.sts_url("tenant-1"), params(world.mint()))
     assert answer.status == 200
     assert await rotating.stop() in (0, -15)
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoked_serviceaccount_stops_within_token_cache_ttl(
+        world: World, daemon: Daemon, http) -> None:
+    world.kubernetes.create_serviceaccount("apps", "revoked-sa")
+    world.kubernetes.add_policybinding("tenant-1", "revoked", app_namespace="apps",
+                                       serviceaccount="revoked-sa", policies=["readonly"])
+    token = world.mint("apps", "revoked-sa")
+
+    async def granted() -> bool:
+        return (await post(http, daemon.sts_url("tenant-1"), params(token))).status == 200
+
+    assert await eventually(granted)
+    reviews = world.kubernetes.count("/apis/authentication.k8s.io")
+    assert await granted()  # cached: no second review
+    assert world.kubernetes.count("/apis/authentication.k8s.io") == reviews
+    world.kubernetes.delete_serviceaccount("apps", "revoked-sa")
+    started = time.monotonic()
+
+    async def denied() -> bool:
+        answer = await post(http, daemon.sts_url("tenant-1"), params(token))
+        return answer.code == "AccessDenied"
+
+    assert await eventually(denied, timeout=6, interval=0.2)
+    # token_cache_seconds is 2 in the test world.
+    assert time.monotonic() - started < 2 + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_throttling(world: World, http) -> None:
+    limited = await world.start_daemon("limited", limits={
+        "failed_auth_per_client": {"rate": 0.1, "burst": 3},
+        "per_serviceaccount": {"rate": 0.1, "burst": 2}})
+    try:
+        from stsd.testing.tokens import TokenIssuer
+
+        url = limited.sts_url("tenant-1")
+        # Per ServiceAccount: a burst of 2 credentials, then Throttling.
+        answers = [await post(http, url, params(world.mint("apps", "photo-sa"))) for _ in range(3)]
+        assert [a.status for a in answers[:2]] == [200, 200]
+        assert (answers[2].status, answers[2].code) == (400, "Throttling")
+        assert int(answers[2].headers["retry-after"][0]) >= 1
+        # Failed authentications per client address: 3, then refused before TokenReview.
+        forger = TokenIssuer()
+        reviews = world.kubernetes.count("/apis/authentication.k8s.io")
+        codes = [(await post(http, url, params(forger.mint("apps", "photo-sa", jti=str(i))))).code
+                 for i in range(6)]
+        assert codes == ["AccessDenied"] * 3 + ["Throttling"] * 3
+        # Forged tokens are refused locally (signing keys known): no review at all.
+        assert world.kubernetes.count("/apis/authentication.k8s.io") == reviews
+    finally:
+        await limited.stop()

@@ -241,3 +241,99 @@ def test_issued_policy_within_bindings_and_session(bound, session, probes) -> No
         if allows(issued, action, resource):
             assert allows(bindings, action, resource), (action, resource)
             assert allows(session, action, resource), (action, resource)
+
+
+# -- abuse limits and single flight -------------------------------------------------
+
+
+def limited_harness(failed: tuple[float, int] = (1, 2), per_sa: tuple[float, int] = (1, 3)):
+    from stsd.exchange import Limits
+    from stsd.ratelimit import Rate, RateLimiter
+
+    h = Harness()
+    h.exchange._limits = Limits(
+        failed_auth_per_client=RateLimiter(Rate(*failed), h.clock),
+        per_serviceaccount=RateLimiter(Rate(*per_sa), h.clock),
+    )
+    return h
+
+
+def run_as(h: Harness, client: str, token: str = "t.o.k"):
+    from stsd.exchange import Trail
+
+    request = AssumeRoleRequest(token, 3600, None)
+    d = Deferred.fromCoroutine(h.exchange.exchange("tenant-1", request, Trail(client=client)))
+    h.stub.flush()
+    results: list = []
+    d.addBoth(results.append)
+    return results[0]
+
+
+def test_failed_auth_limited_per_client_before_any_upstream_call() -> None:
+    h = limited_harness(failed=(0.5, 2))
+    h.authenticator.identity = errors.access_denied("bad token")
+    for _ in range(2):
+        assert run_as(h, "10.0.0.1").value.code == "AccessDenied"
+    calls = h.authenticator.calls
+    throttled = run_as(h, "10.0.0.1").value
+    assert (throttled.code, throttled.status, throttled.retry_after) == ("Throttling", 400, 2)
+    assert h.authenticator.calls == calls, "the authenticator was not asked"
+    # Another address is not affected; the budget refills with time.
+    assert run_as(h, "10.0.0.2").value.code == "AccessDenied"
+    h.clock.advance(2)
+    assert run_as(h, "10.0.0.1").value.code == "AccessDenied"
+
+
+def test_successful_authentications_do_not_spend_the_failure_budget() -> None:
+    h = limited_harness(failed=(0.001, 1), per_sa=(1000, 1000))
+    for i in range(5):
+        assert run_as(h, "10.0.0.1", f"t.o.{i}").credentials is not None
+
+
+def test_credentials_limited_per_serviceaccount() -> None:
+    h = limited_harness(per_sa=(1, 3))
+    for i in range(3):
+        assert run_as(h, f"10.0.0.{i}", f"t.o.{i}").credentials is not None
+    throttled = run_as(h, "10.0.0.9", "t.o.9").value
+    assert (throttled.code, throttled.retry_after) == ("Throttling", 1)
+    h.authenticator.identity = Identity("apps", "other-sa")
+    h.bindings.apply("ADDED", Binding("tenant-1", "o", "apps", "other-sa", ("readonly",)))
+    assert run_as(h, "10.0.0.9", "t.o.10").credentials is not None
+
+
+def test_concurrent_identical_requests_share_one_assume_role() -> None:
+    h = Harness()
+    h.run()  # warm the region and policy caches
+    real = h.exchange._minio.assume_role
+    pending: list[Deferred] = []
+
+    def held_assume_role(*args):
+        # Hold the AssumeRole in flight until the test releases it.
+        d = Deferred.fromCoroutine(real(*args))
+        gate: Deferred = Deferred()
+        pending.append(gate)
+        return gate.addCallback(lambda _: d)
+
+    h.exchange._minio.assume_role = held_assume_role
+    before = h.minio.count("assumerole")
+    request = AssumeRoleRequest("same.to.ken", 3600, None)
+    first = Deferred.fromCoroutine(h.exchange.exchange("tenant-1", request))
+    second = Deferred.fromCoroutine(h.exchange.exchange("tenant-1", request))
+    assert len(pending) == 1, "the second request joined the first one's AssumeRole"
+    assert not first.called and not second.called
+    pending[0].callback(None)
+    h.stub.flush()
+    a, b = [], []
+    first.addCallback(a.append)
+    second.addCallback(b.append)
+    assert a and b and a[0].credentials == b[0].credentials
+    assert h.minio.count("assumerole") == before + 1
+    # A different token never shares them.
+    third = Deferred.fromCoroutine(h.exchange.exchange(
+        "tenant-1", AssumeRoleRequest("other.to.ken", 3600, None)))
+    assert len(pending) == 2
+    pending[1].callback(None)
+    h.stub.flush()
+    c: list = []
+    third.addCallback(c.append)
+    assert c and c[0].credentials != a[0].credentials
