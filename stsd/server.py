@@ -125,11 +125,43 @@ class _DeadlineChannel(HTTPChannel):
         super().allContentReceived()
 
     def requestDone(self, request: Request) -> None:
+        self._flush()
         # Armed before Twisted replays pipelined data, which may hold the
         # whole next request (whose allContentReceived cancels it again).
         if self.persistent and not self._lost:
             self._arm_deadline()
         super().requestDone(request)
+
+    # A response is held until it is complete and then written at once: one
+    # TLS record and one segment instead of headers, body and chunk trailer
+    # apart. STS answers are a few KiB; nothing streams.
+    _pending: list[bytes] | None = None
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        pending = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                pending.extend((name, b": ", value, b"\r\n"))
+        pending.append(b"\r\n")
+        self._pending = pending
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            super().write(data)
+        else:
+            self._pending.append(data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        if self._pending is None:
+            super().writeSequence(iovec)
+        else:
+            self._pending.extend(iovec)
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            data, self._pending = b"".join(self._pending), None
+            if not self._lost:
+                self.transport.write(data)
 
     def loseConnection(self) -> None:
         self._cancel_deadline()
@@ -137,6 +169,7 @@ class _DeadlineChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._lost = True
+        self._pending = None
         self._cancel_deadline()
         super().connectionLost(reason)
 
@@ -319,6 +352,9 @@ class STSResource:
             self._metrics.requests.labels(outcome, self._namespace_label(trail.namespace)).inc()
             self._metrics.request_seconds.labels(
                 "success" if status == 200 else "error").observe(latency)
+        # A known length: no chunked encoding, and the client need not wait
+        # for a trailer.
+        request.setHeader(b"content-length", b"%d" % len(body))
         return body
 
     def _namespace_label(self, namespace: str | None) -> str:

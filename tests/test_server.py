@@ -144,3 +144,49 @@ class ResourceTests(SynchronousTestCase):
         self.ready = False
         response, _ = self.request("GET", "/readyz")
         self.assertEqual(response.code, 503)
+
+
+class CountingTransport:
+    """Counts the writes a response takes (each is a TLS record, a segment)."""
+
+    def __init__(self) -> None:
+        from twisted.internet.testing import StringTransport
+
+        self.inner = StringTransport()
+        self.writes = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.inner.write(data)
+
+    def writeSequence(self, data) -> None:
+        self.writes += 1
+        self.inner.writeSequence(data)
+
+
+def test_one_write_per_response() -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock
+
+    from stsd.server import STSSite
+
+    reactor = MemoryReactorClock()
+    resource = STSResource(StandInExchange(), default_duration=3600, max_duration=43200,
+                           clock=reactor, is_ready=lambda: True)
+    site = STSSite(resource.resource(), reactor=reactor)
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    body = body_params()
+    protocol.dataReceived(
+        b"POST /sts/tenant-1 HTTP/1.1\r\nHost: sts\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    response = transport.inner.value()
+    assert response.startswith(b"HTTP/1.1 200 OK")
+    assert b"<AccessKeyId>AKID</AccessKeyId>" in response
+    assert transport.writes == 1
+    protocol.connectionLost(None)
