@@ -273,7 +273,7 @@ class Exchange:
     ) -> _Effective:
         usable: list[Policy] = []
         used: list[str] = []
-        for name, text in zip(grant.policies, texts):
+        for name, text in zip(grant.policies, texts, strict=True):
             if text is None:
                 self._skip(tenant, name, "MinIO has no canned policy by that name")
                 continue

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from stsd import logs
 from stsd.testing.world import Daemon, World
-from tests.test_e2e import http, params, post  # noqa: F401  (http is a fixture)
+from tests.test_e2e import params, post
 
 
 @pytest.fixture(scope="module")
