@@ -64,6 +64,30 @@ class BoundedRequest(Request):
         if not self.body_too_large:
             self.content.write(data)
 
+    def _handleStar(self) -> None:
+        # Twisted answers a "*" request-target itself (an empty 405, or 200 to
+        # OPTIONS) without x-amz-request-id; here the resource answers it like
+        # any other target, in STS XML.
+        try:
+            self.render(self.site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
+
+    def processingFailed(self, reason: Failure) -> Failure:  # type: ignore[override]
+        # A last resort (the resource answers its own errors): Twisted's page
+        # is HTML, with the traceback if displayTracebacks is on.
+        log.failure("unexpected error answering a request", failure=reason)
+        request_id = new_request_id()
+        body = wire.error_xml(errors.internal_error("stsd failed unexpectedly; see its log"),
+                              request_id)
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"text/xml")
+        self.setHeader(b"x-amz-request-id", request_id.encode("ascii"))
+        self.setHeader(b"content-length", b"%d" % (len(body),))
+        self.write(body)
+        self.finish()
+        return reason
+
 
 def _raw_error_response(error: errors.STSError) -> bytes:
     """
@@ -114,8 +138,8 @@ class _DeadlineChannel(HTTPChannel):
         self._arm_deadline()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._timed_out:
-            return  # too late: the connection is being closed
+        if self._timed_out or self.transport.disconnecting:
+            return  # refused or too late: the connection is being closed
         super().dataReceived(data)
 
     def allContentReceived(self) -> None:

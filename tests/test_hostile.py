@@ -43,11 +43,13 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, LoopingCall
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 
 from stsd import errors, wire
 from stsd.bindings import Grant
@@ -189,6 +191,11 @@ NEWLINE_PATH = (
     "werkzeug's path converter ('.' without DOTALL) does not match an encoded newline, so "
     "/sts/a%0Ab misses the catch-all route and gets werkzeug's HTML 404 without "
     "x-amz-request-id; same fix as for non-UTF-8 paths")
+LARGE_BODY = (
+    "STSResource reads the body with request.content.getvalue(), which only a BytesIO "
+    "has; Twisted's default Request (any Site but STSSite, e.g. StubTreq's) spools a "
+    "body of 100,000 bytes or more to a temporary file, so the answer is a 500 "
+    "InternalError; fix: request.content.seek(0); request.content.read(MAX_BODY_BYTES + 1)")
 UNKNOWN_METHOD = (
     "STSResource routes the catch-all with methods=_ANY_METHOD, so werkzeug answers any "
     "other method with its HTML 405 page without x-amz-request-id; fix: drop methods= "
@@ -245,7 +252,8 @@ values = st.one_of(
     st.sampled_from([
         "AssumeRoleWithWebIdentity", "AssumeRole", "2011-06-15", "2010-01-01", TOKEN,
         TOKEN + "A", TOKEN.upper(), "a.b.c", "..", "e30.e30.e30", "900", "3600", "43200",
-        "43201", "899", "-900", "1e4", "0x384", "\u0663\u0666\u0660\u0660", "\uff13\uff16\uff10\uff10",
+        "43201", "899", "-900", "1e4", "0x384", "\u0663\u0666\u0660\u0660",
+        "\uff13\uff16\uff10\uff10",
         " 3600", "3600 ", "9" * 30, "", GOOD_POLICY, "{}", "[]", "null", '{"Statement": []}',
         '{"Statement": {"Effect": "Allow", "Action": "*", "Resource": "*"}}',
         "[" * 5000 + "]" * 5000, '{"a":' * 3000 + "1" + "}" * 3000, "1" * 5000,
@@ -256,13 +264,15 @@ values = st.one_of(
     huge("%"),
 )
 keys = st.one_of(st.sampled_from(KNOWN_PARAMS), st.sampled_from(KNOWN_PARAMS),
-                 st.text(max_size=20), st.sampled_from(["action", "VERSION", " Action", "Action\x00"]))
+                 st.text(max_size=20),
+                 st.sampled_from(["action", "VERSION", " Action", "Action\x00"]))
 
 
 @st.composite
 def encoded(draw: st.DrawFn, text: str) -> bytes:
     """One form field part, encoded in a random (possibly broken) way."""
-    how = draw(st.sampled_from(["plus", "quote", "raw", "latin1", "splice", "broken-pct"]))
+    # Mostly well-formed, so that the checks after decoding are reached too.
+    how = draw(st.sampled_from(["plus"] * 12 + ["quote", "raw", "latin1", "splice", "broken-pct"]))
     if how == "plus":
         return quote_plus(text, errors="surrogatepass").encode()
     if how == "quote":
@@ -286,7 +296,7 @@ def forms(draw: st.DrawFn) -> dict[str, Any]:
     if base:  # start from a valid request so deeper checks are reached
         pairs = [("Action", "AssumeRoleWithWebIdentity"), ("Version", "2011-06-15"),
                  ("WebIdentityToken", TOKEN)]
-    pairs += draw(st.lists(st.tuples(keys, values), max_size=6))
+    pairs += draw(st.lists(st.tuples(keys, values), max_size=5))
     if pairs and draw(st.booleans()):  # duplicate one, same or different value
         key, value = draw(st.sampled_from(pairs))
         pairs.append((key, draw(st.one_of(st.just(value), values))))
@@ -304,8 +314,27 @@ def forms(draw: st.DrawFn) -> dict[str, Any]:
     return {
         "body": sep.join(body_parts),
         "query": sep.join(query_parts),
-        "content_type": draw(content_types),
+        "content_type": draw(st.one_of(st.just(wire.FORM_CONTENT_TYPE), content_types)),
         "tokens": [v for k, v in pairs if k == "WebIdentityToken" and len(v) >= 16],
+    }
+
+
+@st.composite
+def mutants(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid request with one parameter given a hostile value: every rule is reached."""
+    params = {"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15",
+              "WebIdentityToken": TOKEN}
+    name = draw(st.sampled_from(KNOWN_PARAMS))
+    params[name] = draw(values)
+    body: dict[str, str] = {}
+    query: dict[str, str] = {}
+    for key, value in params.items():
+        (body if draw(st.booleans()) else query)[key] = value
+    return {
+        "body": urlencode(body, errors="surrogatepass").encode(),
+        "query": urlencode(query, errors="surrogatepass").encode(),
+        "content_type": wire.FORM_CONTENT_TYPE,
+        "tokens": [params["WebIdentityToken"]] if len(params["WebIdentityToken"]) >= 16 else [],
     }
 
 
@@ -320,6 +349,7 @@ def parse(body: bytes, query: bytes, content_type: str | None
         assert e.code in {"InvalidParameterValue", "MissingParameter", "InvalidIdentityToken",
                           "MalformedPolicyDocument", "PackedPolicyTooLarge"}, e
         assert e.type == "Sender"
+        event(f"refused: {e.code}")
         return None, e
     assert isinstance(request, wire.AssumeRoleRequest)
     assert 0 < len(request.token) <= wire.MAX_TOKEN_CHARS
@@ -327,6 +357,7 @@ def parse(body: bytes, query: bytes, content_type: str | None
     assert len(body) <= wire.MAX_BODY_BYTES
     if body:
         assert (content_type or "").split(";")[0].strip().lower() == wire.FORM_CONTENT_TYPE
+    event("accepted")
     return request, None
 
 
@@ -334,7 +365,7 @@ def parse(body: bytes, query: bytes, content_type: str | None
 # 1. parse_request
 
 
-@settings(max_examples=700, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(body=st.one_of(st.binary(max_size=200), st.builds(
            lambda b, n: (b * n)[:n], st.binary(min_size=1, max_size=8),
            st.sampled_from([65_535, 65_536, 65_537, 100_000]))),
@@ -344,9 +375,9 @@ def test_parse_request_random_bytes(body: bytes, query: bytes, content_type: str
     parse(body, query, content_type)
 
 
-@settings(max_examples=1300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.data_too_large])
-@given(form=forms())
+@given(form=st.one_of(forms(), mutants()))
 def test_parse_request_hostile_forms(form: dict[str, Any]) -> None:
     _count("parse_request hostile forms")
     _, error = parse(form["body"], form["query"], form["content_type"])
@@ -375,7 +406,7 @@ policies = st.fixed_dictionaries(
               "Id": json_values})
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(policy=st.one_of(policies, json_values), spaced=st.booleans())
 def test_parse_request_random_policies(policy: Any, spaced: bool) -> None:
     _count("parse_request random policies")
@@ -397,8 +428,9 @@ def test_parse_request_random_policies(policy: Any, spaced: bool) -> None:
 @cache
 def stub_for(kind: str) -> tuple[StubTreq, StandInExchange]:
     exchange = VerifyingExchange() if kind == "verifying" else StandInExchange()
-    resource = STSResource(exchange, default_duration=3600, max_duration=43200,  # type: ignore[arg-type]
-                           clock=Clock(), is_ready=lambda: True)
+    resource = STSResource(
+        exchange, default_duration=3600, max_duration=43200,  # type: ignore[arg-type]
+        clock=Clock(), is_ready=lambda: True)
     return StubTreq(resource.resource()), exchange
 
 
@@ -448,10 +480,13 @@ def request_bodies(draw: st.DrawFn) -> bytes | None:
     if kind == "valid":
         return urlencode({"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15",
                           "WebIdentityToken": TOKEN}).encode()
-    return draw(forms())["body"]
+    # Twisted's default Request (StubTreq's Site) spools a body of 100,000 bytes or
+    # more to a temporary file, which STSResource cannot read: see
+    # test_resource_large_body_from_default_site; BoundedRequest never does.
+    return draw(forms())["body"][:99_999]
 
 
-@settings(max_examples=900, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(method=st.one_of(st.just("POST"), st.sampled_from(_ANY_METHOD)),
        path=st.one_of(st.just("/sts/tenant-1"), paths), body=request_bodies(),
@@ -514,6 +549,29 @@ def test_resource_unknown_method_is_sts_xml() -> None:
 def test_resource_non_utf8_path_is_sts_xml() -> None:
     status, found, content = stub_request("plain", "POST", "/sts/%ff")
     assert_sts_error(status, found, content)
+
+
+@pytest.mark.xfail(strict=True, reason=LARGE_BODY)
+def test_resource_large_body_from_default_site() -> None:
+    status, found, content = stub_request(
+        "plain", "POST", "/sts/tenant-1", body=b"A=" + b"x" * 100_000,
+        headers={"Content-Type": wire.FORM_CONTENT_TYPE})
+    assert assert_sts_error(status, found, content) == "InvalidParameterValue"
+
+
+def test_large_body_through_the_site() -> None:
+    # Through STSSite the same request is refused as it should be.
+    for size in (65_537, 100_000, 1_000_000):
+        clock = MemoryReactorClock()
+        site, exchange = make_site(clock)
+        protocol, transport = connect(site)
+        body = b"A=" + b"x" * size
+        protocol.dataReceived(request_bytes(b"POST", b"/sts/tenant-1", [
+            (b"Host", b"sts.test"), (b"Content-Type", wire.FORM_CONTENT_TYPE.encode()),
+            (b"Content-Length", str(len(body)).encode())], body))
+        [(status, headers, content)] = responses(transport.value(), [b"POST"])
+        assert assert_sts_error(status, headers, content) == "InvalidParameterValue"
+        assert exchange.calls == 0
 
 
 @pytest.mark.xfail(strict=True, reason=NEWLINE_PATH)
@@ -670,7 +728,7 @@ def ask_with_token(token: str, where: str) -> tuple[int, dict[str, list[str]], b
     return answer
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(token=hostile_tokens(), where=st.sampled_from(["body", "query"]),
        length=st.sampled_from([None, None, None, 20_000, 20_001]))
 def test_hostile_tokens_get_no_credentials(token: str, where: str, length: int | None) -> None:
@@ -798,45 +856,60 @@ raw_headers = st.lists(st.one_of(
     st.tuples(st.sampled_from([b"Connection"]), st.sampled_from([b"close", b"keep-alive"])),
     st.tuples(st.binary(min_size=1, max_size=10), st.binary(max_size=20)),
     st.tuples(st.sampled_from([b"X-Big"]), st.sampled_from([b"v" * 20_000, b"v" * 40_000])),
-), max_size=5)
+), max_size=3)
 
 
 @st.composite
 def raw_requests(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 4)) == 0:
         return draw(st.binary(max_size=400))
-    method = draw(st.one_of(
-        st.just(b"POST"),
-        st.sampled_from([m.encode() for m in _ANY_METHOD if m != "CONNECT"]),
-        st.sampled_from([b"FOO", b"post"])))
-    body = draw(st.one_of(st.binary(max_size=200), st.just(VALID_BODY), st.just(urlencode({
-        "Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15",
-        "WebIdentityToken": TOKEN}).encode()), st.just(b"5\r\nhello\r\n0\r\n\r\n")))
-    headers = [(b"Host", b"sts.test")] + draw(raw_headers)
+    method = draw(st.sampled_from(
+        [b"POST"] * 8 + [m.encode() for m in _ANY_METHOD if m != "CONNECT"] + [b"FOO", b"post"]))
+    body = draw(st.sampled_from([b"binary", VALID_BODY, VALID_BODY, b"5\r\nhello\r\n0\r\n\r\n"]))
+    if body == b"binary":
+        body = draw(st.binary(max_size=200))
+    headers = [(b"Host", b"sts.test")]
+    if draw(st.booleans()):
+        headers += draw(raw_headers)
     if draw(st.booleans()):
         headers.append((b"Content-Type", b"application/x-www-form-urlencoded"))
     if draw(st.integers(0, 3)):
         headers.append((b"Content-Length", str(len(body)).encode()))
-    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1x"]))
-    target = draw(st.one_of(st.just(b"/sts/tenant-1"), raw_targets))
+    version = draw(st.sampled_from(
+        [b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1x"]))
+    target = draw(st.one_of(st.just(b"/sts/tenant-1"), st.just(b"/sts/tenant-1"), raw_targets))
     data = request_bytes(method, target, headers, body, version)
     return data + draw(st.sampled_from([b"", b"", b"GARBAGE\r\n", data]))
 
 
 def known_defect(data: bytes) -> bool:
-    """Whether the first request in *data* hits a known STSResource defect."""
-    head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-    line = head[0].split(b" ")
-    if len(line) != 3:
-        return False
-    hosts = [h.split(b":", 1)[1].strip() for h in head[1:]
-             if b":" in h and h.split(b":", 1)[0].strip().lower() == b"host"]
-    return line[0].decode("latin-1") not in _ANY_METHOD or any(
-        klein_refuses(line[1], host) for host in [*hosts, b"x"])
+    """Whether a request in *data* (pipelined ones too) hits a known STSResource defect."""
+    lines = data.split(b"\r\n")
+    unfolded: list[bytes] = []  # obsolete line folding continues a header
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and unfolded:
+            unfolded[-1] += b" " + line.strip()
+        else:
+            unfolded.append(line)
+    hosts = [line.split(b":", 1)[1].strip() for line in unfolded
+             if b":" in line and line.split(b":", 1)[0].strip().lower() == b"host"]
+    if any(klein_refuses(b"/", host) for host in hosts):
+        return True
+    for line in lines:
+        parts = line.split(b" ")
+        # Not a request line Twisted would pass on? (It lets target bytes up
+        # to 176 through: "c > 176" in _parseRequestLine, octal 0176 meant.)
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/") or not all(
+                33 <= byte <= 126 for byte in parts[0]) or not all(
+                33 <= byte <= 176 for byte in parts[1]):
+            continue
+        if parts[0].decode("ascii") not in _ANY_METHOD or klein_refuses(parts[1]):
+            return True
+    return False
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.data_too_large])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.data_too_large])
 @given(data=raw_requests(), chunk=st.sampled_from([1, 7, 100, 100_000]))
 def test_raw_bytes_through_the_site(data: bytes, chunk: int) -> None:
     _count("raw bytes through the site")
@@ -844,6 +917,7 @@ def test_raw_bytes_through_the_site(data: bytes, chunk: int) -> None:
     clock = MemoryReactorClock()
     site, exchange = make_site(clock)
     protocol, transport = connect(site)
+    chunk = max(chunk, len(data) // 300)  # byte by byte only for small requests
     for i in range(0, len(data), chunk):
         if transport.disconnecting:
             break
@@ -854,8 +928,11 @@ def test_raw_bytes_through_the_site(data: bytes, chunk: int) -> None:
     assert b"Traceback" not in written
     if known_defect(data):
         _count("raw bytes through the site: known STSResource defect")
-        for status, _, body in responses(written, [method, method]):
-            assert_refused_safely(status, body)
+        for status, headers, body in responses(written, [method, method]):
+            if status == 200 and b"SecretAccessKey" in body:  # a valid request before it
+                assert_sts_success(headers, body)
+            else:
+                assert_refused_safely(status, body)
         return
     for status, headers, body in responses(written, [method, method]):
         event(f"status {status}")
@@ -899,21 +976,17 @@ def test_headers_trickling_are_cut_off_at_the_deadline() -> None:
     clock = MemoryReactorClock()
     site, exchange = make_site(clock)
     protocol, transport = connect(site)
-    head = valid_request().split(b"\r\n\r\n")[0]
-    for i in range(9):  # 9 bytes in 9 seconds: the idle timeout never fires
-        protocol.dataReceived(head[i:i + 1])
-        clock.advance(1)
-    assert not transport.disconnecting
-    clock.advance(0.5)
-    assert not transport.disconnecting
-    clock.advance(0.5)  # t = 10: the deadline
-    assert transport.disconnecting
+    head = valid_request().split(b"\r\n\r\n")[0] + b"\r\n"
+    # A byte a second: Twisted's idle timeout (60 s, reset by every byte)
+    # would never fire; the deadline closes the connection at 10 s.
+    assert trickle(clock, protocol, transport, head) == 10
     [(status, headers, body)] = responses(transport.value(), [b"POST"])
     assert status == 408
     assert assert_sts_error(status, headers, body) == "RequestTimeout"
     assert headers["connection"] == ["close"]
-    protocol.dataReceived(head[9:])  # ignored once cut off
+    protocol.dataReceived(head[10:] + b"\r\n" + VALID_BODY)  # ignored once cut off
     assert exchange.calls == 0
+    assert len(responses(transport.value(), [b"POST"])) == 1
     protocol.connectionLost(Failure(ConnectionError("closed")))
     assert clock.getDelayedCalls() == []  # deadline, idle timeout, abort timer: all gone
 
@@ -1057,6 +1130,41 @@ def test_multipart_body_through_the_site() -> None:
         assert exchange.calls == 0
 
 
+@pytest.mark.parametrize("method", [b"POST", b"OPTIONS", b"GET"])
+def test_star_target_is_sts_xml(method: bytes) -> None:
+    # Twisted's Request answers "*" itself: an empty 405 (200 to OPTIONS)
+    # without x-amz-request-id. BoundedRequest hands it to the resource.
+    clock = MemoryReactorClock()
+    site, exchange = make_site(clock)
+    protocol, transport = connect(site)
+    protocol.dataReceived(request_bytes(method, b"*", [(b"Host", b"sts.test")], b""))
+    [(status, headers, body)] = responses(transport.value(), [method])
+    assert assert_sts_error(status, headers, body) == "NotFound"
+
+
+def test_processing_failure_is_sts_xml() -> None:
+    # The last resort, for a resource that raises instead of answering:
+    # Twisted's "Processing Failed" HTML page (or traceback) never goes out.
+    class Broken(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            raise ZeroDivisionError("secret detail")
+
+    clock = MemoryReactorClock()
+    site = STSSite(Broken(), reactor=clock)
+    site.displayTracebacks = True
+    protocol, transport = connect(site)
+    protocol.dataReceived(valid_request())
+    [(status, headers, body)] = responses(transport.value(), [b"POST"])
+    assert status == 500
+    assert headers["content-type"] == ["text/xml"]
+    root = ElementTree.fromstring(body)
+    assert root.findtext("sts:Error/sts:Code", namespaces=NS) == "InternalError"
+    assert root.findtext("sts:RequestId", namespaces=NS) == headers["x-amz-request-id"][0]
+    assert b"secret detail" not in body and b"Traceback" not in body
+
+
 def test_query_string_token_of_20000_characters_fits_the_head() -> None:
     # minio-py sends the token in the query string; AWS allows 20,000 characters.
     clock = MemoryReactorClock()
@@ -1094,20 +1202,37 @@ def test_site_defaults_and_wiring() -> None:
 
 
 class _Client(Protocol):
-    def __init__(self) -> None:
+    """A loopback client: idle, trickling *trickle* a byte every 50 ms, or quick."""
+
+    def __init__(self, trickle: bytes = b"", at_once: bytes = b"") -> None:
+        self.trickle = trickle
+        self.at_once = at_once
         self.received = b""
-        self.connected_d: Deferred[None] = Deferred()
         self.closed: Deferred[None] = Deferred()
-        self.closed_at: float | None = None
+        self.connected_at = self.closed_at = 0.0
+        self._loop: LoopingCall | None = None
 
     def connectionMade(self) -> None:
-        self.connected_d.callback(None)
+        self.connected_at = time.monotonic()
+        if self.at_once:
+            self.transport.write(self.at_once)
+        if self.trickle:
+            self._loop = LoopingCall(self._send)
+            self._loop.clock = global_reactor
+            self._loop.start(0.05)
+
+    def _send(self) -> None:
+        if self.trickle:
+            self.transport.write(self.trickle[:1])
+            self.trickle = self.trickle[1:]
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.closed_at = time.monotonic()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
         self.closed.callback(None)
 
 
@@ -1119,72 +1244,49 @@ def _sleep(seconds: float) -> Deferred[None]:
 
 @pytest_twisted.ensureDeferred
 async def test_many_trickling_connections_do_not_starve_others() -> None:
-    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-
     timeout = 0.5
     resource = STSResource(StandInExchange(), default_duration=3600,  # type: ignore[arg-type]
                            max_duration=43200, clock=global_reactor, is_ready=lambda: True)
     site = STSSite(resource.resource(), reactor=global_reactor, request_timeout=timeout)
-    port = global_reactor.listenTCP(0, site, backlog=512, interface="127.0.0.1")  # type: ignore[attr-defined]
+    port = global_reactor.listenTCP(  # type: ignore[attr-defined]
+        0, site, backlog=512, interface="127.0.0.1")
     endpoint = TCP4ClientEndpoint(global_reactor, "127.0.0.1", port.getHost().port)
-    slow: list[_Client] = []
-    loops: list[LoopingCall] = []
-    fresh = _Client()
+    # 100 idle connections and 100 sending a request a byte every 50 ms (which
+    # would take 6 s, and keep Twisted's idle timeout off all along).
+    slow = [_Client(trickle=valid_request() if i % 2 else b"") for i in range(200)]
+    fresh = _Client(at_once=valid_request(connection=b"close"))
     try:
-        for i in range(200):
-            client = _Client()
-            await connectProtocol(endpoint, client)
-            slow.append(client)
-        opened = time.monotonic()
-        head = valid_request()
-        for i, client in enumerate(slow):
-            if i % 2:  # half of them idle, half trickle a byte every 50 ms
-                continue
-            position = iter(range(len(head)))
-
-            def send(client: _Client = client, position: Any = position) -> None:
-                n = next(position, None)
-                if n is not None and client.transport is not None:
-                    client.transport.write(head[n:n + 1])
-
-            loop = LoopingCall(send)
-            loop.clock = global_reactor
-            loops.append(loop)
-            loop.start(0.05)
-        await _sleep(0.1)
+        await gatherResults([connectProtocol(endpoint, client) for client in slow])
+        await _sleep(0.05)
         started = time.monotonic()
         await connectProtocol(endpoint, fresh)
-        fresh.transport.write(valid_request(connection=b"close"))
         await fresh.closed
-        assert time.monotonic() - started < 1.0
+        assert fresh.closed_at - started < 1.0
+        assert not any(client.closed.called for client in slow)  # answered among them
         [(status, headers, body)] = responses(fresh.received, [b"POST"])
         assert status == 200
         assert_sts_success(headers, body)
-        # Every slow connection is closed by the server, at the deadline.
+        # Every slow connection is closed by the server, at its deadline.
+        await gatherResults([client.closed for client in slow])
         for client in slow:
-            await client.closed
-        latest = max(c.closed_at for c in slow if c.closed_at is not None)
-        assert latest - opened < timeout + 2.0
-        trickled = [c for i, c in enumerate(slow) if i % 2 == 0]
-        idle = [c for i, c in enumerate(slow) if i % 2]
-        for client in trickled:
-            [(status, headers, body)] = responses(client.received, [b"POST"])
-            assert assert_sts_error(status, headers, body) == "RequestTimeout"
-        assert all(c.received == b"" for c in idle)
+            assert timeout - 0.05 <= client.closed_at - client.connected_at < timeout + 1.5
+            if client._loop is not None:  # a trickler: a partial request, answered 408
+                [(status, headers, body)] = responses(client.received, [b"POST"])
+                assert assert_sts_error(status, headers, body) == "RequestTimeout"
+            else:
+                assert client.received == b""
     finally:
-        for loop in loops:
-            if loop.running:
-                loop.stop()
         for client in [*slow, fresh]:
-            if client.transport is not None and client.closed_at is None:
+            if client.transport is not None and not client.closed.called:
                 client.transport.abortConnection()
         await port.stopListening()
 
 
 def test_zz_report_counts(capsys: pytest.CaptureFixture[str]) -> None:
-    # Runs last in this file: print how many hypothesis examples each test ran.
+    # Runs last in this file: print how many hypothesis examples each test ran
+    # (names with a colon count a subset of their test's examples).
     with capsys.disabled():
-        total = sum(EXAMPLES.values())
-        print(f"\nhypothesis examples run: {total}")
+        total = sum(n for name, n in EXAMPLES.items() if ":" not in name)
+        print(f"\nhypothesis examples run in tests/test_hostile.py: {total}")
         for name, count in sorted(EXAMPLES.items()):
             print(f"  {name}: {count}")
