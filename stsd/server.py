@@ -15,23 +15,23 @@ import io
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from stsd import audit, errors, wire
-from stsd.exchange import Exchange, Trail
+from stsd.exchange import Exchange, Issued, Trail
 from stsd.metrics import Metrics
 
 log = Logger()
 
 _STS_PREFIX = b"/sts/"
-_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
 
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
@@ -299,6 +299,48 @@ def new_request_id() -> str:
     return uuid.uuid4().hex.upper()
 
 
+def _body(request: Request) -> bytes:
+    # In memory with BoundedRequest; any other request may have spooled a
+    # large body to a file: read no more than the limit (and one byte).
+    request.content.seek(0)
+    return request.content.read(wire.MAX_BODY_BYTES + 1)
+
+
+def _unroutable(raw_path: bytes) -> bool:
+    """
+    A path Klein cannot route: not UTF-8 once percent-decoded (Klein answers
+    with plain text and logs a traceback), or with control characters
+    (werkzeug answers with HTML).
+    """
+    decoded = unquote_to_bytes(raw_path)
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+class _RawPathGuard(Resource):
+    """
+    The STS port's root: paths Klein cannot route are refused here, as STS
+    XML; every other request goes to the Klein application.
+    """
+
+    isLeaf = True
+
+    def __init__(self, sts: STSResource, klein: IResource) -> None:
+        super().__init__()
+        self._sts = sts
+        self._klein = klein
+
+    def render(self, request: Request) -> Any:
+        host = request.requestHeaders.getRawHeaders(b"host", [b""])[0]
+        if _unroutable(request.path) or _unroutable(host):
+            return self._sts.refuse(request, errors.invalid_parameter(
+                "the request path is not valid UTF-8 text"))
+        return self._klein.render(request)
+
+
 class STSResource:
     """
     The Klein application of the STS port.
@@ -332,7 +374,7 @@ class STSResource:
         self._request_id = request_id
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        return _RawPathGuard(self, self.app.resource())
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: Request) -> bytes:
@@ -348,14 +390,9 @@ class STSResource:
         request.setResponseCode(503)
         return f"not ready: {problem}\n".encode()
 
-    @app.route("/", branch=True, methods=_ANY_METHOD)
+    @app.route("/", branch=True)  # every method: a wrong one gets STS XML too
     async def sts(self, request: Request) -> bytes:
-        request_id = self._request_id()
-        request.setHeader(b"x-amz-request-id", request_id.encode())
-        request.setHeader(b"content-type", b"text/xml")
-        started = self._clock.seconds()
-        client = getattr(request.getClientAddress(), "host", "-")
-        trail = Trail(client=client)
+        request_id, started, trail = self._start(request)
         issued = None
         try:
             issued, body = await self._handle(request, request_id, trail)
@@ -369,6 +406,27 @@ class STSResource:
                 request, errors.internal_error("stsd failed unexpectedly; see its log"), request_id
             )
             outcome, status = "InternalError", 500
+        return self._finish(request, request_id, started, trail, outcome, status, body, issued)
+
+    def refuse(self, request: Request, error: errors.STSError) -> bytes:
+        """
+        Answer a request that cannot be routed (see L{_RawPathGuard}).
+        """
+        request_id, started, trail = self._start(request)
+        body = self._error(request, error, request_id)
+        return self._finish(request, request_id, started, trail, error.code, error.status, body)
+
+    def _start(self, request: Request) -> tuple[str, float, Trail]:
+        request_id = self._request_id()
+        request.setHeader(b"x-amz-request-id", request_id.encode())
+        request.setHeader(b"content-type", b"text/xml")
+        client = getattr(request.getClientAddress(), "host", "-")
+        return request_id, self._clock.seconds(), Trail(client=client)
+
+    def _finish(
+        self, request: Request, request_id: str, started: float, trail: Trail, outcome: str,
+        status: int, body: bytes, issued: Issued | None = None,
+    ) -> bytes:
         latency = self._clock.seconds() - started
         audit.emit(audit.audit_event(request_id=request_id, trail=trail, outcome=outcome,
                                      status=status, latency=latency, issued=issued))
@@ -409,7 +467,7 @@ class STSResource:
         content_type = request.getHeader(b"content-type")
         parsed = wire.parse_request(
             content_type=content_type.decode("latin-1") if content_type else None,
-            body=request.content.getvalue(),
+            body=_body(request),
             query=query,
             default_duration=self._default_duration,
             max_duration=self._max_duration,

@@ -153,9 +153,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         known_namespace=tenants.has_namespace,
         readiness=readiness,
     )
-    site = STSSite(resource.resource(), reactor=reactor)
+    site = STSSite(resource.resource(), reactor=reactor,
+                   request_timeout=config.server.request_timeout_seconds)
     site.displayTracebacks = False
-    site.timeout = 60  # idle connections are closed after a minute
 
     try:
         reloader = CertificateReloader(config.server.tls_cert, config.server.tls_key, reactor)

@@ -29,7 +29,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from functools import cache
 from typing import Any
-from urllib.parse import quote, quote_plus, unquote_to_bytes, urlencode
+from urllib.parse import quote, quote_plus, urlencode
 from xml.etree import ElementTree
 
 import jwt
@@ -55,7 +55,7 @@ from stsd import errors, wire
 from stsd.bindings import Grant
 from stsd.exchange import Issued
 from stsd.identity import Identity
-from stsd.server import _ANY_METHOD, STSResource, STSSite
+from stsd.server import STSResource, STSSite
 from tests.test_wire import TOKEN
 
 NS = {"sts": wire.STS_NAMESPACE}
@@ -179,40 +179,8 @@ def assert_refused_safely(status: int, body: bytes) -> None:
     assert b"SecretAccessKey" not in body
 
 
-# Known defects of STSResource (owned elsewhere), each pinned by a strict xfail
-# below. The fuzz tests hold such requests to assert_refused_safely only; drop
-# these predicates when the xfails start passing.
-NON_UTF8_PATH = (
-    "Klein decodes the path as UTF-8 before routing and answers a path that is not "
-    "(e.g. /sts/%ff) with its own 400 'Non-UTF-8 encoding in URL.' (and logs a traceback), "
-    "not STS XML and without x-amz-request-id (klein/_resource.py, KleinResource.render); "
-    "fix in STSResource.resource(): answer such requests before Klein routes them")
-NEWLINE_PATH = (
-    "werkzeug's path converter ('.' without DOTALL) does not match an encoded newline, so "
-    "/sts/a%0Ab misses the catch-all route and gets werkzeug's HTML 404 without "
-    "x-amz-request-id; same fix as for non-UTF-8 paths")
-LARGE_BODY = (
-    "STSResource reads the body with request.content.getvalue(), which only a BytesIO "
-    "has; Twisted's default Request (any Site but STSSite, e.g. StubTreq's) spools a "
-    "body of 100,000 bytes or more to a temporary file, so the answer is a 500 "
-    "InternalError; fix: request.content.seek(0); request.content.read(MAX_BODY_BYTES + 1)")
-UNKNOWN_METHOD = (
-    "STSResource routes the catch-all with methods=_ANY_METHOD, so werkzeug answers any "
-    "other method with its HTML 405 page without x-amz-request-id; fix: drop methods= "
-    "from the catch-all route (any method then reaches sts(), which answers 405 STS XML)")
-
-
-def klein_refuses(target: bytes, host: bytes = b"sts.test") -> bool:
-    """Whether Klein/werkzeug answer this path (or Host) themselves: see above."""
-    path = target.split(b"?", 1)[0]
-    try:
-        host.decode("utf-8")
-        for segment in path.split(b"/"):
-            if b"\n" in unquote_to_bytes(segment).decode("utf-8").encode():
-                return True
-    except UnicodeDecodeError:
-        return True
-    return False
+METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "FOO",
+           "PROPFIND"]
 
 
 def result_of(d: Deferred) -> Any:
@@ -488,7 +456,7 @@ def request_bodies(draw: st.DrawFn) -> bytes | None:
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
-@given(method=st.one_of(st.just("POST"), st.sampled_from(_ANY_METHOD)),
+@given(method=st.one_of(st.just("POST"), st.sampled_from(METHODS)),
        path=st.one_of(st.just("/sts/tenant-1"), paths), body=request_bodies(),
        content_type=st.one_of(st.just(wire.FORM_CONTENT_TYPE), st.none(),
                               st.sampled_from(ODD_CONTENT_TYPES[:-1])),
@@ -508,11 +476,6 @@ def test_resource_hostile_requests(method: str, path: str, body: bytes | None,
     status, found, content = stub_request("plain", method, path + query, body=body,
                                           headers=headers)
     event(f"status {status}")
-    if klein_refuses((path + query).encode()):
-        _count("resource hostile requests: non-UTF-8 or newline path (known defect)")
-        assert_refused_safely(status, content)
-        assert exchange.calls == before
-        return
     if method == "POST" and body and "multipart" in (content_type or "").lower():
         # StubTreq serves the resource from Twisted's default Site, which parses
         # multipart bodies itself and answers a bad one with a bare 400; STSSite
@@ -539,19 +502,16 @@ def test_resource_unknown_methods_refused_safely(method: str) -> None:
     assert_refused_safely(status, content)
 
 
-@pytest.mark.xfail(strict=True, reason=UNKNOWN_METHOD)
 def test_resource_unknown_method_is_sts_xml() -> None:
     status, found, content = stub_request("plain", "PROPFIND", "/sts/tenant-1")
     assert_sts_error(status, found, content)
 
 
-@pytest.mark.xfail(strict=True, reason=NON_UTF8_PATH)
 def test_resource_non_utf8_path_is_sts_xml() -> None:
     status, found, content = stub_request("plain", "POST", "/sts/%ff")
     assert_sts_error(status, found, content)
 
 
-@pytest.mark.xfail(strict=True, reason=LARGE_BODY)
 def test_resource_large_body_from_default_site() -> None:
     status, found, content = stub_request(
         "plain", "POST", "/sts/tenant-1", body=b"A=" + b"x" * 100_000,
@@ -574,16 +534,15 @@ def test_large_body_through_the_site() -> None:
         assert exchange.calls == 0
 
 
-@pytest.mark.xfail(strict=True, reason=NEWLINE_PATH)
 def test_resource_newline_in_path_is_sts_xml() -> None:
     status, found, content = stub_request("plain", "POST", "/sts/tenant-1%0A")
     assert_sts_error(status, found, content)
 
 
 @pytest.mark.parametrize("path", ["/sts/%ff", "/sts/tenant-1%0A", "/%C0%AF", "/sts/a%0Ab"])
-def test_resource_klein_routing_refuses_safely(path: str) -> None:
-    status, _, content = stub_request("plain", "POST", path)
-    assert_refused_safely(status, content)
+def test_resource_unroutable_paths_are_sts_xml(path: str) -> None:
+    status, found, content = stub_request("plain", "POST", path)
+    assert assert_sts_error(status, found, content) == "InvalidParameterValue"
 
 
 # ---------------------------------------------------------------------------
@@ -864,7 +823,7 @@ def raw_requests(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 4)) == 0:
         return draw(st.binary(max_size=400))
     method = draw(st.sampled_from(
-        [b"POST"] * 8 + [m.encode() for m in _ANY_METHOD if m != "CONNECT"] + [b"FOO", b"post"]))
+        [b"POST"] * 8 + [m.encode() for m in METHODS] + [b"FOO", b"post"]))
     body = draw(st.sampled_from([b"binary", VALID_BODY, VALID_BODY, b"5\r\nhello\r\n0\r\n\r\n"]))
     if body == b"binary":
         body = draw(st.binary(max_size=200))
@@ -880,32 +839,6 @@ def raw_requests(draw: st.DrawFn) -> bytes:
     target = draw(st.one_of(st.just(b"/sts/tenant-1"), st.just(b"/sts/tenant-1"), raw_targets))
     data = request_bytes(method, target, headers, body, version)
     return data + draw(st.sampled_from([b"", b"", b"GARBAGE\r\n", data]))
-
-
-def known_defect(data: bytes) -> bool:
-    """Whether a request in *data* (pipelined ones too) hits a known STSResource defect."""
-    lines = data.split(b"\r\n")
-    unfolded: list[bytes] = []  # obsolete line folding continues a header
-    for line in lines:
-        if line[:1] in (b" ", b"\t") and unfolded:
-            unfolded[-1] += b" " + line.strip()
-        else:
-            unfolded.append(line)
-    hosts = [line.split(b":", 1)[1].strip() for line in unfolded
-             if b":" in line and line.split(b":", 1)[0].strip().lower() == b"host"]
-    if any(klein_refuses(b"/", host) for host in hosts):
-        return True
-    for line in lines:
-        parts = line.split(b" ")
-        # Not a request line Twisted would pass on? (It lets target bytes up
-        # to 176 through: "c > 176" in _parseRequestLine, octal 0176 meant.)
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/") or not all(
-                33 <= byte <= 126 for byte in parts[0]) or not all(
-                33 <= byte <= 176 for byte in parts[1]):
-            continue
-        if parts[0].decode("ascii") not in _ANY_METHOD or klein_refuses(parts[1]):
-            return True
-    return False
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -926,14 +859,6 @@ def test_raw_bytes_through_the_site(data: bytes, chunk: int) -> None:
     assert transport.disconnecting
     written = transport.value()
     assert b"Traceback" not in written
-    if known_defect(data):
-        _count("raw bytes through the site: known STSResource defect")
-        for status, headers, body in responses(written, [method, method]):
-            if status == 200 and b"SecretAccessKey" in body:  # a valid request before it
-                assert_sts_success(headers, body)
-            else:
-                assert_refused_safely(status, body)
-        return
     for status, headers, body in responses(written, [method, method]):
         event(f"status {status}")
         if status == 200 and b"SecretAccessKey" in body:
