@@ -81,7 +81,11 @@ async def request(
 
     async def call() -> Response:
         response = await client.request(
-            method, url, headers={k: [v] for k, v in (headers or {}).items()}, data=data
+            method, url, headers={k: [v] for k, v in (headers or {}).items()}, data=data,
+            # Never follow a redirect: a TokenReview body carries a token, and
+            # an upstream has no business sending it elsewhere. The body is
+            # read by _BodyReader (bounded), not buffered by treq first.
+            allow_redirects=False, unbuffered=True,
         )
         reader = _BodyReader(target)
         response.deliverBody(reader)

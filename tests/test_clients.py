@@ -686,3 +686,34 @@ class TLSTests(SynchronousTestCase):
         self.assertIsNot(policy.creatorForNetloc(b"minio.test", 9000), first)
         self.assertIsNot(policy.creatorForNetloc(b"other.test", 443), first)
         self.assertIs(policy.creatorForNetloc(b"minio.test", 443), first)
+
+
+class _Redirecting(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[bytes] = []
+
+    def render(self, request: Request) -> bytes:
+        self.paths.append(request.path)
+        if request.path == b"/tokenreviews":
+            request.setResponseCode(307)
+            request.setHeader(b"location", b"https://elsewhere.test/steal")
+            return b""
+        return b"{}"
+
+
+def test_upstream_redirects_are_not_followed() -> None:
+    """A 307 from an upstream is an answer, never a reason to resend the
+    body (a TokenReview carries a token) to another address."""
+    resource = _Redirecting()
+    stub = StubTreq(resource)
+    d = Deferred.fromCoroutine(upstream.request(
+        stub, Clock(), "POST", "https://kube.test/tokenreviews", target="TokenReview",
+        timeout=5, data=b'{"spec": {"token": "secret"}}'))
+    stub.flush()
+    results: list = []
+    d.addBoth(results.append)
+    assert results[0].status == 307
+    assert resource.paths == [b"/tokenreviews"]
