@@ -1,0 +1,31 @@
+# The demo, the tests and the benchmark (see README.md and bench/README.md).
+#
+# PYTHON: the interpreter of the environment stsd is installed in (the
+# README's set-up makes .venv); e.g. `make bench PYTHON=/path/to/venv/bin/python`.
+PYTHON ?= .venv/bin/python
+BENCH_OUT ?= build/bench
+BENCH_ARGS ?=
+
+.PHONY: demo test bench bench-throughput bench-scale
+
+demo:
+	.venv/bin/python -m stsd.demo
+
+test:
+	.venv/bin/python -m pytest -q
+
+# About three minutes on two cores; needs wrk (apt-get install -y wrk) and,
+# for the profile of the daemon, py-spy (pip install py-spy) -- without it
+# the profile is skipped.
+bench: bench-throughput bench-scale
+
+bench-throughput:
+	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk"; exit 1; }
+	@mkdir -p $(BENCH_OUT)
+	$(PYTHON) -m bench.run --profile jwks-fresh --keep-profile $(BENCH_OUT)/profile-jwks-fresh.txt \
+		--output $(BENCH_OUT)/throughput.json $(BENCH_ARGS)
+
+bench-scale:
+	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk"; exit 1; }
+	@mkdir -p $(BENCH_OUT)
+	$(PYTHON) -m bench.scale --daemon --output $(BENCH_OUT)/scale.json
