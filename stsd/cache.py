@@ -27,6 +27,15 @@ class TTLCache(Generic[V]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def fresh(self, key: Hashable, default: object = None) -> V | object:
+        """
+        The cached value if it is fresh, else C{default}; never fetches.
+        """
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock.seconds():
+            return entry[1]
+        return default
+
     def invalidate(self, key: Hashable) -> None:
         self._entries.pop(key, None)
 

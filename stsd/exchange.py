@@ -47,6 +47,7 @@ MIN_REMAINING_SECONDS = 300.0
 _POLICY_CACHE_SIZE = 10_000
 # Refusals that feed the per-client failed-authentication budget.
 _AUTH_FAILURES = frozenset({"AccessDenied", "InvalidIdentityToken"})
+_MISSING = object()
 
 
 class Authenticator(Protocol):
@@ -228,6 +229,12 @@ class Exchange:
     async def _policy_texts(
         self, tenant: TenantEndpoint, region: str, grant: Grant
     ) -> tuple[str | None, ...]:
+        # The common case: every text is cached; no Deferred is needed.
+        cached = tuple(self._policies.fresh((tenant.url, tenant.credentials, name), _MISSING)
+                       for name in grant.policies)
+        if _MISSING not in cached:
+            return cached  # type: ignore[return-value]
+
         def fetch(name: str) -> Deferred[str | None]:
             return Deferred.fromCoroutine(self._policies.get(
                 (tenant.url, tenant.credentials, name),

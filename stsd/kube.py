@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from kubernetes.client import Configuration
 from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
@@ -34,6 +34,7 @@ from stsd.upstream import UpstreamError, request
 log = Logger()
 
 TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+LIST_PAGE_SIZE = 500
 
 # A watch event is one JSON line; a line is never buffered beyond this.
 MAX_WATCH_LINE_BYTES = 16 * 1024 * 1024
@@ -187,22 +188,51 @@ class KubernetesClient:
             raise KubernetesError("TokenReview: the answer has no status")
         return review_status
 
-    async def list(self, path: str, what: str) -> tuple[list[dict[str, Any]], str]:
+    async def list(
+        self,
+        path: str,
+        what: str,
+        *,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        page_size: int = LIST_PAGE_SIZE,
+    ) -> tuple[list[Any], str]:
         """
-        List the objects at C{path}.
+        List the objects at C{path}, a page at a time: with 10^5 objects one
+        response would be a 36 MB document parsed in one go, blocking the
+        reactor for a second and more than doubling the memory it takes.
 
+        @param transform: applied to each item as its page arrives (items it
+            maps to L{None} are dropped), so that only the parsed records
+            accumulate.
         @return: the items and the list's resourceVersion.
         """
-        status, document = await self._call("GET", path, f"list {what}")
-        if status != 200 or not isinstance(document, dict):
-            raise KubernetesError(f"list {what}: HTTP {status}: {self._status_message(document)}")
-        items = document.get("items")
-        if items is None:
-            items = []
-        if not isinstance(items, list):
-            raise KubernetesError(f"list {what}: items is not a list")
-        version = (document.get("metadata") or {}).get("resourceVersion", "")
-        return [item for item in items if isinstance(item, dict)], str(version)
+        results: list[Any] = []
+        version = ""
+        token = ""
+        separator = "&" if "?" in path else "?"
+        while True:
+            query = f"limit={page_size}" + (f"&continue={quote(token, safe='')}" if token else "")
+            status, document = await self._call("GET", f"{path}{separator}{query}", f"list {what}")
+            if status != 200 or not isinstance(document, dict):
+                raise KubernetesError(
+                    f"list {what}: HTTP {status}: {self._status_message(document)}")
+            items = document.get("items")
+            if items is None:
+                items = []
+            if not isinstance(items, list):
+                raise KubernetesError(f"list {what}: items is not a list")
+            for item in items:
+                if isinstance(item, dict):
+                    value = item if transform is None else transform(item)
+                    if value is not None:
+                        results.append(value)
+            metadata = document.get("metadata") or {}
+            if not version:
+                # Every page of one list carries the list's resourceVersion.
+                version = str(metadata.get("resourceVersion", ""))
+            token = metadata.get("continue") or ""
+            if not isinstance(token, str) or not token:
+                return results, version
 
     async def get(self, path: str, what: str) -> dict[str, Any] | None:
         """

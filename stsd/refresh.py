@@ -29,7 +29,9 @@ TENANTS_PATH = "/apis/minio.min.io/v2/tenants"
 
 
 class Lister(Protocol):
-    async def list(self, path: str, what: str) -> tuple[list[dict[str, Any]], str]: ...
+    async def list(
+        self, path: str, what: str, *, transform: Any = None
+    ) -> tuple[list[Any], str]: ...
     async def get(self, path: str, what: str) -> dict[str, Any] | None: ...
 
 
@@ -109,8 +111,8 @@ class Refresher(Service):
             self.synced_at[what] = self._clock.seconds()
 
     async def _refresh_bindings(self) -> None:
-        items, version = await self._kubernetes.list(BINDINGS_PATH, "PolicyBindings")
-        parsed = [b for b in (parse_binding(i) for i in items) if b is not None]
+        parsed, version = await self._kubernetes.list(
+            BINDINGS_PATH, "PolicyBindings", transform=parse_binding)
         self._bindings.replace(parsed)
         log.debug("listed {count} PolicyBindings at resourceVersion {version}",
                   count=len(parsed), version=version)

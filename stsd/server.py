@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -284,6 +285,8 @@ class STSSite(Site):
         pass
 
     def log(self, request: Request) -> None:  # type: ignore[override]
+        if getattr(request, "audited", False):
+            return  # an STS request: its audit event says all this and more
         request_id = request.responseHeaders.getRawHeaders(b"x-amz-request-id", [b"-"])[0]
         log.info(
             "{method} {path} {status} {client} request_id={request_id}",
@@ -397,6 +400,11 @@ class STSResource:
         try:
             issued, body = await self._handle(request, request_id, trail)
             outcome, status = "Success", 200
+        except CancelledError:
+            # The client went away (Klein cancels its request): nothing to
+            # answer, nothing unexpected; audited as nginx's 499.
+            self._finish(request, request_id, started, trail, "ClientClosedRequest", 499, b"")
+            raise
         except errors.STSError as e:
             body = self._error(request, e, request_id)
             outcome, status = e.code, e.status
@@ -428,6 +436,8 @@ class STSResource:
         status: int, body: bytes, issued: Issued | None = None,
     ) -> bytes:
         latency = self._clock.seconds() - started
+        # The audit event is this request's log line: the access log skips it.
+        request.audited = True  # type: ignore[attr-defined]
         audit.emit(audit.audit_event(request_id=request_id, trail=trail, outcome=outcome,
                                      status=status, latency=latency, issued=issued))
         if self._metrics is not None:

@@ -69,7 +69,9 @@ class Watcher(Protocol):
     What L{ListWatch} needs of L{stsd.kube.KubernetesClient}.
     """
 
-    async def list(self, path: str, what: str) -> tuple[list[dict[str, Any]], str]: ...
+    async def list(
+        self, path: str, what: str, *, transform: Any = None
+    ) -> tuple[list[Any], str]: ...
 
     async def watch(
         self,
@@ -139,10 +141,11 @@ class ListWatch(Service):
         path: str,
         what: str,
         *,
-        on_replace: Callable[[list[dict[str, Any]], str], None],
+        on_replace: Callable[[list[Any], str], None],
         on_event: Callable[[str, dict[str, Any]], None],
         clock: IReactorTime,
         resync_seconds: float,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
         watch_seconds: int = WATCH_SECONDS,
         random: Callable[[], float] = _random.random,
         backoff_base: float = BACKOFF_BASE_SECONDS,
@@ -153,6 +156,7 @@ class ListWatch(Service):
         self.what = what
         self._on_replace = on_replace
         self._on_event = on_event
+        self._transform = transform
         self._clock = clock
         self._resync_seconds = resync_seconds
         self._watch_seconds = watch_seconds
@@ -263,7 +267,8 @@ class ListWatch(Service):
         self._phase = "listing"
         try:
             items, version = await self._wait(
-                Deferred.fromCoroutine(self._kubernetes.list(self._path, self.what)))
+                Deferred.fromCoroutine(self._kubernetes.list(
+                    self._path, self.what, transform=self._transform)))
         finally:
             self.attempted = True
         self._on_replace(items, version)
@@ -407,7 +412,8 @@ class WatchSync(Service):
         self._draining: set[Deferred[None]] = set()  # secret watches being stopped
         self._ready = False
         self.binding_watch = self._list_watch(
-            BINDINGS_PATH, "PolicyBindings", self._replace_bindings, self._binding_event)
+            BINDINGS_PATH, "PolicyBindings", self._replace_bindings, self._binding_event,
+            transform=parse_binding)
         self.tenant_watch = self._list_watch(
             TENANTS_PATH, "Tenants", self._replace_tenants, self._tenant_event)
 
@@ -415,13 +421,14 @@ class WatchSync(Service):
         self,
         path: str,
         what: str,
-        on_replace: Callable[[list[dict[str, Any]], str], None],
+        on_replace: Callable[[list[Any], str], None],
         on_event: Callable[[str, dict[str, Any]], None],
+        transform: Callable[[dict[str, Any]], Any] | None = None,
     ) -> ListWatch:
         return ListWatch(
             self._kubernetes, path, what, on_replace=on_replace, on_event=on_event,
             clock=self._clock, resync_seconds=self._resync_seconds,
-            watch_seconds=self._watch_seconds, random=self._random,
+            watch_seconds=self._watch_seconds, random=self._random, transform=transform,
         )
 
     @property
@@ -471,8 +478,9 @@ class WatchSync(Service):
 
     # -- bindings ---------------------------------------------------------------
 
-    def _replace_bindings(self, items: list[dict[str, Any]], version: str) -> None:
-        self._bindings.replace(b for b in (parse_binding(i) for i in items) if b is not None)
+    def _replace_bindings(self, bindings: list[Binding], version: str) -> None:
+        # Parsed page by page as the list arrived (transform=parse_binding).
+        self._bindings.replace(bindings)
 
     def _binding_event(self, etype: str, obj: dict[str, Any]) -> None:
         binding = parse_binding(obj)

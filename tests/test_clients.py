@@ -83,6 +83,20 @@ class KubernetesClientTests(SynchronousTestCase):
         assert review.body is not None
         self.assertEqual(json.loads(review.body)["spec"]["audiences"], [AUDIENCE])
 
+    def test_list_in_pages_with_transform(self) -> None:
+        from stsd.bindings import parse_binding
+
+        for i in range(7):
+            self.fake.add_policybinding(f"ns{i % 2}", f"b{i}", app_namespace="apps",
+                                        serviceaccount=f"sa{i}", policies=["p"])
+        bindings, version = self.successResultOf(run(self.client().list(
+            BINDINGS_PATH, "PolicyBindings", transform=parse_binding, page_size=3)))
+        self.assertEqual(sorted(b.name for b in bindings), [f"b{i}" for i in range(7)])
+        self.assertEqual(version, str(self.fake.resource_version))
+        pages = [r.query for r in self.fake.requests if r.path == BINDINGS_PATH]
+        self.assertEqual([p.get("limit") for p in pages], ["3", "3", "3"])
+        self.assertEqual(["continue" in p for p in pages], [False, True, True])
+
     def test_token_review_not_authenticated_is_a_status(self) -> None:
         status = self.successResultOf(run(self.client().token_review("not-a-jwt", AUDIENCE)))
         self.assertNotEqual(status.get("authenticated"), True)

@@ -190,3 +190,41 @@ def test_one_write_per_response() -> None:
     assert b"<AccessKeyId>AKID</AccessKeyId>" in response
     assert transport.writes == 1
     protocol.connectionLost(None)
+
+
+def test_client_going_away_is_audited_not_an_error() -> None:
+    """Klein cancels the request of a client that disconnected: that is a
+    499 in the audit trail, not a critical 'unexpected error'."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.defer import Deferred
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import LogLevel, globalLogPublisher
+    from twisted.python.failure import Failure
+
+    from stsd.server import STSSite
+
+    class Hanging(StandInExchange):
+        async def exchange(self, namespace, request, trail=None):
+            await Deferred()  # never answers
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor = MemoryReactorClock()
+        resource = STSResource(Hanging(), default_duration=3600, max_duration=43200,
+                               clock=reactor, is_ready=lambda: True)
+        site = STSSite(resource.resource(), reactor=reactor)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        transport = CountingTransport()
+        protocol.makeConnection(transport)
+        body = body_params()
+        protocol.dataReceived(
+            b"POST /sts/tenant-1 HTTP/1.1\r\nHost: sts\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        protocol.connectionLost(Failure(ConnectionError("client left")))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    audits = [e["audit"] for e in events if e.get("log_namespace") == "stsd.audit"]
+    assert [(a["outcome"], a["status"]) for a in audits] == [("ClientClosedRequest", 499)]
+    assert not [e for e in events if e.get("log_level") in (LogLevel.critical, LogLevel.error)]

@@ -161,13 +161,16 @@ class ScriptedKubernetes:
         self.pending: Deferred | None = None
         self.calls: list[str] = []
 
-    async def list(self, path: str, what: str):
+    async def list(self, path: str, what: str, *, transform=None):
         self.calls.append(path)
         if self.pending is not None:
             await self.pending
         if path in self.failing:
             raise KubernetesError(f"list {what}: HTTP 500")
-        return self.items[path], "7"
+        items = self.items[path]
+        if transform is not None:
+            items = [v for v in map(transform, items) if v is not None]
+        return items, "7"
 
     async def get(self, path: str, what: str):
         self.calls.append(path)

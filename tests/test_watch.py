@@ -593,7 +593,8 @@ class ScriptedAPI:
         self.lists: list[Deferred[tuple[list[dict[str, Any]], str]]] = []
         self.watches: list[tuple[str, Callable[[str, dict[str, Any]], None], Deferred[None]]] = []
 
-    async def list(self, path: str, what: str) -> tuple[list[dict[str, Any]], str]:
+    async def list(self, path: str, what: str, *,
+                   transform: Any = None) -> tuple[list[dict[str, Any]], str]:
         d: Deferred[tuple[list[dict[str, Any]], str]] = Deferred()
         self.lists.append(d)
         return await d
