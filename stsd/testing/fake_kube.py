@@ -9,10 +9,12 @@ and can inject faults. Everything runs on the reactor; nothing blocks.
 from __future__ import annotations
 
 import base64
+import bisect
 import copy
 import datetime
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import uuid
@@ -164,6 +166,7 @@ class FakeKubernetes:
         self.granted: set[tuple[str, str, str]] | None = None
         # (group, resource, verb) of every request the client made, for RBAC checks.
         self.used_permissions: set[tuple[str, str, str]] = set()
+        self._key_cache: dict[str, tuple[int, list[tuple[str, str]]]] = {}
 
     # -- plumbing -------------------------------------------------------------
 
@@ -460,6 +463,13 @@ class FakeKubernetes:
             status["reason"] = "no RBAC policy matched"
         return _json(request, 201, {**review, "status": status})
 
+    def _sorted_keys(self, plural: str) -> list[tuple[str, str]]:
+        cached = self._key_cache.get(plural)
+        if cached is None or cached[0] != self._rv:
+            cached = (self._rv, sorted(self._objects[plural]))
+            self._key_cache[plural] = cached
+        return cached[1]
+
     def _authorized(self, request) -> bool:
         header = request.getHeader("authorization") or ""
         scheme, _, token = header.partition(" ")
@@ -500,9 +510,20 @@ class FakeKubernetes:
             if list_rv < self._history_floor:
                 return _json(request, 410, _status(410, "Expired", "The provided continue parameter is too old "
                                                   "to display a consistent list result."))
-        keys = sorted(k for k, o in self._objects[plural].items() if _selected(o, ns, selector)
-                      and (start is None or k > start))
-        page, rest = (keys[:limit], keys[limit:]) if limit else (keys, [])
+        # Sorted once per state (pages of a big list would otherwise re-sort
+        # every object for each page), then a page is cut from the start key.
+        ordered = self._sorted_keys(plural)
+        first = 0 if start is None else bisect.bisect_right(ordered, start)
+        store = self._objects[plural]
+        page: list[tuple[str, str]] = []
+        rest: list[tuple[str, str]] = []
+        for key in itertools.islice(ordered, first, None):
+            if not _selected(store[key], ns, selector):
+                continue
+            if limit and len(page) >= limit:
+                rest.append(key)
+                break  # only whether more remain matters, and how many is an estimate
+            page.append(key)
         items = []
         for key in page:
             item = dict(self._objects[plural][key])
@@ -513,7 +534,9 @@ class FakeKubernetes:
         if rest:
             meta["continue"] = base64.urlsafe_b64encode(
                 json.dumps({"rv": list_rv, "start": list(page[-1])}).encode()).decode()
-            meta["remainingItemCount"] = len(rest)
+            if ns is None and not selector:
+                # Like the API server: a count only when no selector applies.
+                meta["remainingItemCount"] = len(ordered) - first - len(page)
         return _json(request, 200, {"kind": f"{kind}List", "apiVersion": api_version,
                                     "metadata": meta, "items": items})
 
