@@ -167,17 +167,18 @@ class CountingTransport:
         self.inner.writeSequence(data)
 
 
-def test_one_write_per_response() -> None:
+def post_through_site(exchange: StandInExchange):
+    """A valid STS request through the real STSSite, in memory."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactorClock
 
     from stsd.server import STSSite
 
     reactor = MemoryReactorClock()
-    resource = STSResource(StandInExchange(), default_duration=3600, max_duration=43200,
+    resource = STSResource(exchange, default_duration=3600, max_duration=43200,
                            clock=reactor, is_ready=lambda: True)
-    site = STSSite(resource.resource(), reactor=reactor)
-    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    protocol = STSSite(resource.resource(), reactor=reactor).buildProtocol(
+        IPv4Address("TCP", "127.0.0.1", 5555))
     transport = CountingTransport()
     protocol.makeConnection(transport)
     body = body_params()
@@ -185,6 +186,11 @@ def test_one_write_per_response() -> None:
         b"POST /sts/tenant-1 HTTP/1.1\r\nHost: sts\r\n"
         b"Content-Type: application/x-www-form-urlencoded\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return protocol, transport
+
+
+def test_one_write_per_response() -> None:
+    protocol, transport = post_through_site(StandInExchange())
     response = transport.inner.value()
     assert response.startswith(b"HTTP/1.1 200 OK")
     assert b"<AccessKeyId>AKID</AccessKeyId>" in response
@@ -195,13 +201,9 @@ def test_one_write_per_response() -> None:
 def test_client_going_away_is_audited_not_an_error() -> None:
     """Klein cancels the request of a client that disconnected: that is a
     499 in the audit trail, not a critical 'unexpected error'."""
-    from twisted.internet.address import IPv4Address
     from twisted.internet.defer import Deferred
-    from twisted.internet.testing import MemoryReactorClock
     from twisted.logger import LogLevel, globalLogPublisher
     from twisted.python.failure import Failure
-
-    from stsd.server import STSSite
 
     class Hanging(StandInExchange):
         async def exchange(self, namespace, request, trail=None):
@@ -210,18 +212,7 @@ def test_client_going_away_is_audited_not_an_error() -> None:
     events: list[dict] = []
     globalLogPublisher.addObserver(events.append)
     try:
-        reactor = MemoryReactorClock()
-        resource = STSResource(Hanging(), default_duration=3600, max_duration=43200,
-                               clock=reactor, is_ready=lambda: True)
-        site = STSSite(resource.resource(), reactor=reactor)
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-        transport = CountingTransport()
-        protocol.makeConnection(transport)
-        body = body_params()
-        protocol.dataReceived(
-            b"POST /sts/tenant-1 HTTP/1.1\r\nHost: sts\r\n"
-            b"Content-Type: application/x-www-form-urlencoded\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        protocol, _ = post_through_site(Hanging())
         protocol.connectionLost(Failure(ConnectionError("client left")))
     finally:
         globalLogPublisher.removeObserver(events.append)
