@@ -17,8 +17,8 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.logger import Logger
-from twisted.web.server import Site
 from twisted.python import usage
+from twisted.web.server import Site
 
 from stsd import config as configuration
 from stsd import kube, logs, tls
@@ -38,8 +38,8 @@ from stsd.minio_client import MinIOClient
 from stsd.ratelimit import Rate, RateLimiter
 from stsd.refresh import Refresher
 from stsd.server import STSResource, STSSite
-from stsd.tokencache import CachingAuthenticator
 from stsd.tenants import EndpointRule, TenantIndex
+from stsd.tokencache import CachingAuthenticator
 from stsd.upstream import make_client
 from stsd.watch import WatchSync
 

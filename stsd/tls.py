@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
+from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
-from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 

@@ -328,6 +328,7 @@ class World:
         Wait until C{/readyz} answers C{status} (503: listening, not ready).
         """
         import treq
+
         from stsd import tls
         from stsd.upstream import make_client
 
