@@ -18,7 +18,12 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from kubernetes.client import Configuration
-from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
+from kubernetes.config import ConfigException, load_kube_config
+from kubernetes.config.incluster_config import (
+    SERVICE_CERT_FILENAME,
+    SERVICE_TOKEN_FILENAME,
+    InClusterConfigLoader,
+)
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -84,15 +89,22 @@ class KubeAccess:
         self.authorization = self.configuration.get_api_key_with_prefix("BearerToken")
 
 
-def load_access(kubeconfig: str | None) -> KubeAccess:
+def load_access(
+    kubeconfig: str | None, *, in_cluster: InClusterConfigLoader | None = None
+) -> KubeAccess:
     """
     Load the API server address and credentials: from C{kubeconfig}, or
     from the pod's service account when it is C{None}.
+
+    @param in_cluster: the loader of the pod's service account (tests point
+        it at other files); by default the mounted token and CA.
     """
     configuration = Configuration()
     try:
         if kubeconfig is None:
-            load_incluster_config(client_configuration=configuration)
+            loader = in_cluster or InClusterConfigLoader(
+                token_filename=SERVICE_TOKEN_FILENAME, cert_filename=SERVICE_CERT_FILENAME)
+            loader.load_and_set(configuration)
         else:
             load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     except (ConfigException, OSError, ValueError, KeyError, TypeError) as e:
