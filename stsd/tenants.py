@@ -143,15 +143,7 @@ class TenantIndex:
             by_namespace.setdefault(t.namespace, []).append(t)
         self._tenants = by_namespace
         for t in self.tenants():
-            url = self._rule.url(t)
-            if url.startswith("http://") and (t.namespace, t.name) not in self._warned:
-                # AssumeRole answers carry fresh secret keys: over plain HTTP
-                # anyone on the path reads them.
-                self._warned.add((t.namespace, t.name))
-                log.warn(
-                    "INSECURE: Tenant {namespace}/{name} is reached over plain HTTP ({url}); "
-                    "issued credentials cross the network unencrypted. Enable TLS on the Tenant.",
-                    namespace=t.namespace, name=t.name, url=url)
+            self._warn_if_plain(t)
         live = {(t.namespace, t.name) for t in self.tenants()}
         self._credentials = {k: v for k, v in self._credentials.items() if k in live}
 
@@ -164,6 +156,7 @@ class TenantIndex:
         group = [t for t in self._tenants.get(tenant.namespace, ()) if t.name != tenant.name]
         if event != "DELETED":
             group.append(tenant)
+            self._warn_if_plain(tenant)
         # A new list, swapped in: a lookup never sees one half-changed.
         if group:
             self._tenants[tenant.namespace] = group
@@ -171,6 +164,17 @@ class TenantIndex:
             self._tenants.pop(tenant.namespace, None)
         if event == "DELETED":
             self._credentials.pop((tenant.namespace, tenant.name), None)
+
+    def _warn_if_plain(self, tenant: Tenant) -> None:
+        url = self._rule.url(tenant)
+        if url.startswith("http://") and (tenant.namespace, tenant.name) not in self._warned:
+            # AssumeRole answers carry fresh secret keys: over plain HTTP
+            # anyone on the path reads them.
+            self._warned.add((tenant.namespace, tenant.name))
+            log.warn(
+                "INSECURE: Tenant {namespace}/{name} is reached over plain HTTP ({url}); "
+                "issued credentials cross the network unencrypted. Enable TLS on the Tenant.",
+                namespace=tenant.namespace, name=tenant.name, url=url)
 
     def set_credentials(self, tenant: Tenant, credentials: RootCredentials | None) -> None:
         key = (tenant.namespace, tenant.name)

@@ -122,12 +122,17 @@ class TenantTests(SynchronousTestCase):
             secure = parse_tenant(tenant_obj("u", "y"))
             index.replace([plain, secure])
             index.replace([plain, secure])
+            # A tenant arriving by a watch event is warned about too, once.
+            later = parse_tenant(tenant_obj("v", "z", requestAutoCert=False))
+            index.apply("ADDED", later)
+            index.apply("MODIFIED", later)
         finally:
             globalLogPublisher.removeObserver(events.append)
         warnings = [e for e in events if e.get("log_level") == LogLevel.warn
                     and "INSECURE" in e.get("log_format", "")]
         self.assertEqual([(e["namespace"], e["url"]) for e in warnings],
-                         [("t", "http://minio.t.svc.cluster.local:80")])
+                         [("t", "http://minio.t.svc.cluster.local:80"),
+                          ("v", "http://minio.v.svc.cluster.local:80")])
 
     def test_index_errors(self) -> None:
         index = TenantIndex(EndpointRule(None, "cluster.local"))
