@@ -127,7 +127,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     sync: Refresher | WatchSync = (WatchSync if config.kubernetes.watch else Refresher)(
         kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
     keys = KeySet(kubernetes, reactor)
-    readiness = _readiness(sync, config.kubernetes.resync_seconds, reactor)
+    readiness = _readiness(sync, config.kubernetes.resync_seconds, reactor,
+                           keys if config.kubernetes.token_verification == "jwks" else None)
     authenticator = CachingAuthenticator(
         _authenticator(config.kubernetes, kubernetes, keys, reactor),
         reactor, ttl=config.kubernetes.token_cache_seconds,
@@ -209,15 +210,20 @@ def _freeze_heap_when_ready(sync: Any, clock: Any) -> TimerService:
     return timer
 
 
-def _readiness(sync: Any, resync: float, clock: Any) -> Callable[[], str | None]:
+def _readiness(
+    sync: Any, resync: float, clock: Any, keys: KeySet | None = None
+) -> Callable[[], str | None]:
     """
-    Why stsd is not ready, or None: the initial list is done and no
-    resource's last sync is older than three resync periods.
+    Why stsd is not ready, or None: the initial list is done, no resource's
+    last sync is older than three resync periods, and (in jwks mode, given
+    C{keys}) the cluster's signing keys are known.
     """
 
     def readiness() -> str | None:
         if not sync.ready:
             return "PolicyBindings and Tenants not listed yet"
+        if keys is not None and not keys.known:
+            return "the cluster's ServiceAccount signing keys not fetched yet"
         for name in ("bindings", "tenants"):
             if clock.seconds() - sync.synced_at[name] > 3 * resync:
                 return f"{name} not synced for more than {3 * resync:g} s"

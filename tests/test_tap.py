@@ -202,3 +202,22 @@ def test_plugin_is_found() -> None:
     [maker] = makers
     assert maker.options is tap.Options
     assert maker.makeService is tap.makeService
+
+
+def test_readiness_reasons() -> None:
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    sync = SimpleNamespace(ready=False, synced_at={})
+    keys = SimpleNamespace(known=False)
+    readiness = tap._readiness(sync, 10, clock, keys)  # type: ignore[arg-type]
+    assert readiness() == "PolicyBindings and Tenants not listed yet"
+    sync.ready, sync.synced_at = True, {"bindings": 0.0, "tenants": 0.0}
+    assert readiness() == "the cluster's ServiceAccount signing keys not fetched yet"
+    keys.known = True
+    assert readiness() is None
+    clock.advance(31)
+    assert readiness() == "bindings not synced for more than 30 s"
+    assert tap._readiness(sync, 100, clock)() is None  # tokenreview mode: keys optional
