@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from stsd.bindings import BindingIndex, parse_binding
@@ -113,7 +113,8 @@ class Refresher(Service):
     async def _refresh_bindings(self) -> None:
         parsed, version = await self._kubernetes.list(
             BINDINGS_PATH, "PolicyBindings", transform=parse_binding)
-        self._bindings.replace(parsed)
+        await self._bindings.replace_gradually(
+            parsed, lambda: deferLater(self._clock, 0, lambda: None))
         log.debug("listed {count} PolicyBindings at resourceVersion {version}",
                   count=len(parsed), version=version)
 

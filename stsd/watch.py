@@ -141,7 +141,7 @@ class ListWatch(Service):
         path: str,
         what: str,
         *,
-        on_replace: Callable[[list[Any], str], None],
+        on_replace: Callable[[list[Any], str], Deferred[None] | None],
         on_event: Callable[[str, dict[str, Any]], None],
         clock: IReactorTime,
         resync_seconds: float,
@@ -271,7 +271,9 @@ class ListWatch(Service):
                     self._path, self.what, transform=self._transform)))
         finally:
             self.attempted = True
-        self._on_replace(items, version)
+        replaced = self._on_replace(items, version)
+        if isinstance(replaced, Deferred):
+            await self._wait(replaced)
         first = not self.listed
         self.resource_version = version
         self._must_list = False
@@ -478,9 +480,11 @@ class WatchSync(Service):
 
     # -- bindings ---------------------------------------------------------------
 
-    def _replace_bindings(self, bindings: list[Binding], version: str) -> None:
-        # Parsed page by page as the list arrived (transform=parse_binding).
-        self._bindings.replace(bindings)
+    def _replace_bindings(self, bindings: list[Binding], version: str) -> Deferred[None]:
+        # Parsed page by page as the list arrived (transform=parse_binding),
+        # and indexed a chunk per reactor turn.
+        return Deferred.fromCoroutine(self._bindings.replace_gradually(
+            bindings, lambda: deferLater(self._clock, 0, lambda: None)))
 
     def _binding_event(self, etype: str, obj: dict[str, Any]) -> None:
         binding = parse_binding(obj)
