@@ -501,11 +501,11 @@ async def test_fault_hang_holds_the_request_until_cleared(kube, stub):
     kube.fail("/apis/authentication.k8s.io/", "hang")
     outcome = _outcome(stub.post(TR, b"{}", headers={**AUTH, "Content-Type": "application/json"}))
     stub.flush()
-    assert outcome == [] and len(kube._hung) == 1
+    assert outcome == [] and kube.hung == 1
     kube.clear_faults()
     stub.flush()
     assert len(outcome) == 1 and isinstance(outcome[0], Failure)
-    assert not kube._hung
+    assert kube.hung == 0
     assert (await review(stub, kube.token_for("apps", "sa")))["status"]["authenticated"]
 
 
@@ -514,12 +514,12 @@ async def test_hung_request_is_forgotten_when_the_client_goes_away(kube, stub):
     kube.fail("/apis/sts.min.io/", "hang")
     d = stub.get(f"{PB}/policybindings", headers=AUTH)
     stub.flush()
-    assert len(kube._hung) == 1
+    assert kube.hung == 1
     d.cancel()
     stub.flush()
     with pytest.raises(ResponseNeverReceived):
         await d
-    assert not kube._hung
+    assert kube.hung == 0
 
 
 # -- a real TLS socket -------------------------------------------------------------------
@@ -861,11 +861,11 @@ async def test_minio_faults(minio, mstub):
     outcome = _outcome(defer.ensureDeferred(
         send(mstub, "GET", url, b"", boto_signed("GET", url, service="s3", region="x"))))
     mstub.flush()
-    assert outcome == [] and len(minio._hung) == 1
+    assert outcome == [] and minio.hung == 1
     minio.clear_faults()
     mstub.flush()
     assert len(outcome) == 1 and isinstance(outcome[0], Failure)
-    assert not minio._hung and len(minio.minted) == 1
+    assert minio.hung == 0 and len(minio.minted) == 1
 
 
 @pytest_twisted.ensureDeferred

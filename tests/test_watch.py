@@ -558,9 +558,9 @@ class StopTests(InMemory):
         self.fake.fail("/apis/", "hang")
         self.sync.startService()
         self.pump()
-        self.assertEqual(len(self.fake._hung), 2)
+        self.assertEqual(self.fake.hung, 2)
         self.stop()
-        self.assertEqual(self.fake._hung, set())
+        self.assertEqual(self.fake.hung, 0)
         self.assertFalse(self.sync.ready)
 
     def test_stop_over_a_real_client_that_never_connects(self) -> None:

@@ -27,6 +27,7 @@ import jwt
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from stsd.testing.faults import Faults, abort
 from stsd.testing.tokens import TokenIssuer
 
 __all__ = ["FakeKubernetes", "RecordedRequest"]
@@ -58,13 +59,6 @@ class RecordedRequest:
         size = "None" if self.body is None else f"<{len(self.body)} bytes>"
         return (f"RecordedRequest(method={self.method!r}, path={self.path!r}, "
                 f"query={self.query!r}, body={size})")
-
-
-@dataclass(frozen=True)
-class _Fault:
-    prefix: str
-    mode: str
-    remaining: int | None
 
 
 @dataclass(frozen=True)
@@ -110,12 +104,7 @@ class _Watch:
     def cut(self) -> None:
         if not self.done:
             self.done = True
-            _abort(self.request)
-
-
-def _abort(request) -> None:
-    transport = request.transport
-    (getattr(transport, "abortConnection", None) or transport.loseConnection)()
+            abort(self.request)
 
 
 def _selected(obj: dict, ns: str | None, selector: dict) -> bool:
@@ -160,8 +149,7 @@ class FakeKubernetes:
         self._history: list[_Event] = []
         self._history_floor = 0  # watches from a resourceVersion below this get 410
         self._watches: set[_Watch] = set()
-        self._faults: list[_Fault] = []
-        self._hung: set = set()
+        self._faults = Faults(lambda prefix, path: path.startswith(prefix))
         # RBAC of the client token: (group, resource, verb) allowed; None allows all.
         self.granted: set[tuple[str, str, str]] | None = None
         # (group, resource, verb) of every request the client made, for RBAC checks.
@@ -344,11 +332,9 @@ class FakeKubernetes:
 
     def fail(self, path_prefix: str, mode: str | None, times: int | None = None) -> None:
         """mode "500" | "hang" | "close" for requests under path_prefix; None removes."""
-        self._faults = [f for f in self._faults if f.prefix != path_prefix]
-        if mode is not None:
-            if mode not in ("500", "hang", "close"):
-                raise ValueError(f"unknown fault mode {mode!r}")
-            self._faults.append(_Fault(path_prefix, mode, times))
+        if mode not in (None, "500", "hang", "close"):
+            raise ValueError(f"unknown fault mode {mode!r}")
+        self._faults.set(path_prefix, mode, times)
 
     def grant_only(self, permissions: Sequence[tuple[str, str, str]]) -> None:
         """
@@ -364,28 +350,19 @@ class FakeKubernetes:
     def _allowed(self, attributes: tuple[str, str, str]) -> bool:
         return self.granted is None or attributes in self.granted
 
+    @property
+    def hung(self) -> int:
+        """How many requests a "hang" fault holds open now."""
+        return self._faults.hung
+
     def clear_faults(self) -> None:
         """Remove faults and drop the connections of requests left hanging."""
         self._faults.clear()
-        for request in list(self._hung):
-            _abort(request)
-        self._hung.clear()
 
     def shutdown(self) -> None:
         """Release everything held open (hung requests, watches)."""
         self.clear_faults()
         self.cut_watches()
-
-    def _take_fault(self, path: str) -> str | None:
-        for i, f in enumerate(self._faults):
-            if path.startswith(f.prefix):
-                if f.remaining is not None:
-                    if f.remaining <= 1:
-                        del self._faults[i]
-                    else:
-                        self._faults[i] = _Fault(f.prefix, f.mode, f.remaining - 1)
-                return f.mode
-        return None
 
     # -- HTTP -------------------------------------------------------------------
 
@@ -398,16 +375,12 @@ class FakeKubernetes:
         body = request.content.read() if method in ("POST", "PUT", "PATCH") else None
         self.requests.append(RecordedRequest(method, path, query, body))
 
-        fault = self._take_fault(path)
+        fault = self._faults.take(path)
         if fault == "500":
             return _json(request, 500, _status(500, "InternalError", "fake Kubernetes: injected failure"))
-        if fault == "close":
-            _abort(request)
-            return NOT_DONE_YET
-        if fault == "hang":
-            self._hung.add(request)
-            request.notifyFinish().addBoth(lambda _: self._hung.discard(request))
-            return NOT_DONE_YET
+        held = self._faults.connection(request, fault)
+        if held is not None:
+            return held
 
         if not self._authorized(request):
             return _json(request, 401, _status(401, "Unauthorized", "Unauthorized"))

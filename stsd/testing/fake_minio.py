@@ -27,7 +27,8 @@ from urllib.parse import parse_qsl, quote, unquote_plus
 from xml.sax.saxutils import escape
 
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+
+from stsd.testing.faults import Faults
 
 __all__ = ["FakeMinIO", "FakeMinIORouter", "Minted", "SigV4Error", "verify_sigv4"]
 
@@ -57,12 +58,6 @@ class SigV4Error:
     status: int
     code: str
     message: str
-
-
-@dataclass(frozen=True)
-class _Fault:
-    mode: str
-    remaining: int | None
 
 
 def _err(status: int, code: str, message: str) -> SigV4Error:
@@ -231,8 +226,7 @@ class FakeMinIO:
         self._policies: dict[str, tuple[str, str, str]] = {}  # name -> (raw, created, updated)
         self.minted: list[Minted] = []
         self.calls: Counter[str] = Counter()
-        self._faults: dict[str, _Fault] = {}
-        self._hung: set = set()
+        self._faults = Faults(lambda route, wanted: route == wanted)
         for name, doc in (policies or {}).items():
             self.set_policy(name, doc)
 
@@ -274,32 +268,20 @@ class FakeMinIO:
         """route "info" | "policy" | "assumerole"; mode "500" | "hang" | "close" | "error" | None."""
         if route not in _ROUTES.values():
             raise ValueError(f"unknown route {route!r}")
-        if mode is None:
-            self._faults.pop(route, None)
-        elif mode in ("500", "hang", "close", "error"):
-            self._faults[route] = _Fault(mode, times)
-        else:
+        if mode not in (None, "500", "hang", "close", "error"):
             raise ValueError(f"unknown fault mode {mode!r}")
+        self._faults.set(route, mode, times)
+
+    @property
+    def hung(self) -> int:
+        """How many requests a "hang" fault holds open now."""
+        return self._faults.hung
 
     def clear_faults(self) -> None:
         """Remove faults and drop the connections of requests left hanging."""
         self._faults.clear()
-        for request in list(self._hung):
-            _abort(request)
-        self._hung.clear()
 
     shutdown = clear_faults
-
-    def _take_fault(self, route: str) -> str | None:
-        fault = self._faults.get(route)
-        if fault is None:
-            return None
-        if fault.remaining is not None:
-            if fault.remaining <= 1:
-                del self._faults[route]
-            else:
-                self._faults[route] = _Fault(fault.mode, fault.remaining - 1)
-        return fault.mode
 
     # -- HTTP -------------------------------------------------------------------
 
@@ -321,20 +303,16 @@ class FakeMinIO:
                 return _sts_error(request, status, code, message, request_id)
             return _admin_error(request, status, code, message, raw_path, request_id)
 
-        fault = self._take_fault(route)
+        fault = self._faults.take(route)
         if fault == "500":
             request.setResponseCode(500)
             request.setHeader("content-type", "text/plain")
             return b"Internal Server Error\n"
         if fault == "error":
             return error(500, "InternalError", "We encountered an internal error, please try again.")
-        if fault == "close":
-            _abort(request)
-            return NOT_DONE_YET
-        if fault == "hang":
-            self._hung.add(request)
-            request.notifyFinish().addBoth(lambda _: self._hung.discard(request))
-            return NOT_DONE_YET
+        held = self._faults.connection(request, fault)
+        if held is not None:
+            return held
 
         if method != ("POST" if sts else "GET"):
             return error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")
@@ -485,11 +463,6 @@ class FakeMinIORouter(Resource):
             return _admin_error(request, 404, "XMinioFakeNoSuchTenant", f"no fake tenant for namespace "
                                 f"{namespace!r}", path, secrets.token_hex(8).upper())
         return minio._render(request, "/" + rest)
-
-
-def _abort(request) -> None:
-    transport = request.transport
-    (getattr(transport, "abortConnection", None) or transport.loseConnection)()
 
 
 def _send(request, status: int, content_type: str, body: bytes) -> bytes:
