@@ -10,7 +10,6 @@ verdict, and exits non-zero if anything failed.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from stsd.rbac import PERMISSIONS
 from stsd.refresh import TENANTS_PATH
 from stsd.tap import tenant_trust
 from stsd.tenants import EndpointRule, parse_tenant, root_credentials, secret_config_env
-from stsd.upstream import UpstreamError, make_client, request
+from stsd.upstream import make_client
 
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
@@ -63,26 +62,6 @@ class Report:
         return all(r.ok for r in self.rows)
 
 
-async def _access_review(
-    http: Any, clock: Any, access: kube.KubeAccess, timeout: float,
-    group: str, resource: str, verb: str,
-) -> tuple[bool, str]:
-    body = json.dumps({
-        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-        "spec": {"resourceAttributes": {"group": group, "resource": resource, "verb": verb}},
-    }).encode()
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if access.authorization:
-        headers["Authorization"] = access.authorization
-    response = await request(http, clock, "POST", access.host + SSAR_PATH,
-                             target="SelfSubjectAccessReview", timeout=timeout,
-                             headers=headers, data=body)
-    if response.status not in (200, 201):
-        return False, f"HTTP {response.status}"
-    status = json.loads(response.body).get("status") or {}
-    return status.get("allowed") is True, str(status.get("reason", ""))[:80]
-
-
 async def run_check(reactor: Any, config_path: str, out: IO[str]) -> bool:
     report = Report()
     try:
@@ -110,7 +89,7 @@ async def run_check(reactor: Any, config_path: str, out: IO[str]) -> bool:
     minio_http = make_client(reactor, tls.VerifiedHTTPS(tenant_trust(config, access)))
     client = kube.KubernetesClient(access, kube_http, reactor, timeout)
     try:
-        await _check_cluster(report, reactor, config, access, kube_http, client, minio_http)
+        await _check_cluster(report, reactor, config, access, client, minio_http)
     finally:
         for http in (kube_http, minio_http):
             await http._agent._pool.closeCachedConnections()
@@ -128,16 +107,18 @@ async def _step(report: Report, name: str, call: Callable[[], Awaitable[str]]) -
 
 async def _check_cluster(
     report: Report, reactor: Any, config: configuration.Config, access: kube.KubeAccess,
-    kube_http: Any, client: kube.KubernetesClient, minio_http: Any,
+    client: kube.KubernetesClient, minio_http: Any,
 ) -> None:
-    timeout = config.kubernetes.timeout_seconds
-
-    def review(group: str, resource: str, verb: str) -> Awaitable[tuple[bool, str]]:
-        return _access_review(kube_http, reactor, access, timeout, group, resource, verb)
+    async def review(group: str, resource: str, verb: str) -> tuple[bool, str]:
+        status = await client.review(SSAR_PATH, {
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"group": group, "resource": resource, "verb": verb}},
+        }, "SelfSubjectAccessReview")
+        return status.get("allowed") is True, str(status.get("reason", ""))[:80]
 
     try:
         await review("authentication.k8s.io", "tokenreviews", "create")
-    except (UpstreamError, ValueError) as e:
+    except kube.KubernetesError as e:
         report.add(f"Kubernetes API {access.host}", False, str(e)[:160])
         return
     report.add(f"Kubernetes API {access.host}", True, "reached")
@@ -155,8 +136,8 @@ async def _check_cluster(
     tenants: list[Any] = []
 
     async def list_tenants() -> str:
-        items, _ = await client.list(TENANTS_PATH, "Tenants")
-        tenants.extend(t for t in (parse_tenant(i) for i in items) if t is not None)
+        found, _ = await client.list(TENANTS_PATH, "Tenants", transform=parse_tenant)
+        tenants.extend(found)
         return f"{len(tenants)} found"
 
     if not await _step(report, "list Tenants", list_tenants):
@@ -167,8 +148,7 @@ async def _check_cluster(
         async def reach(t=tenant) -> str:
             env: dict[str, str] = {}
             if t.secret_name:
-                secret = await client.get(
-                    f"/api/v1/namespaces/{t.namespace}/secrets/{t.secret_name}", "Secret")
+                secret = await client.get(t.secret_path, "Secret")
                 env = secret_config_env(secret) if secret else {}
             credentials = root_credentials(t, env)
             if credentials is None:

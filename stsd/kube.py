@@ -178,6 +178,21 @@ class KubernetesClient:
             return document["message"][:200]
         return "no message"
 
+    async def review(self, path: str, review: dict[str, Any], what: str) -> dict[str, Any]:
+        """
+        Create a review object (TokenReview, SelfSubjectAccessReview): the
+        API server answers with its C{status}, which is returned.
+
+        @raise KubernetesError: the API server failed to answer.
+        """
+        status, document = await self._call("POST", path, what, json.dumps(review).encode())
+        if status not in (200, 201) or not isinstance(document, dict):
+            raise KubernetesError(f"{what}: HTTP {status}: {self._status_message(document)}")
+        review_status = document.get("status")
+        if not isinstance(review_status, dict):
+            raise KubernetesError(f"{what}: the answer has no status")
+        return review_status
+
     async def token_review(self, token: str, audience: str) -> dict[str, Any]:
         """
         Ask the API server who C{token} belongs to.
@@ -185,20 +200,11 @@ class KubernetesClient:
         @return: the TokenReview's C{status}.
         @raise KubernetesError: the API server failed to answer.
         """
-        body = json.dumps({
+        return await self.review(TOKENREVIEW_PATH, {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenReview",
             "spec": {"token": token, "audiences": [audience]},
-        }).encode()
-        status, document = await self._call("POST", TOKENREVIEW_PATH, "TokenReview", body)
-        if status not in (200, 201) or not isinstance(document, dict):
-            raise KubernetesError(
-                f"TokenReview: HTTP {status}: {self._status_message(document)}"
-            )
-        review_status = document.get("status")
-        if not isinstance(review_status, dict):
-            raise KubernetesError("TokenReview: the answer has no status")
-        return review_status
+        }, "TokenReview")
 
     async def list(
         self,

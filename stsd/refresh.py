@@ -119,8 +119,8 @@ class Refresher(Service):
                   count=len(parsed), version=version)
 
     async def _refresh_tenants(self) -> None:
-        items, version = await self._kubernetes.list(TENANTS_PATH, "Tenants")
-        tenants = [t for t in (parse_tenant(i) for i in items) if t is not None]
+        tenants, version = await self._kubernetes.list(
+            TENANTS_PATH, "Tenants", transform=parse_tenant)
         self._tenants.replace(tenants)
         for tenant in tenants:
             if self._stopping:
@@ -128,9 +128,9 @@ class Refresher(Service):
             if tenant.secret_name is None:
                 self._tenants.set_credentials(tenant, root_credentials(tenant, {}))
                 continue
-            path = f"/api/v1/namespaces/{tenant.namespace}/secrets/{tenant.secret_name}"
             try:
-                secret = await self._kubernetes.get(path, f"Secret {tenant.namespace}/{tenant.secret_name}")
+                secret = await self._kubernetes.get(
+                    tenant.secret_path, f"Secret {tenant.namespace}/{tenant.secret_name}")
             except KubernetesError as e:
                 # Keep the credentials read last time: a hiccup must not lock a tenant out.
                 log.warn("reading the Secret of Tenant {namespace}/{name} failed: {reason}",

@@ -373,7 +373,6 @@ class STSResource:
         self._default_duration = default_duration
         self._max_duration = max_duration
         self._clock = clock
-        self._is_ready = is_ready
         self._request_id = request_id
 
     def resource(self) -> IResource:

@@ -35,6 +35,11 @@ class Tenant:
     secret_name: str | None
     env: Mapping[str, str]  # spec.env literal values (config.env overrides them)
 
+    @property
+    def secret_path(self) -> str:
+        """The API path of the Secret holding the root credentials."""
+        return f"/api/v1/namespaces/{self.namespace}/secrets/{self.secret_name}"
+
     def __repr__(self) -> str:
         # spec.env may carry credentials too.
         return f"Tenant({self.namespace}/{self.name}, tls={self.tls}, secret={self.secret_name})"

@@ -417,7 +417,8 @@ class WatchSync(Service):
             BINDINGS_PATH, "PolicyBindings", self._replace_bindings, self._binding_event,
             transform=parse_binding)
         self.tenant_watch = self._list_watch(
-            TENANTS_PATH, "Tenants", self._replace_tenants, self._tenant_event)
+            TENANTS_PATH, "Tenants", self._replace_tenants, self._tenant_event,
+            transform=parse_tenant)
 
     def _list_watch(
         self,
@@ -498,8 +499,7 @@ class WatchSync(Service):
 
     # -- tenants ----------------------------------------------------------------
 
-    def _replace_tenants(self, items: list[dict[str, Any]], version: str) -> None:
-        tenants = [t for t in (parse_tenant(i) for i in items) if t is not None]
+    def _replace_tenants(self, tenants: list[Tenant], version: str) -> None:
         self._tenants.replace(tenants)
         live = {(t.namespace, t.name) for t in tenants}
         for key in [k for k in self._feeds if k not in live]:

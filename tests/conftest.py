@@ -16,9 +16,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from stsd import tls
 from stsd.testing.world import Daemon, World
-from stsd.upstream import make_client
 
 # The secrets scan of each module's world is appended here (for the record).
 SCAN_REPORT = os.path.join(tempfile.gettempdir(), "stsd-secret-scan.txt")
@@ -45,7 +43,6 @@ def daemon(world: World) -> Daemon:
 @pytest.fixture(scope="module")
 def http(world: World):
     """A treq client trusting only the test world's CA."""
-    client = make_client(reactor, tls.VerifiedHTTPS(
-        tls.trust_from_files([str(world.pki.ca_path)], system=False)))
+    client = world.https_client()
     yield client
     pytest_twisted.blockon(client._agent._pool.closeCachedConnections())

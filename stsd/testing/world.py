@@ -323,17 +323,24 @@ class World:
         await self.wait_ready(daemon, status=200 if wait else 503)
         return daemon
 
+    def https_client(self) -> Any:
+        """
+        A treq client that trusts only this world's CA (close its pool's
+        cached connections when done).
+        """
+        from stsd import tls
+        from stsd.upstream import make_client
+
+        return make_client(self.reactor, tls.VerifiedHTTPS(
+            tls.trust_from_files([str(self.pki.ca_path)], system=False)))
+
     async def wait_ready(self, daemon: Daemon, timeout: float = 30.0, status: int = 200) -> None:
         """
         Wait until C{/readyz} answers C{status} (503: listening, not ready).
         """
         import treq
 
-        from stsd import tls
-        from stsd.upstream import make_client
-
-        client = make_client(self.reactor, tls.VerifiedHTTPS(tls.trust_from_files(
-            [str(self.pki.ca_path)], system=False)))
+        client = self.https_client()
         deadline = self.reactor.seconds() + timeout
         try:
             while True:
