@@ -21,6 +21,7 @@ from twisted.internet.task import react
 from stsd import config as configuration
 from stsd import kube, tls
 from stsd.certreload import CertificateLoadError, load_certificate
+from stsd.keepalive import KeepAliveClient
 from stsd.minio_client import MinIOClient, TenantEndpoint
 from stsd.rbac import PERMISSIONS
 from stsd.refresh import TENANTS_PATH
@@ -86,13 +87,13 @@ async def run_check(reactor: Any, config_path: str, out: IO[str]) -> bool:
         return False
     timeout = config.kubernetes.timeout_seconds
     kube_http = make_client(reactor, access.https)
-    minio_http = make_client(reactor, tls.VerifiedHTTPS(tenant_trust(config, access)))
+    minio_http = KeepAliveClient(reactor, tls.VerifiedHTTPS(tenant_trust(config, access)))
     client = kube.KubernetesClient(access, kube_http, reactor, timeout)
     try:
         await _check_cluster(report, reactor, config, access, client, minio_http)
     finally:
-        for http in (kube_http, minio_http):
-            await http._agent._pool.closeCachedConnections()
+        await kube_http._agent._pool.closeCachedConnections()
+        await minio_http.close()
     report.render(out)
     return report.ok
 

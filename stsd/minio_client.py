@@ -1,7 +1,10 @@
 # -*- test-case-name: tests.test_minio_client -*-
 """
-A tenant's MinIO, spoken with treq and signed with the C{minio} package's
-SigV4 signer: server region, canned policy documents, AssumeRole.
+A tenant's MinIO: server region, canned policy documents, AssumeRole,
+signed with SigV4 (L{stsd.sigv4}, checked against the C{minio} package's
+signer). The calls go through a transport: in the daemon the keep-alive
+client of L{stsd.keepalive}; in memory, treq's C{StubTreq} through
+L{stsd.upstream.TreqTransport}.
 """
 
 from __future__ import annotations
@@ -10,16 +13,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote, urlencode, urlsplit
 from xml.etree import ElementTree
 
-from minio.credentials import Credentials
-from minio.signer import sign_v4_s3, sign_v4_sts
-from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 
-from stsd.upstream import Response, UpstreamError, request
+from stsd.sigv4 import Signer
+from stsd.upstream import Response, Transport, UpstreamError
 from stsd.wire import STS_NAMESPACE, IssuedCredentials
 
 _NS = {"sts": STS_NAMESPACE}
@@ -65,13 +66,23 @@ class MinIOClient:
     The MinIO calls stsd makes, each bounded by C{timeout} seconds.
     """
 
-    def __init__(self, http: HTTPClient, clock: IReactorTime, timeout: float) -> None:
-        self._http = http
+    def __init__(self, transport: Transport, clock: IReactorTime, timeout: float) -> None:
+        self._transport = transport
         self._clock = clock
         self._timeout = timeout
+        self._signers: dict[RootCredentials, Signer] = {}
+
+    def _signer(self, credentials: RootCredentials) -> Signer:
+        signer = self._signers.get(credentials)
+        if signer is None:
+            if len(self._signers) > 1024:  # rotated-away credentials
+                self._signers.clear()
+            signer = self._signers[credentials] = Signer(
+                credentials.access_key, credentials.secret_key)
+        return signer
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock.seconds(), tz=timezone.utc)
+        return datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
 
     async def _signed(
         self,
@@ -80,6 +91,7 @@ class MinIOClient:
         path: str,
         *,
         target: str,
+        metric: str,
         service: str,
         region: str,
         query: Sequence[tuple[str, str]] = (),
@@ -88,10 +100,11 @@ class MinIOClient:
     ) -> Response:
         base = urlsplit(tenant.url)
         query_string = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query))
-        url = base._replace(path=base.path.rstrip("/") + path, query=query_string)
+        path = base.path.rstrip("/") + path
+        url = base._replace(path=path, query=query_string).geturl()
         now = self._now()
         content_sha256 = hashlib.sha256(body).hexdigest()
-        # Sign exactly the headers that are sent; the signer signs all it is given.
+        # Sign exactly the headers that are sent.
         headers: dict[str, str] = {
             "Host": base.netloc,
             "X-Amz-Date": now.strftime("%Y%m%dT%H%M%SZ"),
@@ -99,17 +112,14 @@ class MinIOClient:
         }
         if content_type:
             headers["Content-Type"] = content_type
-        credentials = Credentials(tenant.credentials.access_key, tenant.credentials.secret_key)
-        sign = sign_v4_sts if service == "sts" else sign_v4_s3
-        headers = dict(sign(
-            method=method, url=url, region=region, headers=headers,
-            credentials=credentials, content_sha256=content_sha256, date=now,
-        ))
+        headers["Authorization"] = self._signer(tenant.credentials).authorization(
+            method=method, path=path, query=query_string, headers=headers,
+            content_sha256=content_sha256, date=now, region=region, service=service,
+        )
         try:
-            return await request(
-                self._http, self._clock, method, url.geturl(),
-                target=f"{target} on tenant {tenant.name}", timeout=self._timeout,
-                headers=headers, data=body or None,
+            return await self._transport.request(
+                method, url, target=f"{target} on tenant {tenant.name}", timeout=self._timeout,
+                headers=headers, data=body or None, metric=metric,
             )
         except UpstreamError as e:
             raise MinIOError(str(e)) from None
@@ -131,7 +141,7 @@ class MinIOClient:
         """
         response = await self._signed(
             tenant, "GET", "/minio/admin/v3/info", target="server info",
-            service="s3", region="us-east-1",
+            metric="admin", service="s3", region="us-east-1",
         )
         if response.status != 200:
             raise self._admin_error(tenant, "server info", response)
@@ -149,7 +159,7 @@ class MinIOClient:
         """
         response = await self._signed(
             tenant, "GET", "/minio/admin/v3/info-canned-policy", target=f"policy {name!r}",
-            service="s3", region=region, query=[("name", name), ("v", "2")],
+            metric="admin", service="s3", region=region, query=[("name", name), ("v", "2")],
         )
         if response.status == 404:
             return None
@@ -181,7 +191,8 @@ class MinIOClient:
             "Policy": policy.decode("utf-8"),
         }).encode()
         response = await self._signed(
-            tenant, "POST", "/", target="AssumeRole", service="sts", region=region,
+            tenant, "POST", "/", target="AssumeRole", metric="assumerole",
+            service="sts", region=region,
             body=body, content_type="application/x-www-form-urlencoded",
         )
         try:
@@ -209,7 +220,7 @@ class MinIOClient:
         except ValueError:
             raise MinIOError(f"AssumeRole on tenant {tenant.name}: bad Expiration") from None
         if expiration.tzinfo is None:
-            expiration = expiration.replace(tzinfo=timezone.utc)
+            expiration = expiration.replace(tzinfo=UTC)
         return IssuedCredentials(
             fields["AccessKeyId"], fields["SecretAccessKey"], fields["SessionToken"], expiration
         )

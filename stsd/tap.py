@@ -27,12 +27,12 @@ from stsd.certreload import CertificateLoadError, CertificateReloader
 from stsd.exchange import Exchange, Limits
 from stsd.identity import TokenReviewAuthenticator
 from stsd.jwks import JWKSAuthenticator, KeySet, LocallyCheckedTokenReview
+from stsd.keepalive import KeepAliveClient
 from stsd.metrics import (
     Metrics,
     ObservedHTTPClient,
     kubernetes_target,
     metrics_site_root,
-    minio_target,
 )
 from stsd.minio_client import MinIOClient
 from stsd.ratelimit import Rate, RateLimiter
@@ -118,9 +118,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         make_client(reactor, access.https), metrics, kubernetes_target, reactor)
     kubernetes = kube.KubernetesClient(
         access, kube_http, reactor, config.kubernetes.timeout_seconds)
-    minio_http = ObservedHTTPClient(
-        make_client(reactor, tls.VerifiedHTTPS(tenant_trust(config, access))),
-        metrics, minio_target, reactor)
+    minio_http = KeepAliveClient(reactor, tls.VerifiedHTTPS(tenant_trust(config, access)),
+                                 observe=metrics.observe_upstream)
     minio = MinIOClient(minio_http, reactor, config.tenants.timeout_seconds)
     bindings = BindingIndex()
     tenants = TenantIndex(EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain))

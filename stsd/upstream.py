@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol as Interface
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -42,6 +43,49 @@ class Response:
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+
+class Transport(Interface):
+    """
+    What the MinIO client needs: one request, its whole answer within
+    C{timeout}, L{UpstreamError} otherwise. C{metric} names the call in the
+    upstream metrics (a transport without metrics ignores it).
+    """
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        target: str,
+        timeout: float,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        metric: str = "",
+    ) -> Deferred[Response]: ...
+
+
+class TreqTransport:
+    """L{Transport} over a treq client (C{StubTreq} in memory)."""
+
+    def __init__(self, client: HTTPClient, clock: IReactorTime) -> None:
+        self._client = client
+        self._clock = clock
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        target: str,
+        timeout: float,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        metric: str = "",
+    ) -> Deferred[Response]:
+        return Deferred.fromCoroutine(request(
+            self._client, self._clock, method, url, target=target, timeout=timeout,
+            headers=headers, data=data))
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -111,7 +155,7 @@ async def request(
     except Exception as e:
         # Connection refused, TLS verification failure, reset: name the kind
         # of failure only; exception texts can quote request details.
-        raise UpstreamError(f"{target}: {_describe(e)}") from None
+        raise UpstreamError(f"{target}: {describe(e)}") from None
 
 
 def _timed_out(result: object, timeout: float) -> object:
@@ -160,7 +204,7 @@ class _BodyReader(Protocol):
             self.done.errback(reason)
 
 
-def _describe(error: Exception) -> str:
+def describe(error: Exception) -> str:
     name = type(error).__name__
     reasons = getattr(error, "reasons", None)
     if reasons:

@@ -39,6 +39,7 @@ from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
 from stsd.testing.world import PHOTOS, READONLY, READWRITE
+from stsd.upstream import TreqTransport
 from stsd.wire import IssuedCredentials
 
 T = TypeVar("T")
@@ -198,7 +199,7 @@ class MinIOClientTests(SynchronousTestCase):
             policies={"readonly": READONLY, "readwrite": READWRITE},
         )
         self.stub = StubTreq(FakeMinIORouter({"ns": self.minio}))
-        self.client = MinIOClient(self.stub, self.clock, TIMEOUT)  # type: ignore[arg-type]
+        self.client = MinIOClient(TreqTransport(self.stub, self.clock), self.clock, TIMEOUT)
         self.tenant = TenantEndpoint(
             name="ns/t", url="https://minio.test/ns",
             credentials=RootCredentials(ACCESS_KEY, SECRET_KEY),

@@ -25,6 +25,7 @@ from stsd.minio_client import MinIOClient, RootCredentials
 from stsd.policy import allows, parse_policy
 from stsd.tenants import EndpointRule, Tenant, TenantIndex
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
+from stsd.upstream import TreqTransport
 from stsd.wire import AssumeRoleRequest
 from tests.test_policy import PROBES, policies
 
@@ -67,7 +68,7 @@ class Harness:
         self.ready = True
         self.exchange = Exchange(
             authenticator=self.authenticator, bindings=self.bindings, tenants=self.tenants,
-            minio=MinIOClient(self.stub, self.clock, 5), clock=self.clock,
+            minio=MinIOClient(TreqTransport(self.stub, self.clock), self.clock, 5), clock=self.clock,
             is_ready=lambda: self.ready,
         )
 

@@ -1,0 +1,504 @@
+# -*- test-case-name: tests.test_keepalive -*-
+"""
+A lean HTTP/1.1 client for the per-request upstream call (MinIO's
+AssumeRole): persistent TLS connections, a bounded pool per host, one
+request at a time per connection, a deadline on the whole call.
+
+treq and twisted.web's Agent spend most of a credential's CPU on an
+AssumeRole (URL objects, header objects, body producers, a chain of
+Deferreds per call). This client writes each request as one buffer and
+parses the answer in one pass, which is all a request/response exchange
+with a known server needs. It keeps the guarantees of L{stsd.upstream}:
+the same error messages, certificate verification by the same TLS policy,
+no redirects followed, a bounded response.
+
+A request that fails on a reused connection before any byte of the
+answer arrived (the server closed that idle connection as the request was
+sent) is sent once more on a new connection, as browsers do. For
+AssumeRole that is safe: an unanswered mint leaves at worst a credential
+nobody holds, which expires on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.iweb import IPolicyForHTTPS
+
+from stsd.upstream import PERSISTENT_PER_HOST, Response, UpstreamError, describe
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024
+# Idle connections are closed by this client before a server's usual idle
+# timeout would close them under a request.
+IDLE_SECONDS = 30.0
+CONNECT_SECONDS = 10.0
+
+_Key = tuple[str, str, int]
+
+
+class _ProtocolError(Exception):
+    """The server's answer is not HTTP/1.1 this client can read."""
+
+
+class _Lost(Exception):
+    """The connection closed before the whole answer arrived."""
+
+    def __init__(self, reason: Failure, received: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.received = received
+
+
+class _Connection(Protocol):
+    """
+    One persistent connection: send a request, parse its answer, then be
+    handed back to the pool (or closed when the answer says so).
+    """
+
+    def __init__(self, max_body: int) -> None:
+        self._max_body = max_body
+        self._buffer = bytearray()
+        self._waiting: Deferred[tuple[Response, bool]] | None = None
+        self._received = False
+        self.connected_ = False
+        self.idle_timer: IDelayedCall | None = None
+        self.on_lost: Callable[[_Connection], None] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._status = 0
+        self._headers: dict[str, str] = {}
+        self._head_done = False
+        self._length: int | None = None  # Content-Length; None: chunked or until close
+        self._chunked = False
+        self._body = bytearray()
+        self._keep_alive = True
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, data: bytes) -> Deferred[tuple[Response, bool]]:
+        """
+        Write one whole request; the result is the answer and whether this
+        connection may carry another request.
+        """
+        self._waiting = Deferred()
+        self._received = False
+        self._reset()
+        self.transport.write(data)
+        return self._waiting
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # -- receiving -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.connected_ = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._waiting is None:
+            # Bytes nobody asked for: the connection cannot be trusted to
+            # frame the next answer.
+            self.abort()
+            return
+        self._received = True
+        self._buffer += data
+        try:
+            self._parse()
+        except _ProtocolError as e:
+            self._fail(Failure(e))
+            self.abort()
+
+    def _parse(self) -> None:
+        while not self._head_done:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_HEAD_BYTES:
+                    raise _ProtocolError("response headers too large")
+                return
+            if end > MAX_HEAD_BYTES:
+                raise _ProtocolError("response headers too large")
+            head = bytes(self._buffer[:end])
+            del self._buffer[:end + 4]
+            self._read_head(head)
+        if self._chunked:
+            self._read_chunks()
+        elif self._length is not None:
+            if len(self._buffer) >= self._length:
+                if len(self._buffer) > self._length:
+                    self._keep_alive = False  # more than was framed: do not reuse
+                self._body = self._buffer[:self._length]
+                self._buffer = bytearray()
+                self._complete()
+        else:
+            self._body += self._buffer
+            self._buffer = bytearray()
+            if len(self._body) > self._max_body:
+                raise _ProtocolError(f"response larger than {self._max_body} bytes")
+
+    def _read_head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        version, _, rest = lines[0].partition(b" ")
+        code = rest[:3]
+        if version not in (b"HTTP/1.1", b"HTTP/1.0") or not code.isdigit() or (
+                rest[3:4] not in (b"", b" ")):
+            raise _ProtocolError("not an HTTP/1.1 status line")
+        status = int(code)
+        headers: dict[str, str] = {}
+        lengths = set()
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
+                raise _ProtocolError("malformed header line")
+            key = name.decode("latin-1").lower()
+            text = value.strip().decode("latin-1")
+            if key == "content-length":
+                lengths.add(text)
+            headers[key] = text
+        if 100 <= status < 200:
+            return  # an interim answer (100 Continue): the real one follows
+        self._status = status
+        self._headers = headers
+        self._head_done = True
+        connection = headers.get("connection", "").lower()
+        if version == b"HTTP/1.0":
+            self._keep_alive = "keep-alive" in connection
+        elif "close" in connection:
+            self._keep_alive = False
+        encoding = headers.get("transfer-encoding", "").lower()
+        if status in (204, 304):
+            self._length = 0
+        elif encoding:
+            if encoding != "chunked":
+                raise _ProtocolError("unsupported transfer-encoding")
+            self._chunked = True
+        elif lengths:
+            if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+                raise _ProtocolError("bad content-length")
+            self._length = int(next(iter(lengths)))
+            if self._length > self._max_body:
+                raise _ProtocolError(f"response larger than {self._max_body} bytes")
+        else:
+            self._keep_alive = False  # the body ends when the server closes
+
+    def _read_chunks(self) -> None:
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\r\n")
+            if end < 0:
+                if len(buffer) > 1024:
+                    raise _ProtocolError("malformed chunk")
+                return
+            size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise _ProtocolError("malformed chunk") from None
+            if size < 0 or len(self._body) + size > self._max_body:
+                raise _ProtocolError(f"response larger than {self._max_body} bytes")
+            if size == 0:
+                # Then the trailer section: header lines, ended by an empty line.
+                start = end + 2
+                if buffer[start:start + 2] == b"\r\n":
+                    final = start + 2
+                else:
+                    final = buffer.find(b"\r\n\r\n", start)
+                    if final < 0:
+                        if len(buffer) > MAX_HEAD_BYTES:
+                            raise _ProtocolError("response trailers too large")
+                        return
+                    final += 4
+                if len(buffer) > final:
+                    self._keep_alive = False  # more than was framed: do not reuse
+                self._buffer = bytearray()
+                self._complete()
+                return
+            if len(buffer) < end + 2 + size + 2:
+                return
+            if buffer[end + 2 + size:end + 4 + size] != b"\r\n":
+                raise _ProtocolError("malformed chunk")
+            self._body += buffer[end + 2:end + 2 + size]
+            del buffer[:end + 4 + size]
+
+    def _complete(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        response = Response(self._status, self._headers, bytes(self._body))
+        keep = self._keep_alive
+        self._reset()
+        if waiting is not None:
+            waiting.callback((response, keep))
+
+    def _fail(self, failure: Failure) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.errback(failure)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected_ = False
+        if self._waiting is not None:
+            if self._head_done and self._length is None and not self._chunked:
+                if reason.check(ConnectionDone):
+                    self._complete()  # a body delimited by the close
+                else:
+                    self._fail(Failure(_Lost(reason, True)))
+            else:
+                self._fail(Failure(_Lost(reason, self._received)))
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+
+class KeepAliveClient:
+    """
+    HTTP/1.1 requests over a bounded pool of persistent connections per
+    (scheme, host, port), verified with C{policy} for C{https}.
+
+    L{request} has the signature and the errors of L{stsd.upstream.request}
+    (minus the client), so L{stsd.minio_client.MinIOClient} takes either.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        policy: IPolicyForHTTPS,
+        *,
+        per_host: int = PERSISTENT_PER_HOST,
+        max_body: int = MAX_BODY_BYTES,
+        idle_seconds: float = IDLE_SECONDS,
+        observe: Callable[[str, float, bool], None] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._per_host = per_host
+        self._max_body = max_body
+        self._idle_seconds = idle_seconds
+        self._observe = observe
+        self._idle: dict[_Key, list[_Connection]] = {}
+        self._open: set[_Connection] = set()
+        self._endpoints: dict[_Key, Any] = {}
+
+    # -- the pool ------------------------------------------------------------
+
+    def _endpoint(self, key: _Key) -> Any:
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            scheme, host, port = key
+            endpoint = HostnameEndpoint(self._reactor, host, port, timeout=CONNECT_SECONDS)
+            if scheme == "https":
+                endpoint = wrapClientTLS(
+                    self._policy.creatorForNetloc(host.encode("idna"), port), endpoint)
+            self._endpoints[key] = endpoint
+        return endpoint
+
+    def _take(self, key: _Key) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            if connection.idle_timer is not None and connection.idle_timer.active():
+                connection.idle_timer.cancel()
+            connection.idle_timer = None
+            if connection.connected_:
+                return connection
+        return None
+
+    def _give_back(self, key: _Key, connection: _Connection) -> None:
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= self._per_host or not connection.connected_:
+            connection.transport.loseConnection()
+            return
+        connection.idle_timer = self._reactor.callLater(
+            self._idle_seconds, connection.transport.loseConnection)
+        idle.append(connection)
+
+    def _forget(self, key: _Key, connection: _Connection) -> None:
+        self._open.discard(connection)
+        if connection.idle_timer is not None and connection.idle_timer.active():
+            connection.idle_timer.cancel()
+        idle = self._idle.get(key)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+    def _connect(self, key: _Key) -> Deferred[_Connection]:
+        connection = _Connection(self._max_body)
+        connection.on_lost = lambda c: self._forget(key, c)
+        factory = Factory.forProtocol(lambda: connection)
+        factory.noisy = False
+
+        def made(protocol: object) -> _Connection:
+            self._open.add(connection)
+            return connection
+
+        return self._endpoint(key).connect(factory).addCallback(made)
+
+    def close(self) -> Deferred[None]:
+        """Close every connection (service shutdown, tests)."""
+        from twisted.internet.defer import gatherResults
+
+        waits = []
+        for connection in list(self._open):
+            if connection.connected_:
+                lost: Deferred[None] = Deferred()
+                previous = connection.on_lost
+
+                def on_lost(c: _Connection, lost: Deferred[None] = lost,
+                            previous: Any = previous) -> None:
+                    if previous is not None:
+                        previous(c)
+                    lost.callback(None)
+
+                connection.on_lost = on_lost
+                connection.transport.loseConnection()
+                waits.append(lost)
+        self._idle.clear()
+        return gatherResults(waits).addCallback(lambda _: None)
+
+    # -- a request -----------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        target: str,
+        timeout: float,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        metric: str = "",
+    ) -> Deferred[Response]:
+        """
+        Send one request and read the whole answer within C{timeout} seconds.
+
+        @param target: a short name of what is called, for error messages.
+        @param metric: the target label of the upstream metrics.
+        @raise UpstreamError: on timeout, connection failure, or an answer
+            that is not HTTP or too large.
+        """
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        port = parts.port or (443 if scheme == "https" else 80)
+        key: _Key = (scheme, parts.hostname, port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"{method} {path} HTTP/1.1"]
+        given = {k.lower() for k in (headers or {})}
+        if "host" not in given:
+            lines.append(f"Host: {parts.netloc}")
+        lines.extend(f"{k}: {v}" for k, v in (headers or {}).items())
+        if data is not None or method in ("POST", "PUT"):
+            lines.append(f"Content-Length: {len(data or b'')}")
+        wire = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (data or b"")
+        return _Call(self, key, wire, target, timeout, metric).result
+
+
+class _Call:
+    """One request: its connection, its deadline, at most one resend."""
+
+    def __init__(
+        self, client: KeepAliveClient, key: _Key, wire: bytes, target: str, timeout: float,
+        metric: str,
+    ) -> None:
+        self._client = client
+        self._key = key
+        self._wire = wire
+        self._target = target
+        self._timeout = timeout
+        self._metric = metric
+        self._connecting: Deferred[_Connection] | None = None
+        self._connection: _Connection | None = None
+        self._started = client._reactor.seconds()
+        self.result: Deferred[Response] = Deferred(lambda _: self._cancelled())
+        self._timer = client._reactor.callLater(timeout, self._expire)
+        connection = client._take(key)
+        if connection is not None:
+            self._send(connection, reused=True)
+        else:
+            self._open()
+
+    def _open(self) -> None:
+        self._connecting = self._client._connect(self._key)
+        self._connecting.addCallbacks(lambda c: self._send(c, reused=False), self._failed)
+
+    def _send(self, connection: _Connection, reused: bool) -> None:
+        self._connecting = None
+        if self.result.called:
+            connection.transport.loseConnection()
+            return
+        self._connection = connection
+        connection.send(self._wire).addCallbacks(
+            self._answered, lambda f: self._lost(f, reused))
+
+    def _answered(self, outcome: tuple[Response, bool]) -> None:
+        response, keep = outcome
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            if keep:
+                self._client._give_back(self._key, connection)
+            else:
+                connection.transport.loseConnection()
+        self._finish(response)
+
+    def _lost(self, failure: Failure, reused: bool) -> None:
+        self._connection = None
+        if self.result.called:
+            return
+        lost = failure.value
+        if isinstance(lost, _Lost) and reused and not lost.received:
+            self._open()  # the server closed an idle connection under us
+            return
+        self._failed(Failure(lost.reason.value) if isinstance(lost, _Lost) else failure)
+
+    def _failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if self.result.called:
+            return
+        error = failure.value
+        if isinstance(error, _ProtocolError):
+            message = f"{self._target}: {error}"
+        else:
+            message = f"{self._target}: {describe(error)}"
+        self._finish(UpstreamError(message))
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._abandon()
+        self._finish(UpstreamError(f"{self._target}: no answer within {self._timeout:g} seconds"))
+
+    def _cancelled(self) -> None:
+        # The caller gave up (its own deadline): nothing more to report.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._abandon()
+
+    def _abandon(self) -> None:
+        if self._connecting is not None:
+            connecting, self._connecting = self._connecting, None
+            connecting.cancel()
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            connection.abort()
+
+    def _finish(self, outcome: Response | UpstreamError) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.result.called:
+            return
+        observe = self._client._observe
+        if observe is not None:
+            ok = isinstance(outcome, Response) and (outcome.status < 400 or outcome.status == 404)
+            observe(self._metric, self._client._reactor.seconds() - self._started, ok)
+        if isinstance(outcome, UpstreamError):
+            self.result.errback(outcome)
+        else:
+            self.result.callback(outcome)
