@@ -497,8 +497,13 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
 
     for mode in ("tokenreview-fresh", "jwks-fresh"):
         if mode in by:
+            # As for Kubernetes above: what is not per request (the canned
+            # policies re-read every 30 s, the region every 5 min) is held to
+            # < 0.001 per credential, not to zero.
             v = by[mode]["minio_calls_per_credential"]
-            out.append((f"MinIO calls per credential <= 1 ({mode})", v <= 1, minio(mode)))
+            a = by[mode]["assumeroles_per_credential"]
+            out.append((f"MinIO calls per credential <= 1 ({mode}): AssumeRole <= 1, "
+                        "time-driven admin calls < 0.001", a <= 1 and v - a < 0.001, minio(mode)))
     for mode in ("tokenreview-reused", "jwks-reused"):
         if mode in by:
             v = by[mode]["minio_calls_per_credential"]

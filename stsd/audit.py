@@ -58,4 +58,4 @@ def audit_event(
 def emit(event: dict[str, Any]) -> None:
     # The message is the JSON itself (machine-readable in text logs too); the
     # fields are also attached, so a JSON log observer carries them as keys.
-    log.info("{audit_json}", audit_json=json.dumps(event, sort_keys=True), audit=event)
+    log.info("{audit_json}", audit_json=json.dumps(event), audit=event)

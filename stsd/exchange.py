@@ -188,8 +188,11 @@ class Exchange:
         trail.grant = grant
         tenant = self._tenants.endpoint(namespace)
         trail.tenant = tenant.name
-        region = await self._minio_call(self._regions.get(
-            (tenant.url, tenant.credentials), lambda: self._minio.region(tenant)))
+        region_key = (tenant.url, tenant.credentials)
+        region = self._regions.fresh(region_key, _MISSING)
+        if region is _MISSING:
+            region = await self._minio_call(self._regions.get(
+                region_key, lambda: self._minio.region(tenant)))
         texts = await self._policy_texts(tenant, region, grant)
         effective = self._effective_policy(tenant, grant, texts, request.policy)
         trail.policies_used = effective.used

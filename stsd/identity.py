@@ -5,7 +5,7 @@ Who is asking: a ServiceAccount token checked by a Kubernetes TokenReview.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.logger import Logger
@@ -25,6 +25,9 @@ class Identity:
     namespace: str
     serviceaccount: str
     pod: str | None = None
+    # The token's verified exp, when the authenticator read it (JWKS):
+    # spares the token cache decoding the token again. Not part of who it is.
+    expires: float | None = field(default=None, compare=False, repr=False)
 
     @property
     def username(self) -> str:

@@ -542,7 +542,9 @@ class JWKSAuthenticator:
             raise errors.access_denied(f"the token is not valid for the audience {self.audience}")
 
         self._check_times(claims)
-        return self._identity(claims)
+        identity = self._identity(claims)
+        return Identity(identity.namespace, identity.serviceaccount, identity.pod,
+                        _number(claims["exp"]))
 
     def _check_times(self, claims: dict[str, Any]) -> None:
         now = self._clock.seconds()

@@ -104,6 +104,10 @@ class _Connection(Protocol):
 
     def connectionMade(self) -> None:
         self.connected_ = True
+        # A request is one write; never hold it back for an ACK (Nagle).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
 
     def dataReceived(self, data: bytes) -> None:
         if self._waiting is None:

@@ -33,6 +33,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "stsd_requests", "STS requests answered, by outcome Code and tenant namespace.",
@@ -67,9 +68,22 @@ class Metrics:
             "When the served TLS certificate expires (Unix time).", registry=r)
         self.ready = Gauge("stsd_ready", "1 when stsd answers STS requests.", registry=r)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # labels() validates and locks on every call; the label sets are
+        # bounded, so their children are kept.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe_upstream(self, target: str, seconds: float, ok: bool) -> None:
-        self.upstream.labels(target, "ok" if ok else "error").inc()
-        self.upstream_seconds.labels(target).observe(seconds)
+        self._child(self.upstream, target, "ok" if ok else "error").inc()
+        self._child(self.upstream_seconds, target).observe(seconds)
+
+    def observe_request(self, code: str, namespace: str, seconds: float, ok: bool) -> None:
+        self._child(self.requests, code, namespace).inc()
+        self._child(self.request_seconds, "success" if ok else "error").observe(seconds)
 
     def cache_lookup(self, cache: str, hit: bool) -> None:
         key = (cache, "hit" if hit else "miss")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +26,7 @@ from stsd.upstream import Response, Transport, UpstreamError
 from stsd.wire import STS_NAMESPACE, IssuedCredentials
 
 _NS = {"sts": STS_NAMESPACE}
+_FORM_CACHE_SIZE = 1024
 
 
 class MinIOError(Exception):
@@ -71,6 +74,10 @@ class MinIOClient:
         self._clock = clock
         self._timeout = timeout
         self._signers: dict[RootCredentials, Signer] = {}
+        self._stamp = (-1, "")
+        # (session policy, duration) -> the AssumeRole form and its SHA-256:
+        # percent-encoding a policy document is most of building the call.
+        self._forms: OrderedDict[tuple[bytes, int], tuple[bytes, str]] = OrderedDict()
 
     def _signer(self, credentials: RootCredentials) -> Signer:
         signer = self._signers.get(credentials)
@@ -81,8 +88,13 @@ class MinIOClient:
                 credentials.access_key, credentials.secret_key)
         return signer
 
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
+    def _amz_date(self) -> str:
+        # The SigV4 timestamp, formatted once per second.
+        second = int(self._clock.seconds())
+        if second != self._stamp[0]:
+            self._stamp = (second, datetime.fromtimestamp(second, tz=UTC).strftime(
+                "%Y%m%dT%H%M%SZ"))
+        return self._stamp[1]
 
     async def _signed(
         self,
@@ -96,25 +108,27 @@ class MinIOClient:
         region: str,
         query: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
+        content_sha256: str | None = None,
         content_type: str | None = None,
     ) -> Response:
         base = urlsplit(tenant.url)
         query_string = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query))
         path = base.path.rstrip("/") + path
         url = base._replace(path=path, query=query_string).geturl()
-        now = self._now()
-        content_sha256 = hashlib.sha256(body).hexdigest()
+        amz_date = self._amz_date()
+        if content_sha256 is None:
+            content_sha256 = hashlib.sha256(body).hexdigest()
         # Sign exactly the headers that are sent.
         headers: dict[str, str] = {
             "Host": base.netloc,
-            "X-Amz-Date": now.strftime("%Y%m%dT%H%M%SZ"),
+            "X-Amz-Date": amz_date,
             "X-Amz-Content-Sha256": content_sha256,
         }
         if content_type:
             headers["Content-Type"] = content_type
         headers["Authorization"] = self._signer(tenant.credentials).authorization(
             method=method, path=path, query=query_string, headers=headers,
-            content_sha256=content_sha256, date=now, region=region, service=service,
+            content_sha256=content_sha256, amz_date=amz_date, region=region, service=service,
         )
         try:
             return await self._transport.request(
@@ -184,17 +198,44 @@ class MinIOClient:
         """
         if not policy:
             raise ValueError("AssumeRole needs a session policy")
-        body = urlencode({
-            "Action": "AssumeRole",
-            "Version": "2011-06-15",
-            "DurationSeconds": str(duration),
-            "Policy": policy.decode("utf-8"),
-        }).encode()
+        body, digest = self._form(policy, duration)
         response = await self._signed(
             tenant, "POST", "/", target="AssumeRole", metric="assumerole",
-            service="sts", region=region,
-            body=body, content_type="application/x-www-form-urlencoded",
+            service="sts", region=region, body=body, content_sha256=digest,
+            content_type="application/x-www-form-urlencoded",
         )
+        fields = _plain_credentials(response) if response.status == 200 else None
+        if fields is None:
+            fields = self._parsed_credentials(tenant, response)
+        try:
+            expiration = datetime.fromisoformat(fields["Expiration"].replace("Z", "+00:00"))
+        except ValueError:
+            raise MinIOError(f"AssumeRole on tenant {tenant.name}: bad Expiration") from None
+        if expiration.tzinfo is None:
+            expiration = expiration.replace(tzinfo=UTC)
+        return IssuedCredentials(
+            fields["AccessKeyId"], fields["SecretAccessKey"], fields["SessionToken"], expiration
+        )
+
+    def _form(self, policy: bytes, duration: int) -> tuple[bytes, str]:
+        key = (policy, duration)
+        form = self._forms.get(key)
+        if form is None:
+            body = urlencode({
+                "Action": "AssumeRole",
+                "Version": "2011-06-15",
+                "DurationSeconds": str(duration),
+                "Policy": policy.decode("utf-8"),
+            }).encode()
+            form = self._forms[key] = (body, hashlib.sha256(body).hexdigest())
+            if len(self._forms) > _FORM_CACHE_SIZE:
+                self._forms.popitem(last=False)
+        else:
+            self._forms.move_to_end(key)
+        return form
+
+    @staticmethod
+    def _parsed_credentials(tenant: TenantEndpoint, response: Response) -> dict[str, str]:
         try:
             root = ElementTree.fromstring(response.body)
         except ElementTree.ParseError:
@@ -215,12 +256,38 @@ class MinIOClient:
                 fields[key] = found.findtext(f"sts:{key}", "", _NS).strip()
         if not all(fields.get(k) for k in ("AccessKeyId", "SecretAccessKey", "Expiration")):
             raise MinIOError(f"AssumeRole on tenant {tenant.name}: no credentials in the answer")
+        return fields
+
+
+_FIELDS = ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
+_FIELD_PATTERNS = [(k, re.compile(rb"<%s>([^<&]*)</%s>" % (k.encode(), k.encode())))
+                   for k in _FIELDS]
+_XMLNS = b'xmlns="' + STS_NAMESPACE.encode() + b'"'
+
+
+def _plain_credentials(response: Response) -> dict[str, str] | None:
+    """
+    The credentials of an answer in the plain shape MinIO writes (each
+    field once, no entities, no comments or CDATA), read without building a
+    tree; L{None} for any other shape, which the XML parser then reads.
+    """
+    body = response.body
+    start = body.find(b"<Credentials>")
+    end = body.find(b"</Credentials>", start)
+    if start < 0 or end < 0 or body.count(b"<Credentials>") != 1 or _XMLNS not in body:
+        return None
+    span = body[start:end]
+    if b"<!" in span or b"<?" in span:
+        return None
+    fields = {}
+    for key, pattern in _FIELD_PATTERNS:
+        found = pattern.findall(span)
+        if len(found) != 1:
+            return None
         try:
-            expiration = datetime.fromisoformat(fields["Expiration"].replace("Z", "+00:00"))
-        except ValueError:
-            raise MinIOError(f"AssumeRole on tenant {tenant.name}: bad Expiration") from None
-        if expiration.tzinfo is None:
-            expiration = expiration.replace(tzinfo=UTC)
-        return IssuedCredentials(
-            fields["AccessKeyId"], fields["SecretAccessKey"], fields["SessionToken"], expiration
-        )
+            fields[key] = found[0].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None
+    if not all(fields[k] for k in ("AccessKeyId", "SecretAccessKey", "Expiration")):
+        return None
+    return fields

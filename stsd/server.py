@@ -12,7 +12,8 @@ C{x-amz-request-id}, and no traceback ever reaches a client.
 from __future__ import annotations
 
 import io
-import uuid
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -299,7 +300,8 @@ class STSSite(Site):
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex.upper()
+    # 128 random bits, spelled like the operator's (32 upper-case hex digits).
+    return os.urandom(16).hex().upper()
 
 
 def _body(request: Request) -> bytes:
@@ -309,12 +311,17 @@ def _body(request: Request) -> bytes:
     return request.content.read(wire.MAX_BODY_BYTES + 1)
 
 
+_PLAIN = re.compile(rb"[\x21-\x24\x26-\x7e]*").fullmatch
+
+
 def _unroutable(raw_path: bytes) -> bool:
     """
     A path Klein cannot route: not UTF-8 once percent-decoded (Klein answers
     with plain text and logs a traceback), or with control characters
     (werkzeug answers with HTML).
     """
+    if _PLAIN(raw_path):
+        return False  # printable ASCII, nothing encoded: the common case
     decoded = unquote_to_bytes(raw_path)
     try:
         text = decoded.decode("utf-8")
@@ -440,9 +447,8 @@ class STSResource:
         audit.emit(audit.audit_event(request_id=request_id, trail=trail, outcome=outcome,
                                      status=status, latency=latency, issued=issued))
         if self._metrics is not None:
-            self._metrics.requests.labels(outcome, self._namespace_label(trail.namespace)).inc()
-            self._metrics.request_seconds.labels(
-                "success" if status == 200 else "error").observe(latency)
+            self._metrics.observe_request(
+                outcome, self._namespace_label(trail.namespace), latency, status == 200)
         # A known length: no chunked encoding, and the client need not wait
         # for a trailer.
         request.setHeader(b"content-length", b"%d" % len(body))

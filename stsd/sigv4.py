@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
-from datetime import datetime
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 # Never signed (minio's signer leaves them out too): proxies rewrite them.
@@ -62,14 +61,17 @@ class Signer:
         query: str,
         headers: Mapping[str, str],
         content_sha256: str,
-        date: datetime,
+        amz_date: str,
         region: str,
         service: str,
     ) -> str:
         """
         The Authorization header for a request with these C{headers} (all
-        of them are signed; C{X-Amz-Date} must be among them) and this
-        already canonical C{query} (sorted, RFC 3986 encoded).
+        of them are signed; C{X-Amz-Date}, equal to C{amz_date}, must be
+        among them) and this already canonical C{query} (sorted, RFC 3986
+        encoded).
+
+        @param amz_date: the signing time as SigV4 writes it, C{YYYYMMDDTHHMMSSZ}.
         """
         canonical = sorted(
             (name.lower(), _canonical_value(value))
@@ -85,9 +87,9 @@ class Signer:
             signed,
             content_sha256,
         ))
-        day = date.strftime("%Y%m%d")
+        day = amz_date[:8]
         scope = f"{day}/{region}/{service}/aws4_request"
-        to_sign = (f"{ALGORITHM}\n{date.strftime('%Y%m%dT%H%M%SZ')}\n{scope}\n"
+        to_sign = (f"{ALGORITHM}\n{amz_date}\n{scope}\n"
                    f"{hashlib.sha256(request.encode()).hexdigest()}")
         signature = hmac.new(self._key(day, region, service), to_sign.encode(),
                              hashlib.sha256).hexdigest()

@@ -134,19 +134,21 @@ class CachingAuthenticator:
         self._inflight[key] = [mine]
         # Measured from before the review, so an entry is never fresher
         # than the review it records.
-        deadline = now + self._ttl
-        exp = _expiry(token)
-        if exp is not None:
-            deadline = min(deadline, exp)
         upstream = Deferred.fromCoroutine(self._review(token))
-        upstream.addBoth(self._settle, key, deadline)
+        upstream.addBoth(self._settle, key, now + self._ttl, token)
         return await mine
 
     async def _review(self, token: str) -> Identity:
         return await self._inner.authenticate(token)
 
-    def _settle(self, result: Identity | Failure, key: bytes, deadline: float) -> None:
+    def _settle(
+        self, result: Identity | Failure, key: bytes, deadline: float, token: str
+    ) -> None:
         waiters = self._inflight.pop(key)
+        if not isinstance(result, Failure):
+            exp = result.expires if result.expires is not None else _expiry(token)
+            if exp is not None:
+                deadline = min(deadline, exp)
         if not isinstance(result, Failure) and self._clock.seconds() < deadline:
             self._entries[key] = (deadline, result)
             self._entries.move_to_end(key)

@@ -33,14 +33,20 @@ from stsd import errors, tls, upstream
 from stsd.cache import TTLCache
 from stsd.identity import Identity, TokenReviewAuthenticator, parse_serviceaccount
 from stsd.kube import TOKENREVIEW_PATH, KubeAccess, KubernetesClient, KubernetesError
-from stsd.minio_client import MinIOClient, MinIOError, RootCredentials, TenantEndpoint
+from stsd.minio_client import (
+    MinIOClient,
+    MinIOError,
+    RootCredentials,
+    TenantEndpoint,
+    _plain_credentials,
+)
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
 from stsd.testing.world import PHOTOS, READONLY, READWRITE
 from stsd.upstream import TreqTransport
-from stsd.wire import IssuedCredentials
+from stsd.wire import STS_NAMESPACE, IssuedCredentials
 
 T = TypeVar("T")
 
@@ -758,3 +764,47 @@ def test_in_cluster_token_is_reread_when_it_rotates(tmp_path: Path) -> None:
     loader.token_expires_at = datetime.datetime.now() - datetime.timedelta(seconds=1)
     access.refresh()
     assert access.authorization == "bearer second-token"
+
+
+# -- the AssumeRole answer, read without and with an XML tree ----------------------------
+
+
+_CREDS = ("<AccessKeyId>AK1</AccessKeyId><SecretAccessKey>s+k</SecretAccessKey>"
+          "<SessionToken>tok.en</SessionToken><Expiration>2026-11-30T05:00:00Z</Expiration>")
+
+
+@pytest.mark.parametrize("body, plain", [
+    # MinIO's own shape (AssumedRoleUser first, Expiration before SessionToken).
+    (f'<AssumeRoleResponse xmlns="{STS_NAMESPACE}"><AssumeRoleResult><AssumedRoleUser><Arn>'
+     "</Arn></AssumedRoleUser><Credentials><AccessKeyId>AK1</AccessKeyId><SecretAccessKey>s+k"
+     "</SecretAccessKey><Expiration>2026-11-30T05:00:00Z</Expiration><SessionToken>tok.en"
+     "</SessionToken></Credentials></AssumeRoleResult></AssumeRoleResponse>", True),
+    (f'<?xml version="1.0"?>\n<AssumeRoleResponse xmlns="{STS_NAMESPACE}">\n  <AssumeRoleResult>'
+     f"\n    <Credentials>\n      {_CREDS}\n    </Credentials>\n  </AssumeRoleResult>\n"
+     "</AssumeRoleResponse>", True),
+    # Shapes only an XML parser reads right: left to it.
+    (f'<AssumeRoleResponse xmlns="{STS_NAMESPACE}"><AssumeRoleResult><Credentials>'
+     + _CREDS.replace("s+k", "s&amp;k") + "</Credentials></AssumeRoleResult></AssumeRoleResponse>",
+     False),
+    (f'<AssumeRoleResponse xmlns="{STS_NAMESPACE}"><AssumeRoleResult><Credentials>'
+     + _CREDS.replace("AK1", "<![CDATA[AK1]]>") + "</Credentials></AssumeRoleResult>"
+     "</AssumeRoleResponse>", False),
+    (f'<a:AssumeRoleResponse xmlns:a="{STS_NAMESPACE}"><a:AssumeRoleResult><a:Credentials>'
+     + _CREDS.replace("<", "<a:").replace("<a:/", "</a:") + "</a:Credentials></a:AssumeRoleResult>"
+     "</a:AssumeRoleResponse>", False),
+])
+def test_assume_role_answer_shapes(body: str, plain: bool) -> None:
+    response = upstream.Response(200, {}, body.encode())
+    tenant = TenantEndpoint("ns/t", "https://minio.test/ns", RootCredentials("a", "b"))
+    parsed = MinIOClient._parsed_credentials(tenant, response)
+    fast = _plain_credentials(response)
+    assert (fast is not None) == plain
+    if fast is not None:
+        assert fast == parsed
+    assert parsed["SecretAccessKey"] in ("s+k", "s&k")
+
+
+def test_plain_answer_in_another_namespace_is_not_read() -> None:
+    body = (b'<AssumeRoleResponse xmlns="urn:other"><AssumeRoleResult><Credentials>'
+            + _CREDS.encode() + b"</Credentials></AssumeRoleResult></AssumeRoleResponse>")
+    assert _plain_credentials(upstream.Response(200, {}, body)) is None

@@ -394,3 +394,11 @@ def test_defaults() -> None:
     # http.Server in MinIO), so the pool closes first in the usual case.
     assert keepalive.IDLE_SECONDS <= 30
     assert keepalive.PERSISTENT_PER_HOST == 64
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_disable_nagle(servers, client) -> None:
+    server = servers(default=ok(b"ok"))
+    await get(client, server.url)
+    [connection] = [c for idle in client._idle.values() for c in idle]
+    assert connection.transport.getTcpNoDelay()

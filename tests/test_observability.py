@@ -163,3 +163,39 @@ async def test_secret_scan_finds_a_leak(tmp_path) -> None:
         other._daemons.clear()
     finally:
         await other.stop()
+
+
+class _Recorded:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+        self.flushes = 0
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_log_lines_of_a_reactor_turn_are_written_once() -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    out = _Recorded()
+    writer = logs._TurnWriter(out)  # type: ignore[arg-type]
+    writer.write("one\n")
+    writer.write("two\n")
+    assert out.writes == [], "held until the turn ends"
+    await deferLater(reactor, 0, lambda: None)
+    assert (out.writes, out.flushes) == (["one\ntwo\n"], 1)
+    # A flood within one turn is written in bounded pieces, nothing lost.
+    for i in range(logs._TurnWriter.MAX_PENDING + 10):
+        writer.write(f"{i}\n")
+    await deferLater(reactor, 0, lambda: None)
+    written = "".join(out.writes[1:]).splitlines()
+    assert written == [str(i) for i in range(logs._TurnWriter.MAX_PENDING + 10)]
+    assert len(out.writes) == 3
+    writer.write("at exit\n")
+    writer.flush()  # what atexit calls
+    assert out.writes[-1] == "at exit\n"
