@@ -16,8 +16,6 @@ import hmac
 import json
 import re
 import secrets
-import string
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -73,6 +71,21 @@ def _canonical_query(raw_query: str) -> str:
     return "&".join(f"{k}={v}" for k, v in sorted(pairs))
 
 
+_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+
+
+def _amz_time(amz_date: str) -> int:
+    """C{YYYYMMDDTHHMMSSZ} as a Unix time (strptime costs the fake a tenth of its CPU)."""
+    if not _AMZ_DATE.fullmatch(amz_date):
+        raise ValueError(amz_date)
+    fields = (int(amz_date[0:4]), int(amz_date[4:6]), int(amz_date[6:8]),
+              int(amz_date[9:11]), int(amz_date[11:13]), int(amz_date[13:15]))
+    if not (1 <= fields[1] <= 12 and 1 <= fields[2] <= 31 and fields[3] < 24
+            and fields[4] < 60 and fields[5] < 61):
+        raise ValueError(amz_date)
+    return calendar.timegm((*fields, 0, 0, 0))
+
+
 def verify_sigv4(
     *,
     method: str,
@@ -124,7 +137,7 @@ def verify_sigv4(
                     "(host, x-amz-content-sha256 and x-amz-date must be signed and present).")
     amz_date = header("x-amz-date")[0]  # type: ignore[index]
     try:
-        signed_at = calendar.timegm(time.strptime(amz_date, "%Y%m%dT%H%M%SZ"))
+        signed_at = _amz_time(amz_date)
     except ValueError:
         return _err(400, "MalformedDate", "Invalid date format header, expected to be in ISO8601, RFC1123 or "
                     "RFC1123Z time format.")
@@ -398,8 +411,9 @@ class FakeMinIO:
 
         now = int(self.clock.seconds())
         expiration = datetime.datetime.fromtimestamp(now + duration, datetime.timezone.utc)
-        access_key = "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(20))
-        secret_key = "".join(secrets.choice(string.ascii_letters + string.digits + "+") for _ in range(40))
+        # MinIO's alphabets (A-Z0-9 keys; base64 secrets), from one random read each.
+        access_key = base64.b32encode(secrets.token_bytes(15)).decode().replace("=", "")[:20]
+        secret_key = base64.b64encode(secrets.token_bytes(30)).decode()
         session_token = self._session_token(access_key, now + duration, session_policy)
         self.minted.append(Minted(access_key, secret_key, session_token, policy, duration, expiration))
         xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<AssumeRoleResponse xmlns="{_STS_NS}"><AssumeRoleResult>'
