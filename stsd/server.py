@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import re
 from collections.abc import Callable
 from typing import Any
@@ -299,9 +300,14 @@ class STSSite(Site):
         )
 
 
+# Request ids need to be unique, not secret: a generator seeded from the
+# system's randomness once, rather than a system call per request.
+_ids = random.Random(os.urandom(32))
+
+
 def new_request_id() -> str:
     # 128 random bits, spelled like the operator's (32 upper-case hex digits).
-    return os.urandom(16).hex().upper()
+    return f"{_ids.getrandbits(128):032X}"
 
 
 def _body(request: Request) -> bytes:
