@@ -17,6 +17,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from stsd.exchange import Issued, Trail
+from stsd.logs import AUDIT_FORMAT
 
 log = Logger(namespace="stsd.audit")
 
@@ -58,4 +59,4 @@ def audit_event(
 def emit(event: dict[str, Any]) -> None:
     # The message is the JSON itself (machine-readable in text logs too); the
     # fields are also attached, so a JSON log observer carries them as keys.
-    log.info("{audit_json}", audit_json=json.dumps(event), audit=event)
+    log.info(AUDIT_FORMAT, audit_json=json.dumps(event), audit=event)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -419,9 +420,19 @@ def _segment(text: str) -> bytes:
     return raw
 
 
+@functools.lru_cache(maxsize=64)
+def _header(segment: str) -> dict[str, Any]:
+    """
+    A token's decoded header. The cluster's tokens share a handful of
+    headers (one per signing key), so they are decoded once; a refused
+    header raises and is not remembered. Callers only read the result.
+    """
+    return _json_object(_segment(segment))
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
+        value = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # bad JSON, bad UTF-8, too deep, too long a number
         raise errors.access_denied("the token is malformed") from None
     if not isinstance(value, dict):
@@ -485,9 +496,9 @@ class JWKSAuthenticator:
         parts = token.split(".")
         if len(parts) != 3 or not token.isascii():
             raise errors.access_denied("the token is malformed")
-        header = _json_object(_segment(parts[0]))
+        header = _header(parts[0])
         claims = _json_object(_segment(parts[1]))
-        _segment(parts[2])
+        signature = _segment(parts[2])
 
         if not self._keys.known:
             await self._keys.refetch()
@@ -523,7 +534,7 @@ class JWKSAuthenticator:
             raise errors.access_denied("the token's algorithm does not match its signing key")
 
         signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
-        if not _signature_valid(key, signing_input, _segment(parts[2])):
+        if not _signature_valid(key, signing_input, signature):
             raise errors.access_denied("the token's signature is not valid")
         for claim in ("exp", "iss", "aud", "sub"):
             if claim not in claims:

@@ -23,6 +23,7 @@ from twisted.logger import (
 from zope.interface import implementer
 
 FORMATS = ("text", "json")
+AUDIT_FORMAT = "{audit_json}"  # stsd.audit.emit's message
 LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
@@ -83,7 +84,18 @@ def _text_line() -> Callable[[dict[str, Any]], str | None]:
             stamp[0], stamp[1] = second, formatTime(second)
         return stamp[1]
 
-    return lambda event: formatEventAsClassicLogText(event, formatTime=format_time)
+    def format_line(event: dict[str, Any]) -> str | None:
+        if (event.get("log_format") == AUDIT_FORMAT and "log_failure" not in event
+                and "log_system" not in event):
+            # An audit event (one per request): its message is its JSON,
+            # already made, on one line; the same line as the general path.
+            level = event.get("log_level")
+            return (f"{format_time(event.get('log_time'))} "
+                    f"[{event.get('log_namespace', '-')}#{level.name if level else '-'}] "
+                    f"{event['audit_json']}\n")
+        return formatEventAsClassicLogText(event, formatTime=format_time)
+
+    return format_line
 
 
 @implementer(ILogObserver)

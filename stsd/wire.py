@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -103,14 +104,19 @@ def _check_jwt(token: str) -> None:
             f"WebIdentityToken is longer than {MAX_TOKEN_CHARS} characters"
         )
     parts = token.split(".")
-    if len(parts) != 3 or not all(_B64URL.match(p) for p in parts):
+    if len(parts) != 3 or not all(_B64URL.match(p) for p in parts) or not _jwt_header(parts[0]):
         raise errors.invalid_identity_token("WebIdentityToken is not a JWT")
+
+
+@functools.lru_cache(maxsize=64)
+def _jwt_header(segment: str) -> bool:
+    # Whether a token's header decodes to an object naming an alg. Tokens of
+    # one cluster share a few headers: each is decoded once.
     try:
-        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except (binascii.Error, ValueError, RecursionError):
-        raise errors.invalid_identity_token("WebIdentityToken is not a JWT") from None
-    if not isinstance(header, dict) or not isinstance(header.get("alg"), str):
-        raise errors.invalid_identity_token("WebIdentityToken is not a JWT")
+        return False
+    return isinstance(header, dict) and isinstance(header.get("alg"), str)
 
 
 def _parse_duration(value: str | None, default: int, maximum: int) -> int:

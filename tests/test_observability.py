@@ -199,3 +199,28 @@ async def test_log_lines_of_a_reactor_turn_are_written_once() -> None:
     writer.write("at exit\n")
     writer.flush()  # what atexit calls
     assert out.writes[-1] == "at exit\n"
+
+
+def test_audit_line_same_as_twisted_classic_text() -> None:
+    # The audit fast path of the text observer writes what Twisted's own
+    # classic formatting would.
+    from twisted.logger import formatEventAsClassicLogText, formatTime
+
+    from stsd import audit
+
+    captured: list[dict] = []
+    log = Logger(namespace="stsd.audit", observer=captured.append)
+    log.info(logs.AUDIT_FORMAT, audit_json=json.dumps({"a": 1, "b": "x y"}), audit={"a": 1})
+    [event] = captured
+    fast = logs._text_line()(event)
+    assert fast == formatEventAsClassicLogText(event, formatTime=lambda t: formatTime(int(t)))
+    assert fast.endswith(' [stsd.audit#info] {"a": 1, "b": "x y"}\n')
+    # And audit.emit's events take that path.
+    captured.clear()
+    original = audit.log.observer
+    audit.log.observer = captured.append
+    try:
+        audit.emit({"event": "x"})
+    finally:
+        audit.log.observer = original
+    assert logs._text_line()(captured[0]).endswith(' [stsd.audit#info] {"event": "x"}\n')
