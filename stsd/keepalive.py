@@ -70,7 +70,7 @@ class _Connection(Protocol):
         self._waiting: Deferred[tuple[Response, bool]] | None = None
         self._received = False
         self.connected_ = False
-        self.idle_timer: IDelayedCall | None = None
+        self.idle_since = 0.0
         self.on_lost: Callable[[_Connection], None] | None = None
         self._reset()
 
@@ -289,6 +289,7 @@ class KeepAliveClient:
         self._idle: dict[_Key, list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._endpoints: dict[_Key, Any] = {}
+        self._sweep: IDelayedCall | None = None
 
     # -- the pool ------------------------------------------------------------
 
@@ -306,10 +307,7 @@ class KeepAliveClient:
     def _take(self, key: _Key) -> _Connection | None:
         idle = self._idle.get(key)
         while idle:
-            connection = idle.pop()
-            if connection.idle_timer is not None and connection.idle_timer.active():
-                connection.idle_timer.cancel()
-            connection.idle_timer = None
+            connection = idle.pop()  # the most recently used: the least likely closed
             if connection.connected_:
                 return connection
         return None
@@ -319,14 +317,29 @@ class KeepAliveClient:
         if len(idle) >= self._per_host or not connection.connected_:
             connection.transport.loseConnection()
             return
-        connection.idle_timer = self._reactor.callLater(
-            self._idle_seconds, connection.transport.loseConnection)
+        connection.idle_since = self._reactor.seconds()
         idle.append(connection)
+        if self._sweep is None:
+            self._sweep = self._reactor.callLater(self._idle_seconds, self._close_idle)
+
+    def _close_idle(self) -> None:
+        # One timer for the pool rather than one per request: it closes what
+        # has been idle for idle_seconds and comes back for the rest.
+        self._sweep = None
+        now = self._reactor.seconds()
+        oldest = None
+        for idle in self._idle.values():
+            # Oldest first: connections are appended as they come back.
+            while idle and now - idle[0].idle_since >= self._idle_seconds:
+                idle.pop(0).transport.loseConnection()
+            if idle and (oldest is None or idle[0].idle_since < oldest):
+                oldest = idle[0].idle_since
+        if oldest is not None:
+            self._sweep = self._reactor.callLater(
+                max(0.0, oldest + self._idle_seconds - now), self._close_idle)
 
     def _forget(self, key: _Key, connection: _Connection) -> None:
         self._open.discard(connection)
-        if connection.idle_timer is not None and connection.idle_timer.active():
-            connection.idle_timer.cancel()
         idle = self._idle.get(key)
         if idle and connection in idle:
             idle.remove(connection)
@@ -347,6 +360,9 @@ class KeepAliveClient:
         """Close every connection (service shutdown, tests)."""
         from twisted.internet.defer import gatherResults
 
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         waits = []
         for connection in list(self._open):
             if connection.connected_:

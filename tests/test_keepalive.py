@@ -402,3 +402,20 @@ async def test_connections_disable_nagle(servers, client) -> None:
     await get(client, server.url)
     [connection] = [c for idle in client._idle.values() for c in idle]
     assert connection.transport.getTcpNoDelay()
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_time_counts_from_last_use(servers) -> None:
+    server = servers(default=ok(b"ok"))
+    pool = KeepAliveClient(reactor, tls.VerifiedHTTPS(tls.CertificateTrust(())),
+                           idle_seconds=0.3)
+    try:
+        await get(pool, server.url)
+        await sleep(0.2)
+        await get(pool, server.url)  # the same connection, idle again from now
+        await sleep(0.2)
+        assert (len(server.connections), server.lost) == (1, 0), "used 0.2 s ago: kept"
+        await sleep(0.3)
+        assert server.lost == 1, "closed once idle for idle_seconds"
+    finally:
+        await pool.close()

@@ -411,8 +411,8 @@ class FakeMinIO:
 
         now = int(self.clock.seconds())
         expiration = datetime.datetime.fromtimestamp(now + duration, datetime.timezone.utc)
-        # MinIO's alphabets (A-Z0-9 keys; base64 secrets), from one random read each.
-        access_key = base64.b32encode(secrets.token_bytes(15)).decode().replace("=", "")[:20]
+        # Within MinIO's alphabets (A-Z0-9 keys; base64 secrets), one random read each.
+        access_key = secrets.token_hex(10).upper()
         secret_key = base64.b64encode(secrets.token_bytes(30)).decode()
         session_token = self._session_token(access_key, now + duration, session_policy)
         self.minted.append(Minted(access_key, secret_key, session_token, policy, duration, expiration))
