@@ -1186,7 +1186,9 @@ async def test_many_trickling_connections_do_not_starve_others() -> None:
         started = time.monotonic()
         await connectProtocol(endpoint, fresh)
         await fresh.closed
-        assert fresh.closed_at - started < 1.0
+        # Answered long before a trickled request could complete (6 s); the
+        # slack is for a loaded machine (this failed once in a full run at 1 s).
+        assert fresh.closed_at - started < 2.0
         assert not any(client.closed.called for client in slow)  # answered among them
         [(status, headers, body)] = responses(fresh.received, [b"POST"])
         assert status == 200
@@ -1194,7 +1196,7 @@ async def test_many_trickling_connections_do_not_starve_others() -> None:
         # Every slow connection is closed by the server, at its deadline.
         await gatherResults([client.closed for client in slow])
         for client in slow:
-            assert timeout - 0.05 <= client.closed_at - client.connected_at < timeout + 1.5
+            assert timeout - 0.05 <= client.closed_at - client.connected_at < timeout + 2.5
             if client._loop is not None:  # a trickler: a partial request, answered 408
                 [(status, headers, body)] = responses(client.received, [b"POST"])
                 assert assert_sts_error(status, headers, body) == "RequestTimeout"
