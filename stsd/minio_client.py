@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -260,8 +259,7 @@ class MinIOClient:
 
 
 _FIELDS = ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
-_FIELD_PATTERNS = [(k, re.compile(rb"<%s>([^<&]*)</%s>" % (k.encode(), k.encode())))
-                   for k in _FIELDS]
+_TAGS = [(k, b"<%s>" % k.encode(), b"</%s>" % k.encode()) for k in _FIELDS]
 _XMLNS = b'xmlns="' + STS_NAMESPACE.encode() + b'"'
 
 
@@ -273,19 +271,30 @@ def _plain_credentials(response: Response) -> dict[str, str] | None:
     """
     body = response.body
     start = body.find(b"<Credentials>")
-    end = body.find(b"</Credentials>", start)
-    if start < 0 or end < 0 or body.count(b"<Credentials>") != 1 or _XMLNS not in body:
+    if start < 0 or body.find(b"<Credentials>", start + 1) >= 0 or _XMLNS not in body:
         return None
-    span = body[start:end]
-    if b"<!" in span or b"<?" in span:
+    end = body.find(b"</Credentials>", start)
+    if end < 0:
+        return None
+    span = body[start + len(b"<Credentials>"):end]
+    # No entity, comment, CDATA or processing instruction (none of these
+    # characters is in a key, a token or a date; single-byte searches are fast).
+    if b"&" in span or b"!" in span or b"?" in span:
         return None
     fields = {}
-    for key, pattern in _FIELD_PATTERNS:
-        found = pattern.findall(span)
-        if len(found) != 1:
+    for key, opening, closing in _TAGS:
+        at = span.find(opening)
+        if at < 0 or span.find(opening, at + 1) >= 0:
+            return None
+        value_at = at + len(opening)
+        value_end = span.find(closing, value_at)
+        if value_end < 0:
+            return None
+        value = span[value_at:value_end]
+        if b"<" in value:
             return None
         try:
-            fields[key] = found[0].decode("utf-8").strip()
+            fields[key] = value.decode("utf-8").strip()
         except UnicodeDecodeError:
             return None
     if not all(fields[k] for k in ("AccessKeyId", "SecretAccessKey", "Expiration")):
