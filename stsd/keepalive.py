@@ -21,6 +21,7 @@ nobody holds, which expires on its own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +44,9 @@ IDLE_SECONDS = 30.0
 CONNECT_SECONDS = 10.0
 
 _Key = tuple[str, str, int]
+# One header line after a CRLF: a token, a colon, the value without the
+# whitespace around it (RFC 9110 field-name and OWS).
+_HEADER_LINE = re.compile(rb"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|\Z)")
 
 
 class _ProtocolError(Exception):
@@ -151,21 +155,23 @@ class _Connection(Protocol):
                 raise _ProtocolError(f"response larger than {self._max_body} bytes")
 
     def _read_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        version, _, rest = lines[0].partition(b" ")
+        line_end = head.find(b"\r\n")
+        status_line = head if line_end < 0 else head[:line_end]
+        version, _, rest = status_line.partition(b" ")
         code = rest[:3]
         if version not in (b"HTTP/1.1", b"HTTP/1.0") or not code.isdigit() or (
                 rest[3:4] not in (b"", b" ")):
             raise _ProtocolError("not an HTTP/1.1 status line")
         status = int(code)
+        fields = _HEADER_LINE.findall(head, len(status_line))
+        # Every line must be a header: no continuation lines, no junk.
+        if len(fields) != head.count(b"\r\n"):
+            raise _ProtocolError("malformed header line")
         headers: dict[str, str] = {}
         lengths = set()
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
-                raise _ProtocolError("malformed header line")
+        for name, value in fields:
             key = name.decode("latin-1").lower()
-            text = value.strip().decode("latin-1")
+            text = value.decode("latin-1")
             if key == "content-length":
                 lengths.add(text)
             headers[key] = text
@@ -290,6 +296,7 @@ class KeepAliveClient:
         self._open: set[_Connection] = set()
         self._endpoints: dict[_Key, Any] = {}
         self._sweep: IDelayedCall | None = None
+        self._targets: dict[str, tuple[_Key, str, str]] = {}
 
     # -- the pool ------------------------------------------------------------
 
@@ -402,22 +409,34 @@ class KeepAliveClient:
         @raise UpstreamError: on timeout, connection failure, or an answer
             that is not HTTP or too large.
         """
-        parts = urlsplit(url)
-        scheme = parts.scheme
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        port = parts.port or (443 if scheme == "https" else 80)
-        key: _Key = (scheme, parts.hostname, port)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"{method} {path} HTTP/1.1"]
-        given = {k.lower() for k in (headers or {})}
-        if "host" not in given:
-            lines.append(f"Host: {parts.netloc}")
-        lines.extend(f"{k}: {v}" for k, v in (headers or {}).items())
+        key, target_path, netloc = self._target(url)
+        lines = [f"{method} {target_path} HTTP/1.1"]
+        headers = headers or {}
+        if not any(name.lower() == "host" for name in headers):
+            lines.append(f"Host: {netloc}")
+        lines.extend(f"{k}: {v}" for k, v in headers.items())
         if data is not None or method in ("POST", "PUT"):
             lines.append(f"Content-Length: {len(data or b'')}")
-        wire = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (data or b"")
+        lines.append("\r\n")
+        wire = "\r\n".join(lines).encode("latin-1") + (data or b"")
         return _Call(self, key, wire, target, timeout, metric).result
+
+    def _target(self, url: str) -> tuple[_Key, str, str]:
+        # (pool key, request target, Host) of a URL; the few URLs stsd calls
+        # are split once.
+        found = self._targets.get(url)
+        if found is None:
+            parts = urlsplit(url)
+            scheme = parts.scheme
+            if scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an http(s) URL: {url!r}")
+            port = parts.port or (443 if scheme == "https" else 80)
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            found = ((scheme, parts.hostname, port), path, parts.netloc)
+            if len(self._targets) >= 1024:
+                self._targets.clear()
+            self._targets[url] = found
+        return found
 
 
 class _Call:

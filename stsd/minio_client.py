@@ -74,6 +74,7 @@ class MinIOClient:
         self._timeout = timeout
         self._signers: dict[RootCredentials, Signer] = {}
         self._stamp = (-1, "")
+        self._urls: dict[tuple[str, str, str], tuple[str, str, str]] = {}
         # (session policy, duration) -> the AssumeRole form and its SHA-256:
         # percent-encoding a policy document is most of building the call.
         self._forms: OrderedDict[tuple[bytes, int], tuple[bytes, str]] = OrderedDict()
@@ -110,16 +111,14 @@ class MinIOClient:
         content_sha256: str | None = None,
         content_type: str | None = None,
     ) -> Response:
-        base = urlsplit(tenant.url)
         query_string = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query))
-        path = base.path.rstrip("/") + path
-        url = base._replace(path=path, query=query_string).geturl()
+        url, path, netloc = self._url(tenant.url, path, query_string)
         amz_date = self._amz_date()
         if content_sha256 is None:
             content_sha256 = hashlib.sha256(body).hexdigest()
         # Sign exactly the headers that are sent.
         headers: dict[str, str] = {
-            "Host": base.netloc,
+            "Host": netloc,
             "X-Amz-Date": amz_date,
             "X-Amz-Content-Sha256": content_sha256,
         }
@@ -136,6 +135,21 @@ class MinIOClient:
             )
         except UpstreamError as e:
             raise MinIOError(str(e)) from None
+
+    def _url(self, base_url: str, path: str, query: str) -> tuple[str, str, str]:
+        # (URL, its path as signed, Host) for a path under a tenant's URL (a
+        # path prefix is kept); the AssumeRole URL is the same every time.
+        key = (base_url, path, query)
+        found = self._urls.get(key)
+        if found is None:
+            base = urlsplit(base_url)
+            full_path = base.path.rstrip("/") + path
+            found = (base._replace(path=full_path, query=query).geturl(), full_path,
+                     base.netloc)
+            if len(self._urls) >= 4096:
+                self._urls.clear()
+            self._urls[key] = found
+        return found
 
     @staticmethod
     def _admin_error(tenant: TenantEndpoint, target: str, response: Response) -> MinIOError:

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -134,12 +134,9 @@ class CachingAuthenticator:
         self._inflight[key] = [mine]
         # Measured from before the review, so an entry is never fresher
         # than the review it records.
-        upstream = Deferred.fromCoroutine(self._review(token))
+        upstream: Deferred[Identity] = ensureDeferred(self._inner.authenticate(token))
         upstream.addBoth(self._settle, key, now + self._ttl, token)
         return await mine
-
-    async def _review(self, token: str) -> Identity:
-        return await self._inner.authenticate(token)
 
     def _settle(
         self, result: Identity | Failure, key: bytes, deadline: float, token: str

@@ -151,7 +151,7 @@ def parse_request(
     """
     if len(body) > MAX_BODY_BYTES:
         raise errors.invalid_parameter(f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    params = _decode_form(query, "query string")
+    params = _decode_form(query, "query string") if query else {}
     if body:
         mime = (content_type or "").split(";", 1)[0].strip().lower()
         if mime != FORM_CONTENT_TYPE:
