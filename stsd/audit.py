@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from stsd.exchange import Issued, Trail
 from stsd.logs import AUDIT_FORMAT
+from stsd.wire import format_expiration
 
 log = Logger(namespace="stsd.audit")
 
@@ -49,7 +50,7 @@ def audit_event(
     }
     if issued is not None:
         event["granted_duration_seconds"] = trail.requested_duration
-        event["expiration"] = issued.credentials.expiration.strftime("%Y-%m-%dT%H:%M:%SZ")
+        event["expiration"] = format_expiration(issued.credentials.expiration)
         event["access_key_id"] = issued.credentials.access_key_id
         event["session_policy_bytes"] = issued.policy_bytes
         event["reused"] = trail.reused

@@ -270,6 +270,10 @@ class STSSite(Site):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("parsePOSTFormSubmission", False)
+        # Twisted's idle timeout (12 h, re-armed by a timer per request) is
+        # redundant: the request deadline of _DeadlineChannel also closes an
+        # idle keep-alive connection, after request_timeout.
+        kwargs.setdefault("timeout", None)
         super().__init__(resource, reactor=reactor, **kwargs)
         self.request_timeout = request_timeout
         self.max_header_bytes = max_header_bytes

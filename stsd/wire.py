@@ -187,8 +187,10 @@ def parse_request(
     return AssumeRoleRequest(token=token, duration_seconds=duration, policy=policy)
 
 
+@functools.lru_cache(maxsize=256)
 def format_expiration(when: datetime) -> str:
     # Whole seconds: minio-py cannot parse more than 6 fractional digits.
+    # Cached: the credentials minted in one second share their Expiration.
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -1119,7 +1119,24 @@ def test_site_defaults_and_wiring() -> None:
     assert protocol.totalHeadersSize == protocol.MAX_LENGTH == 32 * 1024
     site.doStart()  # no once-a-second log timer left on the reactor
     site.doStop()
-    assert [c.getTime() for c in clock.getDelayedCalls()] == [10.0, 60.0]  # deadline, idle
+    # The request deadline only: Twisted's idle timeout is off, the deadline
+    # also closes an idle connection (test_idle_keep_alive_connection_closed).
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [10.0]
+
+
+def test_idle_keep_alive_connection_closed() -> None:
+    clock = MemoryReactorClock()
+    site, exchange = make_site(clock)
+    protocol, transport = connect(site)
+    clock.advance(3)
+    protocol.dataReceived(valid_request())
+    [(status, _, _)] = responses(transport.value(), [b"POST"])
+    assert (status, exchange.calls) == (200, 1)
+    clock.advance(9.9)  # idle since the answer, within request_timeout
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting, "an idle keep-alive connection is closed"
+    assert transport.value().count(b"HTTP/1.1") == 1, "closed without an answer"
 
 
 # ---------------------------------------------------------------------------
