@@ -27,10 +27,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IWriteDescriptor
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
@@ -60,6 +61,31 @@ class _Lost(Exception):
         super().__init__(reason)
         self.reason = reason
         self.received = received
+
+
+def _send_now(transport: Any) -> None:
+    """
+    Put what was just written on the wire now, not at the reactor's next
+    turn. A reactor turn handles every request that arrived together;
+    written at its end, their AssumeRoles reach MinIO as one burst, and
+    stsd then waits for the whole burst's answers with nothing to do (a
+    tenth of its time in the benchmark). Sent as each request is handled,
+    MinIO works on the first while stsd handles the next.
+
+    The socket is under the TLS layer (unbuffered, see L{_DirectTLSFactory});
+    C{doWrite} is what the reactor calls when the socket is writable: a
+    socket that cannot take the bytes keeps them, and a failed send is left
+    for the reactor to see on its next turn (the write is still registered).
+    """
+    socket_transport = getattr(transport, "transport", None) or transport
+    if IWriteDescriptor.providedBy(socket_transport) and not socket_transport.disconnecting:
+        socket_transport.doWrite()
+
+
+class _DirectTLSFactory(TLSMemoryBIOFactory):
+    # Twisted's default TLS transport holds small writes until the reactor's
+    # next turn to send them together; a request is already one write.
+    protocol = TLSMemoryBIOProtocol
 
 
 class _Connection(Protocol):
@@ -98,6 +124,7 @@ class _Connection(Protocol):
         self._received = False
         self._reset()
         self.transport.write(data)
+        _send_now(self.transport)
         return self._waiting
 
     def abort(self) -> None:
@@ -267,6 +294,18 @@ class _Connection(Protocol):
             self.on_lost(self)
 
 
+class _TLSEndpoint:
+    """C{wrapClientTLS}, with the unbuffered TLS transport."""
+
+    def __init__(self, endpoint: Any, creator: Any) -> None:
+        self._endpoint = endpoint
+        self._creator = creator
+
+    def connect(self, factory: Factory) -> Deferred[Any]:
+        return self._endpoint.connect(_DirectTLSFactory(self._creator, True, factory)).addCallback(
+            lambda tls: tls.wrappedProtocol)
+
+
 class KeepAliveClient:
     """
     HTTP/1.1 requests over a bounded pool of persistent connections per
@@ -306,8 +345,8 @@ class KeepAliveClient:
             scheme, host, port = key
             endpoint = HostnameEndpoint(self._reactor, host, port, timeout=CONNECT_SECONDS)
             if scheme == "https":
-                endpoint = wrapClientTLS(
-                    self._policy.creatorForNetloc(host.encode("idna"), port), endpoint)
+                creator = self._policy.creatorForNetloc(host.encode("idna"), port)
+                endpoint = _TLSEndpoint(endpoint, creator)
             self._endpoints[key] = endpoint
         return endpoint
 

@@ -419,3 +419,22 @@ async def test_idle_time_counts_from_last_use(servers) -> None:
         assert server.lost == 1, "closed once idle for idle_seconds"
     finally:
         await pool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_leaves_before_the_reactor_turn_ends(servers, client) -> None:
+    # Written and sent within the call: the server has it before this
+    # reactor turn ends (and with it every other request of the turn).
+    server = servers(default=ok(b"ok"))
+    await get(client, server.url)  # a connection in the pool
+    [connection] = [c for idle in client._idle.values() for c in idle]
+    d = client.request("GET", server.url + "again", target="t", timeout=5)
+    socket = connection.transport
+    assert socket._tempDataLen == 0 and socket.dataBuffer == b"", "nothing left to send"
+    assert (await d).body == b"ok"
+
+
+def test_tls_connections_are_not_write_buffered() -> None:
+    from twisted.protocols.tls import BufferingTLSTransport
+
+    assert not issubclass(keepalive._DirectTLSFactory.protocol, BufferingTLSTransport)
