@@ -128,11 +128,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     keys = KeySet(kubernetes, reactor)
     readiness = _readiness(sync, config.kubernetes.resync_seconds, reactor,
                            keys if config.kubernetes.token_verification == "jwks" else None)
-    authenticator = CachingAuthenticator(
-        _authenticator(config.kubernetes, kubernetes, keys, reactor),
-        reactor, ttl=config.kubernetes.token_cache_seconds,
-    )
-    metrics.watch_cache("tokenreview", lambda: (authenticator.hits, authenticator.misses))
+    authenticator = _remembering(
+        _authenticator(config.kubernetes, kubernetes, keys, reactor), config.kubernetes,
+        reactor, metrics)
     exchange = Exchange(
         authenticator=authenticator,
         bindings=bindings,
@@ -248,6 +246,22 @@ def _authenticator(
     # TokenReview, but forged tokens are refused locally once the keys are known.
     return LocallyCheckedTokenReview(
         TokenReviewAuthenticator(kubernetes, config.audience), keys, clock)
+
+
+def _remembering(
+    authenticator: Any, config: configuration.KubernetesConfig, clock: Any, metrics: Metrics
+) -> Any:
+    """
+    TokenReviews are remembered for C{token_cache_seconds}. In jwks mode a
+    token is checked in memory, in about the time the cache itself costs a
+    token it has not seen; most tokens are new (a pod's token rotates before
+    it asks again), so nothing is remembered there.
+    """
+    if config.token_verification != "tokenreview":
+        return authenticator
+    cached = CachingAuthenticator(authenticator, clock, ttl=config.token_cache_seconds)
+    metrics.watch_cache("tokenreview", lambda: (cached.hits, cached.misses))
+    return cached
 
 
 def _age(sync: Any, name: str, clock: Any) -> Any:

@@ -248,3 +248,19 @@ def test_heap_frozen_and_young_collections_spaced_once_ready() -> None:
         timer.stopService()
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_token_cache_only_in_tokenreview_mode() -> None:
+    from twisted.internet.task import Clock
+
+    from stsd.config import KubernetesConfig
+    from stsd.metrics import Metrics
+    from stsd.tap import _remembering
+    from stsd.tokencache import CachingAuthenticator
+
+    inner = object()
+    cached = _remembering(inner, KubernetesConfig(token_verification="tokenreview",
+                                                  token_cache_seconds=7), Clock(), Metrics())
+    assert isinstance(cached, CachingAuthenticator) and cached._ttl == 7
+    assert _remembering(inner, KubernetesConfig(token_verification="jwks"), Clock(),
+                        Metrics()) is inner
