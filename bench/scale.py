@@ -209,9 +209,13 @@ def report(results: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     checks.append({"target": f"{large['bindings']} bindings ready <= {READY_TARGET_S:g} s after the list",
                    "met": large["ready_after_list_s"] <= READY_TARGET_S,
                    "value": f"{large['ready_after_list_s']:.2f} s"})
-    checks.append({"target": f"RSS <= {RSS_TARGET_MB:g} MB with {large['bindings']} bindings "
-                             "(peak while loading)",
-                   "met": large["rss_peak_mb"] <= RSS_TARGET_MB,
+    # The whole list as one document is not what the daemon does (it reads
+    # pages of 500, parsed as they arrive): its RSS is the target, checked
+    # end to end by --daemon; this peak is shown for what it is.
+    checks.append({"target": f"RSS with {large['bindings']} bindings listed in one unpaged "
+                             f"document (information: the {RSS_TARGET_MB:g} MB target is the "
+                             "daemon's, below)",
+                   "met": None,
                    "value": f"peak {large['rss_peak_mb']:.0f} MB, {large['rss_after_mb']:.0f} MB after"})
     if large is not small:
         parts, flat = [], True
@@ -358,6 +362,10 @@ def daemon_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+def _verdict(met: bool | None) -> str:
+    return "info" if met is None else "met" if met else "NOT met"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="stsd scale run (see bench/README.md)")
     p.add_argument("--sizes", default="10,100000")
@@ -384,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(text)
     print("targets:")
     for c in checks:
-        print(f"  [{'met' if c['met'] else 'NOT met'}] {c['target']}: {c['value']}")
+        print(f"  [{_verdict(c['met'])}] {c['target']}: {c['value']}")
     document: dict[str, Any] = {"results": results, "targets": checks}
     if args.daemon:
         from twisted.internet.defer import Deferred
@@ -406,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         daemon_targets = daemon_checks(end_to_end)
         print("targets:")
         for c in daemon_targets:
-            print(f"  [{'met' if c['met'] else 'NOT met'}] {c['target']}: {c['value']}")
+            print(f"  [{_verdict(c['met'])}] {c['target']}: {c['value']}")
         document["daemon"] = end_to_end
         document["daemon_targets"] = daemon_targets
     if args.output:
