@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IWriteDescriptor
@@ -99,7 +99,7 @@ class _Connection(Protocol):
         self._buffer = bytearray()
         self._waiting: Deferred[tuple[Response, bool]] | None = None
         self._received = False
-        self.connected_ = False
+        self.is_open = False
         self.idle_since = 0.0
         self.on_lost: Callable[[_Connection], None] | None = None
         self._reset()
@@ -134,7 +134,7 @@ class _Connection(Protocol):
     # -- receiving -----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.connected_ = True
+        self.is_open = True
         # A request is one write; never hold it back for an ACK (Nagle).
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
@@ -281,7 +281,7 @@ class _Connection(Protocol):
             waiting.errback(failure)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.connected_ = False
+        self.is_open = False
         if self._waiting is not None:
             if self._head_done and self._length is None and not self._chunked:
                 if reason.check(ConnectionDone):
@@ -354,13 +354,13 @@ class KeepAliveClient:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()  # the most recently used: the least likely closed
-            if connection.connected_:
+            if connection.is_open:
                 return connection
         return None
 
     def _give_back(self, key: _Key, connection: _Connection) -> None:
         idle = self._idle.setdefault(key, [])
-        if len(idle) >= self._per_host or not connection.connected_:
+        if len(idle) >= self._per_host or not connection.is_open:
             connection.transport.loseConnection()
             return
         connection.idle_since = self._reactor.seconds()
@@ -404,14 +404,12 @@ class KeepAliveClient:
 
     def close(self) -> Deferred[None]:
         """Close every connection (service shutdown, tests)."""
-        from twisted.internet.defer import gatherResults
-
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
         waits = []
         for connection in list(self._open):
-            if connection.connected_:
+            if connection.is_open:
                 lost: Deferred[None] = Deferred()
                 previous = connection.on_lost
 

@@ -198,10 +198,6 @@ def kubernetes_target(method: str, url: str) -> str:
     return "get" if "/secrets/" in path else "list"
 
 
-def minio_target(method: str, url: str) -> str:
-    return "admin" if "/minio/admin/" in url else "assumerole"
-
-
 class ObservedHTTPClient:
     """
     A treq client that counts and times every call by target, without the
