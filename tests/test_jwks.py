@@ -682,8 +682,10 @@ class LocallyCheckedTokenReviewTests(Cluster):
 
     def test_valid_token_one_tokenreview(self) -> None:
         self.start()
-        identity = self.accept(self.mint(pod="pod-7"), self.checked)
+        token = self.mint(pod="pod-7")
+        identity = self.accept(token, self.checked)
         self.assertEqual(identity, Identity("apps", "photo-sa", "pod-7"))
+        self.assertEqual(identity.expires, claims_of(token)["exp"], "the verified exp")
         self.assertEqual(self.reviews(), 1)
         self.assertEqual(self.fetches(), (1, 1))
 
