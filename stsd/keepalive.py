@@ -97,7 +97,8 @@ class _Connection(Protocol):
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
         self._buffer = bytearray()
-        self._waiting: Deferred[tuple[Response, bool]] | None = None
+        # The call waiting for an answer: its answered() or lost() is called.
+        self._owner: Any = None
         self._received = False
         self.is_open = False
         self.idle_since = 0.0
@@ -115,17 +116,17 @@ class _Connection(Protocol):
 
     # -- sending -------------------------------------------------------------
 
-    def send(self, data: bytes) -> Deferred[tuple[Response, bool]]:
+    def send(self, data: bytes, owner: Any) -> None:
         """
-        Write one whole request; the result is the answer and whether this
-        connection may carry another request.
+        Write one whole request. C{owner.answered(response, keep)} gets the
+        answer and whether this connection may carry another request, or
+        C{owner.lost(failure)} the reason there is none.
         """
-        self._waiting = Deferred()
+        self._owner = owner
         self._received = False
         self._reset()
         self.transport.write(data)
         _send_now(self.transport)
-        return self._waiting
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -141,7 +142,7 @@ class _Connection(Protocol):
             set_no_delay(True)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._waiting is None:
+        if self._owner is None:
             # Bytes nobody asked for: the connection cannot be trusted to
             # frame the next answer.
             self.abort()
@@ -268,21 +269,21 @@ class _Connection(Protocol):
             del buffer[:end + 4 + size]
 
     def _complete(self) -> None:
-        waiting, self._waiting = self._waiting, None
+        owner, self._owner = self._owner, None
         response = Response(self._status, self._headers, bytes(self._body))
         keep = self._keep_alive
         self._reset()
-        if waiting is not None:
-            waiting.callback((response, keep))
+        if owner is not None:
+            owner.answered(response, keep)
 
     def _fail(self, failure: Failure) -> None:
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.errback(failure)
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.lost(failure)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.is_open = False
-        if self._waiting is not None:
+        if self._owner is not None:
             if self._head_done and self._length is None and not self._chunked:
                 if reason.check(ConnectionDone):
                     self._complete()  # a body delimited by the close
@@ -491,6 +492,7 @@ class _Call:
         self._metric = metric
         self._connecting: Deferred[_Connection] | None = None
         self._connection: _Connection | None = None
+        self._reused = False
         self._started = client._reactor.seconds()
         self.result: Deferred[Response] = Deferred(lambda _: self._cancelled())
         self._timer = client._reactor.callLater(timeout, self._expire)
@@ -510,11 +512,10 @@ class _Call:
             connection.transport.loseConnection()
             return
         self._connection = connection
-        connection.send(self._wire).addCallbacks(
-            self._answered, lambda f: self._lost(f, reused))
+        self._reused = reused
+        connection.send(self._wire, self)
 
-    def _answered(self, outcome: tuple[Response, bool]) -> None:
-        response, keep = outcome
+    def answered(self, response: Response, keep: bool) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
             if keep:
@@ -523,12 +524,12 @@ class _Call:
                 connection.transport.loseConnection()
         self._finish(response)
 
-    def _lost(self, failure: Failure, reused: bool) -> None:
+    def lost(self, failure: Failure) -> None:
         self._connection = None
         if self.result.called:
             return
         lost = failure.value
-        if isinstance(lost, _Lost) and reused and not lost.received:
+        if isinstance(lost, _Lost) and self._reused and not lost.received:
             self._open()  # the server closed an idle connection under us
             return
         self._failed(Failure(lost.reason.value) if isinstance(lost, _Lost) else failure)
