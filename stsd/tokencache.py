@@ -146,11 +146,11 @@ class CachingAuthenticator:
             exp = result.expires if result.expires is not None else _expiry(token)
             if exp is not None:
                 deadline = min(deadline, exp)
-        if not isinstance(result, Failure) and self._clock.seconds() < deadline:
-            self._entries[key] = (deadline, result)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
+            if self._clock.seconds() < deadline:
+                self._entries[key] = (deadline, result)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self._max_entries:
+                    self._entries.popitem(last=False)
         for waiter in waiters:
             if waiter.called:  # cancelled by its caller
                 continue
