@@ -26,7 +26,10 @@ PERMISSIONS: tuple[Permission, ...] = (
                "know which ServiceAccount may use which policies"),
     Permission("minio.min.io", "tenants", ("list", "watch"),
                "find each namespace's tenant"),
-    Permission("", "secrets", ("get", "list", "watch"),
+    # get only, by name: list or watch would hand stsd every Secret of the
+    # cluster. Not narrowed by resourceNames: the names come from the
+    # Tenants (spec.configuration.name) and are not known in advance.
+    Permission("", "secrets", ("get",),
                "read the root credentials of the tenants (config.env)"),
 )
 

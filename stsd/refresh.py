@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_refresh -*-
 """
 Keep the in-memory view of PolicyBindings, Tenants and their Secrets fresh:
-a full list every C{resync_seconds}, in the background.
+a full list every C{resync_seconds}, in the background, and a C{get} of
+each Tenant's Secret by name (stsd may not list or watch Secrets).
 
 A failed refresh keeps the last good state and is logged; it never stops
 the loop (an exception escaping a LoopingCall would stop it for good while
@@ -61,6 +62,7 @@ class Refresher(Service):
         self._refreshing: Deferred[None] | None = None
         self._stopping = False
         self.synced_at: dict[str, float] = {}
+        self._warned: dict[tuple[str, str], str] = {}  # tenant: credential problem logged
 
     @property
     def ready(self) -> bool:
@@ -122,25 +124,40 @@ class Refresher(Service):
         tenants, version = await self._kubernetes.list(
             TENANTS_PATH, "Tenants", transform=parse_tenant)
         self._tenants.replace(tenants)
+        live = {(t.namespace, t.name) for t in tenants}
+        self._warned = {k: v for k, v in self._warned.items() if k in live}
         for tenant in tenants:
             if self._stopping:
                 return
             if tenant.secret_name is None:
                 self._tenants.set_credentials(tenant, root_credentials(tenant, {}))
                 continue
+            # One get by name: stsd may not list or watch Secrets.
             try:
                 secret = await self._kubernetes.get(
                     tenant.secret_path, f"Secret {tenant.namespace}/{tenant.secret_name}")
             except KubernetesError as e:
-                # Keep the credentials read last time: a hiccup must not lock a tenant out.
-                log.warn("reading the Secret of Tenant {namespace}/{name} failed: {reason}",
-                         namespace=tenant.namespace, name=tenant.name, reason=str(e))
+                # A hiccup must not lock a tenant out: keep what was read last time.
+                kept = ("keeping its last root credentials" if self._tenants.has_credentials(tenant)
+                        else "no root credentials for it yet")
+                log.warn("Tenant {namespace}/{name}: {reason}; {kept}",
+                         namespace=tenant.namespace, name=tenant.name, reason=str(e), kept=kept)
                 continue
+            # Gone (404): its credentials go with it.
             config_env = secret_config_env(secret) if secret is not None else {}
             credentials = root_credentials(tenant, config_env)
+            key = (tenant.namespace, tenant.name)
+            problem = None
             if credentials is None:
-                log.warn("Tenant {namespace}/{name}: no root credentials in Secret {secret}",
-                         namespace=tenant.namespace, name=tenant.name, secret=tenant.secret_name)
+                problem = "not found" if secret is None else "without root credentials"
+            if problem is not None and self._warned.get(key) != problem:
+                log.warn("Tenant {namespace}/{name} has no root credentials: "
+                         "Secret {secret} {problem}", namespace=tenant.namespace,
+                         name=tenant.name, secret=tenant.secret_name, problem=problem)
+            if problem is None:
+                self._warned.pop(key, None)
+            else:
+                self._warned[key] = problem
             self._tenants.set_credentials(tenant, credentials)
         log.debug("listed {count} Tenants at resourceVersion {version}",
                   count=len(tenants), version=version)

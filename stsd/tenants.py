@@ -15,6 +15,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from twisted.logger import Logger
 
@@ -38,7 +39,9 @@ class Tenant:
     @property
     def secret_path(self) -> str:
         """The API path of the Secret holding the root credentials."""
-        return f"/api/v1/namespaces/{self.namespace}/secrets/{self.secret_name}"
+        # The name comes from the Tenant's spec: quoted, it stays one path segment.
+        return (f"/api/v1/namespaces/{quote(self.namespace, safe='')}"
+                f"/secrets/{quote(str(self.secret_name), safe='')}")
 
     def __repr__(self) -> str:
         # spec.env may carry credentials too.
@@ -187,6 +190,9 @@ class TenantIndex:
             self._credentials.pop(key, None)
         else:
             self._credentials[key] = credentials
+
+    def has_credentials(self, tenant: Tenant) -> bool:
+        return (tenant.namespace, tenant.name) in self._credentials
 
     def endpoint(self, namespace: str) -> TenantEndpoint:
         """

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_watch -*-
 """
-Keep the in-memory view of PolicyBindings, Tenants and their Secrets fresh
-with list + watch: a change reaches the indexes as soon as the API server
-streams it, instead of at the next periodic list.
+Keep the in-memory view of PolicyBindings and Tenants fresh with list +
+watch: a change reaches the indexes as soon as the API server streams it,
+instead of at the next periodic list. The Secrets the Tenants name are
+read one by one with C{get} (stsd may not list or watch Secrets).
 
 L{ListWatch} follows one collection: list, then watch from the list's
 resourceVersion (with bookmarks); a watch that ends normally is resumed
@@ -25,11 +26,10 @@ import random as _random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
@@ -82,6 +82,8 @@ class Watcher(Protocol):
         timeout_seconds: int,
         what: str = ...,
     ) -> None: ...
+
+    async def get(self, path: str, what: str) -> dict[str, Any] | None: ...
 
 
 class _ErrorEvent(Exception):
@@ -371,22 +373,36 @@ class ListWatch(Service):
 @dataclass(eq=False)
 class _SecretFeed:
     """
-    The watch of one tenant's configuration Secret, and what it last read.
+    One tenant's configuration Secret: what was last read of it, and the
+    read in flight or waiting.
     """
 
     tenant: Tenant
     secret_name: str
-    watch: ListWatch | None = None
     # The Secret's config.env; None until it has been read once.
     config_env: dict[str, str] | None = field(default=None, repr=False)
-    warned: bool = False
+    missing: bool = False  # the last read found no such Secret (404)
+    attempted: bool = False  # a first read has finished, successfully or not
+    reading: Deferred[None] | None = None
+    again: bool = False  # read again once the read in flight has finished
+    retry: IDelayedCall | None = None
+    failures: int = 0  # failed reads in a row, for the backoff
+    warned: str | None = None  # the credential problem last logged
 
 
 class WatchSync(Service):
     """
-    List + watch PolicyBindings and Tenants, and each Tenant's Secret, into
-    the given indexes: the watch-based counterpart of
+    List + watch PolicyBindings and Tenants into the given indexes, and get
+    each Tenant's Secret by name: the watch-based counterpart of
     L{stsd.refresh.Refresher}.
+
+    Secrets are never listed or watched (that would need list/watch on
+    every Secret of the cluster): a tenant's Secret is read with one C{get}
+    when the tenant appears or changes, and at every re-list of the
+    Tenants (the safety net's, every C{resync_seconds}), so a rotated root
+    password is picked up within C{resync_seconds}. A Secret that is gone
+    (404) takes its credentials with it; a failed read keeps the last ones
+    read and is tried again after a backoff.
 
     @ivar synced_at: per resource (C{bindings}, C{tenants}), clock time of
         the last successful list or event.
@@ -402,6 +418,8 @@ class WatchSync(Service):
         *,
         watch_seconds: int = WATCH_SECONDS,
         random: Callable[[], float] = _random.random,
+        backoff_base: float = BACKOFF_BASE_SECONDS,
+        backoff_cap: float = BACKOFF_CAP_SECONDS,
     ) -> None:
         self._kubernetes = kubernetes
         self._bindings = bindings
@@ -410,8 +428,9 @@ class WatchSync(Service):
         self._resync_seconds = resync_seconds
         self._watch_seconds = watch_seconds
         self._random = random
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
         self._feeds: dict[tuple[str, str], _SecretFeed] = {}
-        self._draining: set[Deferred[None]] = set()  # secret watches being stopped
         self._ready = False
         self.binding_watch = self._list_watch(
             BINDINGS_PATH, "PolicyBindings", self._replace_bindings, self._binding_event,
@@ -424,7 +443,7 @@ class WatchSync(Service):
         self,
         path: str,
         what: str,
-        on_replace: Callable[[list[Any], str], None],
+        on_replace: Callable[[list[Any], str], Any],
         on_event: Callable[[str, dict[str, Any]], None],
         transform: Callable[[dict[str, Any]], Any] | None = None,
     ) -> ListWatch:
@@ -432,6 +451,7 @@ class WatchSync(Service):
             self._kubernetes, path, what, on_replace=on_replace, on_event=on_event,
             clock=self._clock, resync_seconds=self._resync_seconds,
             watch_seconds=self._watch_seconds, random=self._random, transform=transform,
+            backoff_base=self._backoff_base, backoff_cap=self._backoff_cap,
         )
 
     @property
@@ -446,7 +466,7 @@ class WatchSync(Service):
             self._ready = (
                 self.binding_watch.listed
                 and self.tenant_watch.listed
-                and all(f.watch is not None and f.watch.attempted for f in self._feeds.values())
+                and all(f.attempted for f in self._feeds.values())
             )
         return self._ready
 
@@ -458,25 +478,25 @@ class WatchSync(Service):
                 out[name] = watch.synced_at
         return out
 
-    def secret_watches(self) -> dict[tuple[str, str], str]:
+    def secrets(self) -> dict[tuple[str, str], str]:
         """
-        The Secrets watched: (namespace, tenant) to Secret name.
+        The Secrets read: (namespace, tenant) to Secret name.
         """
         return {key: feed.secret_name for key, feed in self._feeds.items()}
 
     def startService(self) -> None:
         super().startService()
+        known = list(self._feeds.values())  # from before a stop
         self.binding_watch.startService()
         self.tenant_watch.startService()
-        for feed in list(self._feeds.values()):
-            if feed.watch is not None and not feed.watch.running:
-                feed.watch.startService()
+        for feed in known:
+            self._read(feed)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         stops = [self.binding_watch.stopService(), self.tenant_watch.stopService()]
-        stops += [f.watch.stopService() for f in self._feeds.values() if f.watch is not None]
-        stops += list(self._draining)
+        for feed in self._feeds.values():
+            stops.append(self._halt(feed))
         return gatherResults(stops).addCallback(lambda _: None)
 
     # -- bindings ---------------------------------------------------------------
@@ -500,6 +520,8 @@ class WatchSync(Service):
     # -- tenants ----------------------------------------------------------------
 
     def _replace_tenants(self, tenants: list[Tenant], version: str) -> None:
+        # A re-list (every resync_seconds at the latest) reads every
+        # tenant's Secret again: nothing tells of a Secret's changes.
         self._tenants.replace(tenants)
         live = {(t.namespace, t.name) for t in tenants}
         for key in [k for k in self._feeds if k not in live]:
@@ -523,8 +545,8 @@ class WatchSync(Service):
 
     def _track(self, tenant: Tenant) -> None:
         """
-        Make sure the Secret C{tenant} names is watched, and its
-        credentials follow a change of C{spec.env}.
+        The tenant was listed, added or changed: read the Secret it names
+        (again), and let its credentials follow a change of C{spec.env}.
         """
         key = (tenant.namespace, tenant.name)
         feed = self._feeds.get(key)
@@ -532,6 +554,7 @@ class WatchSync(Service):
             feed.tenant = tenant
             if feed.config_env is not None:
                 self._set_credentials(feed)
+            self._read(feed)
             return
         if feed is not None:
             # Another Secret now: the old one's credentials stay until the
@@ -540,56 +563,122 @@ class WatchSync(Service):
         if tenant.secret_name is None:
             self._tenants.set_credentials(tenant, root_credentials(tenant, {}))
             return
-        feed = _SecretFeed(tenant, tenant.secret_name)
-        # The field selector lets RBAC grant list/watch on just this Secret
-        # (resourceNames); the name comes from the Tenant's spec: quote it.
-        namespace, name = quote(tenant.namespace, safe=""), quote(tenant.secret_name, safe="")
-        watch = feed.watch = self._list_watch(
-            f"/api/v1/namespaces/{namespace}/secrets?fieldSelector=metadata.name%3D{name}",
-            f"Secret {tenant.namespace}/{tenant.secret_name}",
-            lambda items, version: self._replace_secret(feed, items),
-            lambda etype, obj: self._read_secret(feed, None if etype == "DELETED" else obj),
-        )
-        self._feeds[key] = feed
-        if self.running:
-            watch.startService()
+        feed = self._feeds[key] = _SecretFeed(tenant, tenant.secret_name)
+        self._read(feed)
 
     def _drop_feed(self, key: tuple[str, str]) -> None:
         feed = self._feeds.pop(key, None)
-        if feed is None or feed.watch is None:
-            return
-        stopped = feed.watch.stopService()
-        if not stopped.called:
-            # stopService waits for it too.
-            self._draining.add(stopped)
-
-            def forget(result: object) -> object:
-                self._draining.discard(stopped)
-                return result
-
-            stopped.addBoth(forget)
+        if feed is not None:
+            self._halt(feed)
 
     # -- secrets ----------------------------------------------------------------
 
-    def _replace_secret(self, feed: _SecretFeed, items: list[dict[str, Any]]) -> None:
-        secret = next((i for i in items if isinstance(i.get("metadata"), dict)
-                       and i["metadata"].get("name") == feed.secret_name), None)
-        self._read_secret(feed, secret)
+    def _current(self, feed: _SecretFeed) -> bool:
+        return self.running and self._feeds.get(
+            (feed.tenant.namespace, feed.tenant.name)) is feed
 
-    def _read_secret(self, feed: _SecretFeed, secret: dict[str, Any] | None) -> None:
+    def _halt(self, feed: _SecretFeed) -> Deferred[None]:
         """
-        The Secret as now known (L{None}: it does not exist).
+        No more reads of C{feed}'s Secret: cancel the one in flight and the
+        retry waiting.
         """
-        if self._feeds.get((feed.tenant.namespace, feed.tenant.name)) is not feed:
-            return  # a feed being stopped
-        feed.config_env = secret_config_env(secret) if secret is not None else {}
-        self._set_credentials(feed)
+        feed.again = False
+        if feed.retry is not None and feed.retry.active():
+            feed.retry.cancel()
+        feed.retry = None
+        reading = feed.reading
+        if reading is None:
+            return succeed(None)
+        reading.cancel()
+        return reading
+
+    def _read(self, feed: _SecretFeed) -> None:
+        """
+        Read the Secret now, or once the read in flight has finished (its
+        answer may predate the change that asks for this one).
+        """
+        if not self._current(feed):
+            return
+        if feed.reading is not None:
+            feed.again = True
+            return
+        if feed.retry is not None and feed.retry.active():
+            feed.retry.cancel()
+        feed.retry = None
+        reading = Deferred.fromCoroutine(self._get(feed))
+        if not reading.called:  # an answer at once (tests) has nothing left to cancel
+            feed.reading = reading
+
+    async def _get(self, feed: _SecretFeed) -> None:
+        tenant = feed.tenant
+        try:
+            secret = await self._kubernetes.get(
+                tenant.secret_path, f"Secret {tenant.namespace}/{feed.secret_name}")
+        except CancelledError:
+            feed.reading = None
+            return  # dropped or stopping
+        except Exception as e:
+            failure: Exception | None = e
+        else:
+            failure = None
+        feed.reading = None
+        feed.attempted = True
+        try:
+            if not self._current(feed):
+                return
+            if failure is not None:
+                self._read_failed(feed, failure)
+            else:
+                feed.failures = 0
+                feed.missing = secret is None
+                feed.config_env = secret_config_env(secret) if secret is not None else {}
+                self._set_credentials(feed)
+            if feed.again:
+                feed.again = False
+                self._read(feed)
+        except Exception:
+            log.failure("Tenant {namespace}/{name}: applying Secret {secret} failed",
+                        namespace=tenant.namespace, name=tenant.name, secret=feed.secret_name)
+
+    def _read_failed(self, feed: _SecretFeed, error: Exception) -> None:
+        """
+        Keep whatever credentials the tenant has (a hiccup must not lock it
+        out), say so truthfully, and read again after a backoff.
+        """
+        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(feed.failures, 32))
+        feed.failures += 1
+        delay = self._random() * ceiling
+        feed.retry = self._clock.callLater(delay, self._retry, feed)
+        tenant = feed.tenant
+        kept = ("keeping its last root credentials" if self._tenants.has_credentials(tenant)
+                else "no root credentials for it yet")
+        if isinstance(error, KubernetesError):
+            # The reason names the call and the status, never the Secret's data.
+            log.warn("Tenant {namespace}/{name}: {reason}; {kept}, reading again in {delay} s",
+                     namespace=tenant.namespace, name=tenant.name, reason=str(error),
+                     kept=kept, delay=round(delay, 3))
+        else:
+            log.failure("Tenant {namespace}/{name}: reading Secret {secret} failed "
+                        "unexpectedly; {kept}, reading again in {delay} s",
+                        namespace=tenant.namespace, name=tenant.name, secret=feed.secret_name,
+                        kept=kept, delay=round(delay, 3))
+
+    def _retry(self, feed: _SecretFeed) -> None:
+        feed.retry = None
+        try:
+            self._read(feed)
+        except Exception:
+            log.failure("reading Secret {secret} again failed", secret=feed.secret_name)
 
     def _set_credentials(self, feed: _SecretFeed) -> None:
         credentials: RootCredentials | None = root_credentials(feed.tenant, feed.config_env or {})
-        if credentials is None and not feed.warned:
-            log.warn("Tenant {namespace}/{name}: no root credentials in Secret {secret}",
+        problem = None
+        if credentials is None:
+            problem = "not found" if feed.missing else "without root credentials"
+        if problem is not None and problem != feed.warned:
+            log.warn("Tenant {namespace}/{name} has no root credentials: "
+                     "Secret {secret} {problem}",
                      namespace=feed.tenant.namespace, name=feed.tenant.name,
-                     secret=feed.secret_name)
-        feed.warned = credentials is None
+                     secret=feed.secret_name, problem=problem)
+        feed.warned = problem
         self._tenants.set_credentials(feed.tenant, credentials)

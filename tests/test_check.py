@@ -17,7 +17,12 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from stsd.check import run_check
+from stsd.rbac import PERMISSIONS
 from stsd.testing.world import World, free_port
+
+# config, TLS, API server, one SelfSubjectAccessReview per permission,
+# list Tenants, the two tenants.
+CHECKS = 3 + sum(len(p.verbs) for p in PERMISSIONS) + 1 + 2
 
 
 def write_config(world: World, path: Path, **overrides) -> str:
@@ -38,7 +43,7 @@ async def test_check_passes_on_the_demo_cluster(world: World, tmp_path: Path) ->
     out = StringIO()
     assert await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
     text = out.getvalue()
-    assert text.splitlines()[-1] == "verdict: OK (all 14 checks passed)", text
+    assert text.splitlines()[-1] == f"verdict: OK (all {CHECKS} checks passed)", text
     table = rows(text)
     assert table["RBAC create tokenreviews.authentication.k8s.io"].startswith("ok")
     assert table["RBAC get secrets"].startswith("ok")
@@ -49,15 +54,31 @@ async def test_check_passes_on_the_demo_cluster(world: World, tmp_path: Path) ->
 
 @pytest_twisted.ensureDeferred
 async def test_check_reports_a_missing_permission(world: World, tmp_path: Path) -> None:
-    world.kubernetes.revoke("", "secrets", "watch")
+    world.kubernetes.revoke("sts.min.io", "policybindings", "watch")
     try:
         out = StringIO()
         assert not await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
     finally:
-        world.kubernetes.granted.add(("", "secrets", "watch"))
+        world.kubernetes.granted.add(("sts.min.io", "policybindings", "watch"))
     text = out.getvalue()
-    assert rows(text)["RBAC watch secrets"].startswith("FAIL")
-    assert text.splitlines()[-1] == "verdict: FAILED (1 of 14 checks failed)", text
+    assert rows(text)["RBAC watch policybindings.sts.min.io"].startswith("FAIL")
+    assert text.splitlines()[-1] == f"verdict: FAILED (1 of {CHECKS} checks failed)", text
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_asks_only_for_get_on_secrets(world: World, tmp_path: Path) -> None:
+    # Least privilege: stsd check asks for get on Secrets and nothing more,
+    # and a missing get is a failure (the tenants' credentials are read by name).
+    world.kubernetes.revoke("", "secrets", "get")
+    try:
+        out = StringIO()
+        assert not await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
+    finally:
+        world.kubernetes.granted.add(("", "secrets", "get"))
+    table = rows(out.getvalue())
+    assert table["RBAC get secrets"].startswith("FAIL")
+    assert "RBAC list secrets" not in table and "RBAC watch secrets" not in table
+    assert table["tenant tenant-1/storage"].startswith("FAIL")
 
 
 @pytest_twisted.ensureDeferred

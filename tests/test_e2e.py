@@ -511,6 +511,9 @@ async def test_daemon_needs_only_its_cluster_role(world: World, daemon: Daemon, 
     assert ("authentication.k8s.io", "tokenreviews", "create") in used
     assert ("sts.min.io", "policybindings", "list") in used
     assert used <= role, used - role
+    # Secrets: read by name only, never listed or watched.
+    assert ("", "secrets", "get") in used
+    assert not {("", "secrets", "list"), ("", "secrets", "watch")} & (used | role)
 
 
 async def peer_serial(url: str, ca: str) -> int:

@@ -35,6 +35,8 @@ from zope.interface import implementer
 from stsd import errors, kube, tls
 from stsd.bindings import Binding, BindingIndex
 from stsd.kube import KubeAccess, KubernetesClient, KubernetesError, WatchExpired
+from stsd.rbac import PERMISSIONS
+from stsd.refresh import Refresher
 from stsd.tenants import EndpointRule, TenantIndex
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.pki import TestPKI
@@ -43,6 +45,8 @@ from stsd.upstream import make_client
 from stsd.watch import BINDINGS_PATH, TENANTS_PATH, WATCH_SECONDS, ListWatch, WatchSync
 
 T = TypeVar("T")
+
+ROLE = [(p.group, p.resource, verb) for p in PERMISSIONS for verb in p.verbs]
 
 T0 = 1_800_000_000.0
 CLIENT = "client-token-for-watch-tests"
@@ -122,6 +126,8 @@ class InMemory(SynchronousTestCase):
         self.jitter = Jitter(0.5)
         self.sync = WatchSync(self.client, self.bindings, self.tenants, self.clock, RESYNC,
                               random=self.jitter)
+        # RBAC as in production: Secrets may only be read by name.
+        self.fake.grant_only(ROLE)
         self.addCleanup(self.fake.shutdown)
 
     def pump(self) -> None:
@@ -153,6 +159,16 @@ class InMemory(SynchronousTestCase):
     def watches(self, path: str) -> list[dict[str, str]]:
         return [r.query for r in self.fake.requests
                 if r.path == path.split("?")[0] and r.query.get("watch") == "1"]
+
+    def gets(self, ns: str = "tenant-1", name: str = "storage-env") -> int:
+        return sum(1 for r in self.fake.requests
+                   if r.path == f"/api/v1/namespaces/{ns}/secrets/{name}")
+
+    def assert_secrets_only_got(self) -> None:
+        used = {verb for group, resource, verb in self.fake.used_permissions
+                if (group, resource) == ("", "secrets")}
+        self.assertEqual(used, {"get"})
+        self.assertFalse([r for r in self.fake.requests if r.path.endswith("/secrets")])
 
     def granted(self, ns: str = "tenant-1", sa: str = "photo-sa") -> tuple[str, ...] | None:
         grant = self.bindings.lookup(ns, "apps", sa)
@@ -187,10 +203,12 @@ class ListThenWatchTests(InMemory):
         self.assertEqual(watch, {"watch": "1", "allowWatchBookmarks": "true",
                                  "timeoutSeconds": str(WATCH_SECONDS),
                                  "resourceVersion": str(self.fake.resource_version)})
-        # One watch each: bindings, tenants, the tenant's Secret (by name).
-        self.assertEqual(self.fake.open_watches, 3)
-        [secret_watch] = self.watches("/api/v1/namespaces/tenant-1/secrets")
-        self.assertEqual(secret_watch["fieldSelector"], "metadata.name=storage-env")
+        # One watch each for bindings and tenants; the tenant's Secret is
+        # read once, by name.
+        self.assertEqual(self.fake.open_watches, 2)
+        self.assertEqual(self.gets(), 1)
+        self.assertEqual(self.sync.secrets(), {("tenant-1", "storage"): "storage-env"})
+        self.assert_secrets_only_got()
         self.stop()
 
     def test_added_modified_deleted_reach_the_index_without_a_list(self) -> None:
@@ -319,7 +337,7 @@ class RelistTests(InMemory):
         self.assertEqual(self.granted(), ("photos", "readonly"))
         self.assertIsNone(self.granted(sa="other-sa"))
         self.assertEqual(self.secret_key(), PASSWORD_2)
-        self.assertEqual(self.fake.open_watches, 3)
+        self.assertEqual(self.fake.open_watches, 2)
         self.assertEqual(self.watches(BINDINGS_PATH)[-1]["resourceVersion"],
                          str(self.fake.resource_version))
         self.stop()
@@ -344,7 +362,7 @@ class RelistTests(InMemory):
         self.assertEqual(len(self.lists(BINDINGS_PATH)), 4)
         self.assertIsNone(self.granted())
         self.assertEqual(self.sync.synced_at["bindings"], T0 + 1.75)
-        self.assertEqual(self.fake.open_watches, 3)
+        self.assertEqual(self.fake.open_watches, 2)
         self.assertIn("list PolicyBindings: HTTP 500", log.text())
         self.stop()
 
@@ -377,7 +395,7 @@ class RelistTests(InMemory):
         # The watch was restarted from the new list's version, the old one closed.
         self.assertEqual(self.watches(BINDINGS_PATH)[-1]["resourceVersion"],
                          str(self.fake.resource_version))
-        self.assertEqual(self.fake.open_watches, 3)
+        self.assertEqual(self.fake.open_watches, 2)
         self.fake.delete_policybinding("tenant-1", "unseen")
         self.pump()
         self.assertEqual(self.granted(), ("readonly",))
@@ -428,64 +446,105 @@ class RelistTests(InMemory):
 
 
 class TenantSecretTests(InMemory):
-    def test_tenant_added_and_removed_starts_and_stops_its_secret_watch(self) -> None:
+    def test_tenant_added_and_removed_starts_and_stops_reading_its_secret(self) -> None:
         self.start()
-        self.assertEqual(self.sync.secret_watches(), {})
-        self.assertEqual(self.fake.open_watches, 2)
+        self.assertEqual(self.sync.secrets(), {})
         self.fake.config_env_secret("tenant-2", "archive-env", "root2", PASSWORD_1)
         self.fake.add_tenant("tenant-2", "archive", configuration_secret="archive-env")
         self.pump()
-        self.assertEqual(self.sync.secret_watches(), {("tenant-2", "archive"): "archive-env"})
-        self.assertEqual(self.fake.open_watches, 3)
+        self.assertEqual(self.sync.secrets(), {("tenant-2", "archive"): "archive-env"})
+        self.assertEqual(self.gets("tenant-2", "archive-env"), 1)
         endpoint = self.tenants.endpoint("tenant-2")
         self.assertEqual((endpoint.credentials.access_key, endpoint.credentials.secret_key),
                          ("root2", PASSWORD_1))
         self.fake.delete_tenant("tenant-2", "archive")
         self.pump()
-        self.assertEqual(self.sync.secret_watches(), {})
-        self.assertEqual(self.fake.open_watches, 2)
+        self.assertEqual(self.sync.secrets(), {})
         with pytest.raises(errors.STSError) as raised:
             self.tenants.endpoint("tenant-2")
         self.assertEqual(raised.value.code, "InvalidParameterValue")
         self.assertEqual(self.clock.seconds(), T0)
+        # Not read again once the tenant is gone.
+        self.advance(RESYNC)
+        self.assertEqual(self.gets("tenant-2", "archive-env"), 1)
+        self.assertEqual(self.fake.open_watches, 2)
+        self.assert_secrets_only_got()
         self.stop()
 
-    def test_rotated_secret_updates_the_credentials(self) -> None:
+    def test_rotated_secret_is_read_again_at_the_resync(self) -> None:
+        self.populate()
+        self.start()
+        self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_2)
+        self.pump()
+        self.assertEqual(self.secret_key(), PASSWORD_1, "no watch on Secrets: not seen yet")
+        self.advance(RESYNC - 0.001)
+        self.assertEqual(self.secret_key(), PASSWORD_1)
+        self.assertEqual(self.gets(), 1)
+        self.advance(0.001)  # the safety net's re-list of the Tenants
+        self.assertEqual(self.secret_key(), PASSWORD_2)
+        self.assertEqual(self.gets(), 2)
+        self.advance(RESYNC)
+        self.assertEqual(self.gets(), 3, "every resync")
+        self.assert_secrets_only_got()
+        self.stop()
+
+    def test_tenant_modified_reads_its_secret_again_at_once(self) -> None:
+        self.populate()
+        self.start()
+        self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_2)
+        self.fake.update_tenant("tenant-1", "storage", {
+            "configuration": {"name": "storage-env"}, "features": {"bucketDNS": False}})
+        self.pump()
+        self.assertEqual(self.secret_key(), PASSWORD_2)
+        self.assertEqual(self.gets(), 2)
+        self.assertEqual(self.clock.seconds(), T0)
+        self.stop()
+
+    def test_deleted_secret_forgets_the_credentials(self) -> None:
         self.populate()
         with Captured() as log:
             self.start()
-            self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_2)
-            self.pump()
-            self.assertEqual(self.secret_key(), PASSWORD_2)
-            # Deleted: no credentials left (spec.env has none).
             self.fake.delete_secret("tenant-1", "storage-env")
-            self.pump()
+            self.advance(RESYNC)
+            # 404: gone, and its credentials with it (spec.env has none).
             with pytest.raises(errors.STSError) as raised:
                 self.tenants.endpoint("tenant-1")
             self.assertEqual(raised.value.code, "InternalError")
-            self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_1)
-            self.pump()
-            self.assertEqual(self.secret_key(), PASSWORD_1)
+            self.advance(RESYNC)  # said once, not at every read
+            self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_2)
+            self.advance(RESYNC)
+            self.assertEqual(self.secret_key(), PASSWORD_2)
             self.stop()
         text = log.text()
-        self.assertIn("no root credentials in Secret storage-env", text)
+        self.assertEqual(text.count(
+            "Tenant tenant-1/storage has no root credentials: Secret storage-env not found"), 1)
         for secret in (PASSWORD_1, PASSWORD_2, base64.b64encode(PASSWORD_1.encode()).decode(),
                        CLIENT):
             self.assertNotIn(secret, text)
 
-    def test_tenant_switching_secret_watches_the_new_one(self) -> None:
+    def test_secret_without_credentials_is_said_so(self) -> None:
+        self.fake.add_secret("tenant-1", "storage-env", {"config.env": b"export OTHER=1\n"})
+        self.fake.add_tenant("tenant-1", "storage", configuration_secret="storage-env")
+        with Captured() as log:
+            self.start()
+        self.assertIn("Tenant tenant-1/storage has no root credentials: "
+                      "Secret storage-env without root credentials", log.text())
+        self.stop()
+
+    def test_tenant_switching_secret_reads_the_new_one(self) -> None:
         self.populate()
         self.start()
         self.fake.config_env_secret("tenant-1", "other-env", "root", PASSWORD_2)
         self.fake.update_tenant("tenant-1", "storage", {"configuration": {"name": "other-env"}})
         self.pump()
-        self.assertEqual(self.sync.secret_watches(), {("tenant-1", "storage"): "other-env"})
+        self.assertEqual(self.sync.secrets(), {("tenant-1", "storage"): "other-env"})
         self.assertEqual(self.secret_key(), PASSWORD_2)
-        self.assertEqual(self.fake.open_watches, 3)
-        # The old Secret no longer matters.
+        # The old Secret no longer matters, nor is it read.
         self.fake.config_env_secret("tenant-1", "storage-env", "root", "ignored-password")
-        self.pump()
+        self.advance(RESYNC)
         self.assertEqual(self.secret_key(), PASSWORD_2)
+        self.assertEqual(self.gets(), 1)
+        self.assertEqual(self.gets(name="other-env"), 2)
         self.stop()
 
     def test_spec_env_change_recomputes_credentials(self) -> None:
@@ -502,20 +561,54 @@ class TenantSecretTests(InMemory):
         self.assertEqual(self.secret_key(), PASSWORD_2)
         self.stop()
 
-    def test_failed_secret_watch_keeps_the_last_credentials(self) -> None:
+    def test_failed_read_keeps_the_last_credentials_and_retries(self) -> None:
         self.populate()
         self.start()
         self.fake.fail("/api/v1/", "500")
-        self.fake.cut_watches()
-        self.pump()
-        for _ in range(5):
-            self.advance(2.0)
+        with Captured() as log:
+            self.advance(RESYNC)  # the re-read fails
+            self.assertEqual(self.gets(), 2)
             self.assertEqual(self.secret_key(), PASSWORD_1)
-        self.assertGreater(len(self.lists("/api/v1/namespaces/tenant-1/secrets")), 2)
+            # Retried with a backoff (full jitter: 0.5 * 0.5 * 2**n), the
+            # credentials kept all along.
+            for n, delay in enumerate((0.25, 0.5, 1.0)):
+                self.advance(delay - 0.001)
+                self.assertEqual(self.gets(), 2 + n)
+                self.advance(0.001)
+                self.assertEqual(self.gets(), 3 + n)
+                self.assertEqual(self.secret_key(), PASSWORD_1)
+        text = log.text()
+        self.assertIn("Tenant tenant-1/storage: get Secret tenant-1/storage-env: HTTP 500", text)
+        self.assertIn("keeping its last root credentials, reading again in 0.25 s", text)
+        self.assertNotIn("for it yet", text)
         self.fake.fail("/api/v1/", None)
         self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_2)
-        self.advance(RESYNC)
+        self.advance(2.0)
         self.assertEqual(self.secret_key(), PASSWORD_2)
+        self.stop()
+
+    def test_first_read_failing_says_none_are_known_and_is_retried(self) -> None:
+        self.populate()
+        self.fake.fail("/api/v1/", "500", times=1)
+        with Captured() as log:
+            self.start()  # ready: the first read has finished, if badly
+        with pytest.raises(errors.STSError) as raised:
+            self.tenants.endpoint("tenant-1")
+        self.assertEqual(raised.value.code, "InternalError")
+        text = log.text()
+        self.assertIn("no root credentials for it yet, reading again in 0.25 s", text)
+        self.assertNotIn("keeping", text)
+        self.advance(0.25)
+        self.assertEqual(self.secret_key(), PASSWORD_1)
+        self.stop()
+
+    def test_a_forbidden_secret_is_kept_too(self) -> None:
+        # RBAC revoked under a running daemon: a 403 is not a 404.
+        self.populate()
+        self.start()
+        self.fake.revoke("", "secrets", "get")
+        self.advance(RESYNC)
+        self.assertEqual(self.secret_key(), PASSWORD_1)
         self.stop()
 
     def test_tenant_relist_drops_vanished_tenants(self) -> None:
@@ -526,9 +619,138 @@ class TenantSecretTests(InMemory):
         self.fake.delete_tenant("tenant-1", "storage")
         self.fake.compact_history()
         self.pump()  # resumed from a compacted version: 410, list
-        self.assertEqual(self.sync.secret_watches(), {})
+        self.assertEqual(self.sync.secrets(), {})
         self.assertEqual(len(self.tenants), 0)
         self.assertEqual(self.fake.open_watches, 2)
+        self.stop()
+
+    def test_stop_cancels_a_read_in_flight(self) -> None:
+        self.populate()
+        self.fake.fail("/api/v1/", "hang")
+        self.sync.startService()
+        self.pump()
+        self.assertEqual(self.fake.hung, 1)
+        self.assertFalse(self.sync.ready, "the first read has not finished")
+        self.stop()
+        self.assertEqual(self.fake.hung, 0)
+
+
+class ScriptedGets:
+    """
+    Lists and watches through the fake; each Secret get waits for the test.
+    """
+
+    def __init__(self, client: KubernetesClient) -> None:
+        self._client = client
+        self.gets: list[Deferred[dict[str, Any] | None]] = []
+
+    def list(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client.list(*args, **kwargs)
+
+    def watch(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client.watch(*args, **kwargs)
+
+    async def get(self, path: str, what: str) -> dict[str, Any] | None:
+        d: Deferred[dict[str, Any] | None] = Deferred()
+        self.gets.append(d)
+        return await d
+
+
+class SecretReadOrderTests(InMemory):
+    def setUp(self) -> None:
+        super().setUp()
+        self.scripted = ScriptedGets(self.client)
+        self.sync = WatchSync(self.scripted, self.bindings, self.tenants,  # type: ignore[arg-type]
+                              self.clock, RESYNC, random=self.jitter)
+
+    def secret(self, password: str) -> dict[str, Any]:
+        text = f'export MINIO_ROOT_USER="root"\nexport MINIO_ROOT_PASSWORD="{password}"\n'
+        return {"metadata": {"name": "storage-env"},
+                "data": {"config.env": base64.b64encode(text.encode()).decode()}}
+
+    def test_changes_during_a_read_lead_to_one_more_read(self) -> None:
+        self.populate()
+        self.sync.startService()
+        self.pump()
+        self.assertEqual(len(self.scripted.gets), 1)
+        self.assertFalse(self.sync.ready)
+        # Two changes while the first read is in flight: one more read,
+        # after it (its answer may predate them).
+        for value in ("a", "b"):
+            self.fake.update_tenant("tenant-1", "storage", {
+                "configuration": {"name": "storage-env"}, "features": {"x": value}})
+            self.pump()
+        self.assertEqual(len(self.scripted.gets), 1)
+        self.scripted.gets[0].callback(self.secret(PASSWORD_1))
+        self.assertTrue(self.sync.ready)
+        self.assertEqual(self.secret_key(), PASSWORD_1)
+        self.assertEqual(len(self.scripted.gets), 2)
+        self.scripted.gets[1].callback(self.secret(PASSWORD_2))
+        self.assertEqual(self.secret_key(), PASSWORD_2)
+        self.assertEqual(len(self.scripted.gets), 2)
+        self.stop()
+
+    def test_answer_for_a_replaced_secret_is_ignored(self) -> None:
+        self.populate()
+        self.sync.startService()
+        self.pump()
+        old = self.scripted.gets[0]
+        self.fake.update_tenant("tenant-1", "storage", {"configuration": {"name": "other-env"}})
+        self.pump()
+        self.assertTrue(old.called, "the old read was cancelled")
+        self.assertEqual(len(self.scripted.gets), 2)
+        self.scripted.gets[1].callback(self.secret(PASSWORD_2))
+        self.assertEqual(self.secret_key(), PASSWORD_2)
+        self.stop()
+
+
+class RefresherSecretTests(InMemory):
+    """
+    The re-list mode (C{kubernetes.watch: false}) reads Secrets the same way.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.sync = Refresher(self.client, self.bindings, self.tenants,  # type: ignore[assignment]
+                              self.clock, RESYNC)
+
+    def test_get_only_rotation_404_and_failures(self) -> None:
+        self.populate()
+        with Captured() as log:
+            self.start()
+            self.assertEqual(self.secret_key(), PASSWORD_1)
+            self.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_2)
+            self.advance(RESYNC)
+            self.assertEqual(self.secret_key(), PASSWORD_2, "rotation within resync_seconds")
+            self.fake.fail("/api/v1/", "500", times=1)
+            self.advance(RESYNC)
+            self.assertEqual(self.secret_key(), PASSWORD_2, "kept over a failed read")
+            self.fake.delete_secret("tenant-1", "storage-env")
+            self.advance(RESYNC)
+            with pytest.raises(errors.STSError) as raised:
+                self.tenants.endpoint("tenant-1")
+            self.assertEqual(raised.value.code, "InternalError")
+            self.advance(RESYNC)
+            self.assertEqual(self.gets(), 5)
+            self.assert_secrets_only_got()
+            self.stop()
+        text = log.text()
+        self.assertIn("Tenant tenant-1/storage: get Secret tenant-1/storage-env: HTTP 500: "
+                      "fake Kubernetes: injected failure; keeping its last root credentials",
+                      text)
+        self.assertEqual(text.count(
+            "Tenant tenant-1/storage has no root credentials: Secret storage-env not found"), 1)
+        for secret in (PASSWORD_1, PASSWORD_2, CLIENT):
+            self.assertNotIn(secret, text)
+
+    def test_first_read_failing_says_none_are_known(self) -> None:
+        self.populate()
+        self.fake.fail("/api/v1/", "500", times=1)
+        with Captured() as log:
+            self.start()
+        self.assertIn("no root credentials for it yet", log.text())
+        self.advance(RESYNC)
+        self.assertEqual(self.secret_key(), PASSWORD_1)
         self.stop()
 
 
