@@ -53,13 +53,16 @@ class Options(usage.Options):
     longdesc = "Security Token Service for MinIO tenants on Kubernetes."
     optParameters = [
         ["config", "c", "/etc/stsd/stsd.yaml", "The stsd configuration file (YAML)."],
-        ["log-format", None, "text", "Log output: text, or json (one object per line)."],
+        ["log-format", None, "text",
+         "Log output: text, or json (one object per line). On stdout, or appended to "
+         "twistd's --logfile."],
         ["log-level", None, "info", "Least severe level logged: debug, info, warn, error."],
     ]
 
     def postOptions(self) -> None:
         try:
-            factory = logs.factory_name(self["log-format"], self["log-level"])
+            factory = logs.factory_name(self["log-format"], self["log-level"],
+                                        logs.log_file(self.parent))
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         if self.parent is not None:

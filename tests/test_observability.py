@@ -7,6 +7,7 @@ audit event of every request — with no secret anywhere in them.
 from __future__ import annotations
 
 import json
+import re
 import time
 from io import StringIO
 
@@ -26,8 +27,9 @@ from tests.test_e2e import params, post
 
 @pytest.fixture(scope="module")
 def json_daemon(world: World) -> Daemon:
-    return pytest_twisted.blockon(Deferred.fromCoroutine(
-        world.start_daemon("json", args=["--log-format", "json", "--log-level", "info"])))
+    # Writing its log itself, to twistd's --logfile.
+    return pytest_twisted.blockon(Deferred.fromCoroutine(world.start_daemon(
+        "json", args=["--log-format", "json", "--log-level", "info"], logfile=True)))
 
 
 async def scrape(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -91,12 +93,25 @@ async def test_json_logs_and_audit_events(world: World, json_daemon: Daemon, htt
     assert answer.status == 200
     request_id = answer.headers["x-amz-request-id"][0]
     await deferLater(reactor, 0.3, lambda: None)
-    lines = [line for line in json_daemon.log_text().splitlines() if line.strip()]
+    lines = json_daemon.log_text().splitlines()
     events = [json.loads(line) for line in lines]  # every line is one JSON object
-    audits = [e["audit"] for e in events if e.get("log_namespace") == "stsd.audit"]
+    assert lines and all(isinstance(e, dict) for e in events)
+    assert json_daemon.output_text() == "", "--logfile honoured: nothing on stdout"
+    for e in events:
+        assert {"time", "level", "logger", "message"} <= e.keys(), e
+        assert not [k for k in e if k.startswith("log_")], e
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"]), e
+    startup = [e for e in events if e["message"].startswith("starting stsd with configuration")]
+    assert len(startup) == 1 and startup[0]["logger"] == "stsd.tap"
+    assert startup[0]["config"]["server"]["port"] == int(json_daemon.url.rsplit(":", 1)[1])
+    audits = [e for e in events if e["logger"] == "stsd.audit"]
     mine = [a for a in audits if a["request_id"] == request_id]
     assert len(mine) == 1
     event = mine[0]
+    # The audit fields once, flat: not again as a JSON string or a nested copy.
+    assert "audit" not in event and "audit_json" not in event
+    assert event["level"] == "info" and event["event"] == "sts.AssumeRoleWithWebIdentity"
+    assert json_daemon.log_text().count(request_id) == 1
     assert event["outcome"] == "Success" and event["status"] == 200
     assert event["serviceaccount"] == "system:serviceaccount:apps:photo-sa"
     assert event["pod"] == "pod-1"
@@ -116,9 +131,9 @@ async def test_json_logs_and_audit_events(world: World, json_daemon: Daemon, htt
     denied = await post(http, json_daemon.sts_url("tenant-1"),
                         params(world.mint("apps", "unbound-sa")))
     await deferLater(reactor, 0.3, lambda: None)
-    events = [json.loads(line) for line in json_daemon.log_text().splitlines() if line.strip()]
-    [refusal] = [e["audit"] for e in events if e.get("log_namespace") == "stsd.audit"
-                 and e["audit"]["request_id"] == denied.headers["x-amz-request-id"][0]]
+    events = [json.loads(line) for line in json_daemon.log_text().splitlines()]
+    [refusal] = [e for e in events if e["logger"] == "stsd.audit"
+                 and e["request_id"] == denied.headers["x-amz-request-id"][0]]
     assert refusal["outcome"] == "AccessDenied" and refusal["status"] == 403
     assert refusal["serviceaccount"] == "system:serviceaccount:apps:unbound-sa"
     assert refusal["bindings"] == [] and "access_key_id" not in refusal

@@ -134,6 +134,8 @@ class Daemon:
     log_path: Path
     protocol: _DaemonProtocol
     transport: Any
+    # Its stdout and stderr, when it writes its log to log_path itself.
+    output_path: Path | None = None
 
     @property
     def metrics_url(self) -> str:
@@ -144,7 +146,14 @@ class Daemon:
         return f"{self.url}/sts/{namespace}"
 
     def log_text(self) -> str:
+        if not self.log_path.exists():  # written by the daemon itself, not yet opened
+            return ""
         return self.log_path.read_text(errors="replace")
+
+    def output_text(self) -> str:
+        if self.output_path is None or self.output_path == self.log_path:
+            return ""
+        return self.output_path.read_text(errors="replace")
 
     async def stop(self) -> int | None:
         if not self.protocol.ended.called:
@@ -270,7 +279,7 @@ class World:
         lines = 0
         leaks = []
         for daemon in self._daemons:
-            text = daemon.log_text()
+            text = daemon.log_text() + daemon.output_text()
             lines += text.count("\n")
             if any(s in text for s in secret_set):
                 leaks.append(str(daemon.log_path))
@@ -318,23 +327,33 @@ class World:
         *,
         wait: bool = True,
         args: Sequence[str] = (),
+        logfile: bool = False,
         **overrides: Mapping[str, Any],
     ) -> Daemon:
         """
         Start C{twistd -n --pidfile= stsd --config FILE} and (unless told
         not to) wait until it answers C{/readyz}.
+
+        @param logfile: the daemon writes its log itself (twistd's
+            C{--logfile}) to C{log_path}; its stdout and stderr go to
+            C{output_path}.
         """
         port = free_port()
         config_path = self.directory / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(self.config(port, **overrides)))
-        log_path = self.directory / f"{name}.log"
-        protocol = _DaemonProtocol(log_path)
-        argv = [*twistd_command(), "-n", "--pidfile=", "stsd", "--config", str(config_path), *args]
+        log_path = output_path = self.directory / f"{name}.log"
+        twistd_args = ["-n", "--pidfile="]
+        if logfile:
+            output_path = self.directory / f"{name}.out"
+            twistd_args += ["--logfile", str(log_path)]
+        protocol = _DaemonProtocol(output_path)
+        argv = [*twistd_command(), *twistd_args, "stsd", "--config", str(config_path), *args]
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         transport = self.reactor.spawnProcess(protocol, argv[0], argv, env=env)
-        daemon = Daemon(f"https://127.0.0.1:{port}", config_path, log_path, protocol, transport)
+        daemon = Daemon(f"https://127.0.0.1:{port}", config_path, log_path, protocol, transport,
+                        output_path)
         self._daemons.append(daemon)
         await self.wait_ready(daemon, status=200 if wait else 503)
         return daemon
@@ -361,7 +380,8 @@ class World:
         try:
             while True:
                 if daemon.protocol.ended.called:
-                    raise RuntimeError(f"stsd exited during start-up:\n{daemon.log_text()}")
+                    raise RuntimeError(f"stsd exited during start-up:\n"
+                                       f"{daemon.log_text()}{daemon.output_text()}")
                 try:
                     response = await client.get(daemon.url + "/readyz")
                     await treq.content(response)
@@ -370,7 +390,8 @@ class World:
                 except Exception:
                     pass
                 if self.reactor.seconds() > deadline:
-                    raise RuntimeError(f"stsd not ready after {timeout}s:\n{daemon.log_text()}")
+                    raise RuntimeError(f"stsd not ready after {timeout}s:\n"
+                                       f"{daemon.log_text()}{daemon.output_text()}")
                 await deferLater(self.reactor, 0.1, lambda: None)
         finally:
             await client._agent._pool.closeCachedConnections()
