@@ -614,11 +614,13 @@ class WatchSync(Service):
         try:
             secret = await self._kubernetes.get(
                 tenant.secret_path, f"Secret {tenant.namespace}/{feed.secret_name}")
-        except CancelledError:
-            feed.reading = None
-            return  # dropped or stopping
+        except CancelledError as e:
+            if not self._current(feed):
+                feed.reading = None
+                return  # dropped or stopping
+            failure: Exception | None = e  # not ours: a failure like any other
         except Exception as e:
-            failure: Exception | None = e
+            failure = e
         else:
             failure = None
         feed.reading = None
