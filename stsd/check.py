@@ -148,11 +148,15 @@ async def _check_cluster(
     for tenant in tenants:
         async def reach(t=tenant) -> str:
             env: dict[str, str] = {}
+            secret = None
             if t.secret_name:
-                secret = await client.get(t.secret_path, "Secret")
+                # By name, as the daemon reads it (get only on Secrets).
+                secret = await client.get(t.secret_path, f"Secret {t.namespace}/{t.secret_name}")
                 env = secret_config_env(secret) if secret else {}
             credentials = root_credentials(t, env)
             if credentials is None:
+                if t.secret_name and secret is None:
+                    raise RuntimeError(f"Secret {t.secret_name} not found")
                 raise RuntimeError(f"no root credentials in Secret {t.secret_name}")
             url = rule.url(t)
             region = await minio.region(TenantEndpoint(f"{t.namespace}/{t.name}", url, credentials))

@@ -111,3 +111,19 @@ async def test_check_command_exit_codes(world: World, tmp_path: Path) -> None:
     failed = await deferToThread(run, str(bad))
     assert failed.returncode == 1
     assert "server.port" in failed.stdout and "verdict: FAILED" in failed.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_says_a_tenants_secret_is_missing(world: World, tmp_path: Path) -> None:
+    tenant = world.tenants["tenant-2"]
+    name = f"{tenant.name}-env-configuration"
+    world.kubernetes.delete_secret(tenant.namespace, name)
+    try:
+        out = StringIO()
+        assert not await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
+    finally:
+        world.kubernetes.config_env_secret(
+            tenant.namespace, name, tenant.minio.access_key, tenant.minio.secret_key)
+    table = rows(out.getvalue())
+    assert table["tenant tenant-2/archive"] == f"FAIL    Secret {name} not found"
+    assert table["tenant tenant-1/storage"].startswith("ok")
