@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.test_keepalive -*-
 """
 A lean HTTP/1.1 client for the per-request upstream call (MinIO's
-AssumeRole): persistent TLS connections, a bounded pool per host, one
-request at a time per connection, a deadline on the whole call.
+AssumeRole): persistent TLS connections, at most C{max_connections} open
+or opening per host (further calls wait in line, first come first served,
+within their deadline), one request at a time per connection, a deadline
+on the whole call.
 
 treq and twisted.web's Agent spend most of a credential's CPU on an
 AssumeRole (URL objects, header objects, body producers, a chain of
@@ -317,7 +319,11 @@ class _TLSEndpoint:
 class KeepAliveClient:
     """
     HTTP/1.1 requests over a bounded pool of persistent connections per
-    (scheme, host, port), verified with C{policy} for C{https}.
+    (scheme, host, port), verified with C{policy} for C{https}: at most
+    C{max_connections} open or being opened at once (a call that finds
+    none idle and none free waits in line for the next connection given
+    back or slot freed; its deadline runs while it waits), at most
+    C{per_host} of them kept idle.
 
     L{request} has the signature and the errors of L{stsd.upstream.request}
     (minus the client), so L{stsd.minio_client.MinIOClient} takes either.

@@ -301,6 +301,7 @@ async def test_sigterm_drains_a_real_daemon(world: World) -> None:
         # Timings as the daemon measured them on its own clock.
         log = daemon.log_text()
         assert "stopped listening" in log and "1 requests cut off" in log, log
+        assert "ClientClosedRequest" in log, "the request cut off is audited"
         drained_at = float(log.split("drained ", 1)[1].split(" s", 1)[0])
         listening_stopped_at = float(log.split("stopped listening ", 1)[1].split(" s", 1)[0])
         assert delay <= listening_stopped_at < delay + 1
@@ -309,6 +310,8 @@ async def test_sigterm_drains_a_real_daemon(world: World) -> None:
         assert ended < delay + grace + 15
         print(f"\nSIGTERM drain: listener stopped at {listening_stopped_at:.2f} s, drained at "
               f"{drained_at:.2f} s (daemon's clock); exit 0 seen {ended:.2f} s after SIGTERM")
+        print("\n".join(line for line in log.splitlines()
+                        if "stop" in line or "drain" in line or "SIGTERM" in line))
     finally:
         slow_minio.clear_faults()
         hanging_minio.clear_faults()
