@@ -389,7 +389,7 @@ class DeadlineSite(Site):
         return d
 
     def _settle(self) -> None:
-        if self._quiet and not self.busy:
+        if self._quiet and not any(channel.busy for channel in self._channels):
             waiting, self._quiet = self._quiet, []
             for d in waiting:
                 d.callback(None)
