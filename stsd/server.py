@@ -42,6 +42,8 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 # minio-py sends WebIdentityToken (up to 20,000 characters: DESIGN) and Policy
 # in the query string, so the request line alone may be over 20 KiB.
 MAX_HEADER_BYTES = 32 * 1024
+# Connections closed at a site's max_connections are logged at most this often.
+BOUND_WARNING_SECONDS = 60.0
 
 
 class BoundedRequest(Request):
@@ -293,7 +295,8 @@ class DeadlineSite(Site):
     within C{max_header_bytes}, its body is kept in memory up to
     L{wire.MAX_BODY_BYTES} (L{BoundedRequest}); at most C{max_connections}
     connections are held at once (L{None}: no bound), one more is closed as
-    soon as it is accepted.
+    soon as it is accepted (with a warning at most every
+    L{BOUND_WARNING_SECONDS}).
 
     It knows its connections, for a graceful stop (L{stsd.drain}): once
     C{draining} is set, every answer closes its connection; L{close_idle},
@@ -328,17 +331,20 @@ class DeadlineSite(Site):
         self._channels: set[_DeadlineChannel] = set()
         self._quiet: list[Deferred[None]] = []
         self._closed: list[Deferred[None]] = []
-        self._at_bound = False
+        self._refused = 0  # connections closed at the bound since the last warning
+        self._warned_at: float | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> _DeadlineChannel | None:  # type: ignore[override]
         if self.max_connections is not None and len(self._channels) >= self.max_connections:
             # None: the listening port closes the new socket at once.
-            if not self._at_bound:
-                self._at_bound = True  # logged once per time the bound is reached
-                log.warn("{count} connections open, the most allowed: closing new ones",
-                         count=len(self._channels))
+            self._refused += 1
+            now = self.reactor.seconds()
+            if self._warned_at is None or now - self._warned_at >= BOUND_WARNING_SECONDS:
+                # At most a line a minute, however hard the port is flooded.
+                log.warn("{count} connections open, the most allowed: closed {refused} new "
+                         "ones", count=len(self._channels), refused=self._refused)
+                self._warned_at, self._refused = now, 0
             return None
-        self._at_bound = False
         channel: _DeadlineChannel = super().buildProtocol(addr)
         channel.request_timeout = self.request_timeout
         channel.MAX_LENGTH = channel.totalHeadersSize = self.max_header_bytes

@@ -261,13 +261,13 @@ async def poll(check: Any, timeout: float = 30.0) -> Any:
 @pytest_twisted.ensureDeferred
 async def test_sigterm_drains_a_real_daemon(world: World) -> None:
     """
-    SIGTERM with two requests in flight: one MinIO answers after 2 s, the
-    other never. /readyz is 503 on both ports during the delay, the first
-    request gets its credentials, new connections are refused once the
-    delay is over, the hanging request is cut off at the end of the grace,
-    and the process exits 0.
+    SIGTERM with two requests in flight: one MinIO answers after the
+    delay, the other never. /readyz is 503 on both ports during the delay,
+    the first request gets its credentials, new connections are refused
+    once the delay is over, the hanging request is cut off at the end of
+    the grace, and the process exits 0.
     """
-    delay, grace, slow = 1.0, 4.0, 2.0
+    delay, grace, slow = 3.0, 5.0, 4.5
     daemon = await world.start_daemon(
         "draining", server={"shutdown_delay_seconds": delay, "shutdown_grace_seconds": grace},
         tenants={"timeout_seconds": 30})

@@ -16,6 +16,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from stsd.config import MetricsConfig
@@ -81,6 +82,25 @@ def test_connections_beyond_the_bound_are_closed_at_once() -> None:
     protocol, _ = held[0]  # type: ignore[misc]
     protocol.connectionLost(Failure(ConnectionError("closed")))
     assert connect(site) is not None, "a slot freed: accepted again"
+
+
+def test_connections_closed_at_the_bound_are_logged_at_most_once_a_minute() -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock = MemoryReactorClock()
+        site = make_site(clock, max_connections=1)
+        connect(site)
+        for _ in range(100):
+            assert connect(site) is None
+        clock.advance(59)
+        assert connect(site) is None
+        clock.advance(1)
+        assert connect(site) is None
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [e for e in events if "the most allowed" in e.get("log_format", "")]
+    assert [(w["count"], w["refused"]) for w in warnings] == [(1, 1), (1, 101)]
 
 
 def test_the_default_bound_and_interface() -> None:
