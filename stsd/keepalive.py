@@ -564,6 +564,10 @@ class KeepAliveClient:
 class _Call:
     """One request: its connection, its deadline, at most one resend."""
 
+    # In line for a connection (KeepAliveClient._waiting); a class default,
+    # not set per call: most calls never wait.
+    _waiting = False
+
     def __init__(
         self, client: KeepAliveClient, key: _Key, wire: bytes, target: str, timeout: float,
         metric: str,
@@ -577,7 +581,6 @@ class _Call:
         self._connecting: Deferred[_Connection] | None = None
         self._connection: _Connection | None = None
         self._reused = False
-        self._waiting = False
         self._started = client._reactor.seconds()
         self.result: Deferred[Response] = Deferred(lambda _: self._cancelled())
         self._timer = client._reactor.callLater(timeout, self._expire)
@@ -602,7 +605,9 @@ class _Call:
         self._waiting = False
         self._connecting = None
         if self.result.called:
-            connection.transport.loseConnection()
+            # Connected after this call gave up: the connection serves the
+            # next call in line, or waits in the pool.
+            self._client._give_back(self._key, connection)
             return
         self._connection = connection
         self._reused = reused
