@@ -6,6 +6,7 @@ memory and once over loopback.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest_twisted
@@ -134,8 +135,10 @@ async def test_over_loopback() -> None:
     extra = _Client()
     try:
         await gatherResults([connectProtocol(endpoint, c) for c in half])
-        while site.connections < 4:  # accepted by the server
+        deadline = time.monotonic() + 30  # accepted by the server (generous: a loaded machine)
+        while site.connections < 4 and time.monotonic() < deadline:
             await deferLater(reactor, 0.01, lambda: None)
+        assert site.connections == 4
         await connectProtocol(endpoint, extra)
         await extra.closed  # closed at once by the server, long before any deadline
         assert not any(c.closed.called for c in half)
