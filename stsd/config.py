@@ -281,6 +281,13 @@ class ServerConfig:
     tls_cert: str = field(metadata=_spec(_path))
     tls_key: str = field(metadata=_spec(_path))
     request_timeout_seconds: float = field(default=10.0, metadata=_spec(_seconds))
+    # The graceful stop on SIGTERM (stsd.drain): /readyz turns 503 at once,
+    # new connections are taken for the delay, requests in flight then have
+    # the grace to finish. terminationGracePeriodSeconds exceeds both.
+    shutdown_delay_seconds: float = field(
+        default=5.0, metadata=_spec(_non_negative_seconds(300.0)))
+    shutdown_grace_seconds: float = field(
+        default=20.0, metadata=_spec(_non_negative_seconds(600.0)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,6 +317,8 @@ class TenantsConfig:
         default=None, metadata=_spec(_optional(_file(_certificates)))
     )
     timeout_seconds: float = field(default=10.0, metadata=_spec(_seconds))
+    # Connections open or opening to one tenant host at a time; more calls wait.
+    max_connections: int = field(default=64, metadata=_spec(_integer(1, 10_000)))
 
 
 _DURATION = _integer(
@@ -336,6 +345,8 @@ class MetricsConfig:
 
     interface: str = field(default="0.0.0.0", metadata=_spec(_text))
     port: int = field(default=9090, metadata=_spec(_integer(1, 65535)))
+    # Connections the metrics port holds at once; one more is closed at once.
+    max_connections: int = field(default=64, metadata=_spec(_integer(1, 10_000)))
 
 
 @dataclass(frozen=True, kw_only=True)

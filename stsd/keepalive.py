@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.test_keepalive -*-
 """
 A lean HTTP/1.1 client for the per-request upstream call (MinIO's
-AssumeRole): persistent TLS connections, a bounded pool per host, one
-request at a time per connection, a deadline on the whole call.
+AssumeRole): persistent TLS connections, at most C{max_connections} open
+or opening per host (further calls wait in line, first come first served,
+within their deadline), one request at a time per connection, a deadline
+on the whole call.
 
 treq and twisted.web's Agent spend most of a credential's CPU on an
 AssumeRole (URL objects, header objects, body producers, a chain of
@@ -22,6 +24,7 @@ nobody holds, which expires on its own.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +46,9 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 # timeout would close them under a request.
 IDLE_SECONDS = 30.0
 CONNECT_SECONDS = 10.0
+# Connections open or being opened to one host at a time (tenants.max_connections):
+# a rollout of a thousand pods must not become a thousand TLS handshakes at once.
+MAX_CONNECTIONS_PER_HOST = 64
 
 _Key = tuple[str, str, int]
 # One header line after a CRLF: a token, a colon, the value without the
@@ -103,6 +109,9 @@ class _Connection(Protocol):
         self.is_open = False
         self.idle_since = 0.0
         self.on_lost: Callable[[_Connection], None] | None = None
+        # Whether this connection holds one of its host's max_connections
+        # slots (from before it connects until it is lost).
+        self.counted = True
         self._reset()
 
     def _reset(self) -> None:
@@ -310,7 +319,11 @@ class _TLSEndpoint:
 class KeepAliveClient:
     """
     HTTP/1.1 requests over a bounded pool of persistent connections per
-    (scheme, host, port), verified with C{policy} for C{https}.
+    (scheme, host, port), verified with C{policy} for C{https}: at most
+    C{max_connections} open or being opened at once (a call that finds
+    none idle and none free waits in line for the next connection given
+    back or slot freed; its deadline runs while it waits), at most
+    C{per_host} of them kept idle.
 
     L{request} has the signature and the errors of L{stsd.upstream.request}
     (minus the client), so L{stsd.minio_client.MinIOClient} takes either.
@@ -322,6 +335,7 @@ class KeepAliveClient:
         policy: IPolicyForHTTPS,
         *,
         per_host: int = PERSISTENT_PER_HOST,
+        max_connections: int = MAX_CONNECTIONS_PER_HOST,
         max_body: int = MAX_BODY_BYTES,
         idle_seconds: float = IDLE_SECONDS,
         observe: Callable[[str, float, bool], None] | None = None,
@@ -329,6 +343,11 @@ class KeepAliveClient:
         self._reactor = reactor
         self._policy = policy
         self._per_host = per_host
+        self._max_connections = max_connections
+        # Per host: connections open or opening (each holds a slot), and the
+        # calls waiting for one, first come first served.
+        self._active: dict[_Key, int] = {}
+        self._waiting: dict[_Key, deque[_Call]] = {}
         self._max_body = max_body
         self._idle_seconds = idle_seconds
         self._observe = observe
@@ -360,6 +379,11 @@ class KeepAliveClient:
         return None
 
     def _give_back(self, key: _Key, connection: _Connection) -> None:
+        if self._waiting and connection.is_open:
+            call = self._next_waiting(key)
+            if call is not None:
+                call._send(connection, reused=True)  # straight to the next in line
+                return
         idle = self._idle.setdefault(key, [])
         if len(idle) >= self._per_host or not connection.is_open:
             connection.transport.loseConnection()
@@ -390,8 +414,62 @@ class KeepAliveClient:
         idle = self._idle.get(key)
         if idle and connection in idle:
             idle.remove(connection)
+        self._release(key, connection)
+
+    # -- the bound on connections per host -----------------------------------
+    #
+    # A connection holds one of its host's slots from before it connects
+    # until it is lost (or fails to connect). A call that finds no idle
+    # connection takes a free slot, or waits in line; a slot freed, or a
+    # connection given back, goes to the first in line. Under the bound
+    # this costs a counter per new connection and nothing per request.
+
+    def _acquire(self, key: _Key, call: _Call) -> bool:
+        """Take a slot for C{call}'s new connection, or put it in line."""
+        active = self._active.get(key, 0)
+        if active < self._max_connections:
+            self._active[key] = active + 1
+            return True
+        self._waiting.setdefault(key, deque()).append(call)
+        return False
+
+    def _release(self, key: _Key, connection: _Connection) -> None:
+        if not connection.counted:
+            return
+        connection.counted = False
+        call = self._next_waiting(key)
+        if call is not None:
+            call._connect()  # the slot passes on
+            return
+        active = self._active[key] - 1
+        if active:
+            self._active[key] = active
+        else:
+            del self._active[key]
+
+    def _next_waiting(self, key: _Key) -> _Call | None:
+        waiting = self._waiting.get(key)
+        if not waiting:
+            return None
+        call = waiting.popleft()
+        if not waiting:
+            del self._waiting[key]
+        return call
+
+    def _leave_line(self, key: _Key, call: _Call) -> None:
+        waiting = self._waiting.get(key)
+        if waiting is not None and call in waiting:
+            waiting.remove(call)
+            if not waiting:
+                del self._waiting[key]
+
+    def connections(self, url: str) -> tuple[int, int]:
+        """(connections open or opening, calls waiting) for C{url}'s host."""
+        key = self._target(url)[0]
+        return self._active.get(key, 0), len(self._waiting.get(key, ()))
 
     def _connect(self, key: _Key) -> Deferred[_Connection]:
+        """A new connection, in a slot already taken (L{_acquire})."""
         connection = _Connection(self._max_body)
         connection.on_lost = lambda c: self._forget(key, c)
         factory = Factory.forProtocol(lambda: connection)
@@ -401,13 +479,19 @@ class KeepAliveClient:
             self._open.add(connection)
             return connection
 
-        return self._endpoint(key).connect(factory).addCallback(made)
+        def failed(failure: Failure) -> Failure:
+            self._release(key, connection)
+            return failure
+
+        return self._endpoint(key).connect(factory).addCallbacks(made, failed)
 
     def close(self) -> Deferred[None]:
         """Close every connection (service shutdown, tests)."""
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        # Calls still waiting for a connection are left to their deadlines.
+        self._waiting.clear()
         waits = []
         for connection in list(self._open):
             if connection.is_open:
@@ -480,6 +564,10 @@ class KeepAliveClient:
 class _Call:
     """One request: its connection, its deadline, at most one resend."""
 
+    # In line for a connection (KeepAliveClient._waiting); a class default,
+    # not set per call: most calls never wait.
+    _waiting = False
+
     def __init__(
         self, client: KeepAliveClient, key: _Key, wire: bytes, target: str, timeout: float,
         metric: str,
@@ -503,13 +591,23 @@ class _Call:
             self._open()
 
     def _open(self) -> None:
+        if self._client._acquire(self._key, self):
+            self._connect()
+        else:
+            self._waiting = True  # until a slot or a connection comes (or the deadline)
+
+    def _connect(self) -> None:
+        self._waiting = False
         self._connecting = self._client._connect(self._key)
         self._connecting.addCallbacks(lambda c: self._send(c, reused=False), self._failed)
 
     def _send(self, connection: _Connection, reused: bool) -> None:
+        self._waiting = False
         self._connecting = None
         if self.result.called:
-            connection.transport.loseConnection()
+            # Connected after this call gave up: the connection serves the
+            # next call in line, or waits in the pool.
+            self._client._give_back(self._key, connection)
             return
         self._connection = connection
         self._reused = reused
@@ -525,12 +623,18 @@ class _Call:
         self._finish(response)
 
     def lost(self, failure: Failure) -> None:
-        self._connection = None
+        connection, self._connection = self._connection, None
         if self.result.called:
             return
         lost = failure.value
         if isinstance(lost, _Lost) and self._reused and not lost.received:
-            self._open()  # the server closed an idle connection under us
+            # The server closed an idle connection under us: a new one, in
+            # the lost one's slot (no waiting in line for a call in service).
+            if connection is not None and connection.counted:
+                connection.counted = False
+                self._connect()
+            else:
+                self._open()
             return
         self._failed(Failure(lost.reason.value) if isinstance(lost, _Lost) else failure)
 
@@ -558,6 +662,9 @@ class _Call:
         self._abandon()
 
     def _abandon(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self._client._leave_line(self._key, self)
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()

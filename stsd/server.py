@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,6 +42,8 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 # minio-py sends WebIdentityToken (up to 20,000 characters: DESIGN) and Policy
 # in the query string, so the request line alone may be over 20 KiB.
 MAX_HEADER_BYTES = 32 * 1024
+# Connections closed at a site's max_connections are logged at most this often.
+BOUND_WARNING_SECONDS = 60.0
 
 
 class BoundedRequest(Request):
@@ -158,6 +160,17 @@ class _DeadlineChannel(HTTPChannel):
         if self.persistent and not self._lost:
             self._arm_deadline()
         super().requestDone(request)
+        if self.site.draining:
+            self.site._settle()
+
+    @property
+    def busy(self) -> bool:
+        """
+        Whether a request is arriving or being answered: a partial request
+        line waits in the line buffer, a request from its line on is in
+        C{requests}. A connection cut off at its deadline is not.
+        """
+        return not self._timed_out and (bool(self.requests) or bool(self._buffer))
 
     # A response is held until it is complete and then written at once: one
     # TLS record and one segment instead of headers, body and chunk trailer
@@ -169,6 +182,11 @@ class _DeadlineChannel(HTTPChannel):
         for name, values in headers.getAllRawHeaders():
             for value in values:
                 pending.extend((name, b": ", value, b"\r\n"))
+        if self.persistent and self.site.draining:
+            # Stopping: this answer is the connection's last, so the client
+            # opens its next connection elsewhere (stsd.drain).
+            self.persistent = False
+            pending.append(b"Connection: close\r\n")
         pending.append(b"\r\n")
         self._pending = pending
 
@@ -199,6 +217,11 @@ class _DeadlineChannel(HTTPChannel):
         self._pending = None
         self._cancel_deadline()
         super().connectionLost(reason)
+        self.site._channel_lost(self)
+
+    def _refusal(self, error: errors.STSError) -> bytes:
+        """The whole response refusing a request the channel cannot hand on."""
+        return _raw_error_response(error)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # LineReceiver's default drops the connection without a word.
@@ -207,7 +230,7 @@ class _DeadlineChannel(HTTPChannel):
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's answer is a bare "400 Bad Request" without a body.
         self._cancel_deadline()
-        self.transport.write(_raw_error_response(errors.invalid_parameter(
+        self.transport.write(self._refusal(errors.invalid_parameter(
             f"malformed HTTP request, or request line and headers over "
             f"{self.totalHeadersSize} bytes"
         )))
@@ -237,28 +260,54 @@ class _DeadlineChannel(HTTPChannel):
             timeout=self.request_timeout,
         )
         if started:
-            self.transport.write(_raw_error_response(errors.STSError(
+            self.transport.write(self._refusal(errors.STSError(
                 "RequestTimeout",
                 f"the request did not arrive within {self.request_timeout} seconds",
                 408,
             )))
         # Closes, and aborts after abortTimeout if the client will not read.
         self.timeoutConnection()
+        if self.site.draining:
+            self.site._settle()
 
 
-class STSSite(Site):
+class _PlainDeadlineChannel(_DeadlineChannel):
     """
-    The Site of the STS port: requests are L{BoundedRequest}s, each must
-    arrive within C{request_timeout} seconds (L{_DeadlineChannel}), the
-    request line and headers within C{max_header_bytes}; form bodies are
-    left to L{wire.parse_request} (Twisted's own C{request.args} parsing of
-    POST bodies, with its bare-400 on a bad multipart body, is off). The
-    access log omits the query string (minio-py sends the WebIdentityToken
-    there) and is a structured log event.
+    L{_DeadlineChannel} for the metrics port: its refusals are plain text
+    (Prometheus and the kubelet read no STS XML).
+    """
+
+    def _refusal(self, error: errors.STSError) -> bytes:
+        body = error.message.encode("utf-8") + b"\n"
+        return b"".join([
+            b"HTTP/1.1 %d %s\r\n" % (error.status, RESPONSES.get(error.status, b"Error")),
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\n" % (len(body),),
+            b"Connection: close\r\n\r\n",
+            body,
+        ])
+
+
+class DeadlineSite(Site):
+    """
+    A Site whose connections are L{_DeadlineChannel}s: every request must
+    arrive within C{request_timeout} seconds, its request line and headers
+    within C{max_header_bytes}, its body is kept in memory up to
+    L{wire.MAX_BODY_BYTES} (L{BoundedRequest}); at most C{max_connections}
+    connections are held at once (L{None}: no bound), one more is closed as
+    soon as it is accepted (with a warning at most every
+    L{BOUND_WARNING_SECONDS}).
+
+    It knows its connections, for a graceful stop (L{stsd.drain}): once
+    C{draining} is set, every answer closes its connection; L{close_idle},
+    L{when_quiet} and L{abort_all} do the rest.
     """
 
     requestFactory = BoundedRequest
     protocol = _DeadlineChannel  # type: ignore[assignment]
+
+    #: Set when a stop begins: every answer from then on is its connection's last.
+    draining = False
 
     def __init__(
         self,
@@ -267,6 +316,7 @@ class STSSite(Site):
         reactor: IReactorTime | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         max_header_bytes: int = MAX_HEADER_BYTES,
+        max_connections: int | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("parsePOSTFormSubmission", False)
@@ -277,12 +327,99 @@ class STSSite(Site):
         super().__init__(resource, reactor=reactor, **kwargs)
         self.request_timeout = request_timeout
         self.max_header_bytes = max_header_bytes
+        self.max_connections = max_connections
+        self._channels: set[_DeadlineChannel] = set()
+        self._quiet: list[Deferred[None]] = []
+        self._closed: list[Deferred[None]] = []
+        self._refused = 0  # connections closed at the bound since the last warning
+        self._warned_at: float | None = None
 
-    def buildProtocol(self, addr: IAddress | None) -> _DeadlineChannel:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> _DeadlineChannel | None:  # type: ignore[override]
+        if self.max_connections is not None and len(self._channels) >= self.max_connections:
+            # None: the listening port closes the new socket at once.
+            self._refused += 1
+            now = self.reactor.seconds()
+            if self._warned_at is None or now - self._warned_at >= BOUND_WARNING_SECONDS:
+                # At most a line a minute, however hard the port is flooded.
+                log.warn("{count} connections open, the most allowed: closed {refused} new "
+                         "ones", count=len(self._channels), refused=self._refused)
+                self._warned_at, self._refused = now, 0
+            return None
         channel: _DeadlineChannel = super().buildProtocol(addr)
         channel.request_timeout = self.request_timeout
         channel.MAX_LENGTH = channel.totalHeadersSize = self.max_header_bytes
+        self._channels.add(channel)
         return channel
+
+    # -- connections, for a graceful stop ---------------------------------------
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._channels)
+
+    @property
+    def busy(self) -> int:
+        """Connections with a request arriving or being answered."""
+        return sum(1 for channel in self._channels if channel.busy)
+
+    def close_idle(self) -> int:
+        """Close every connection without a request; return how many."""
+        idle = [channel for channel in self._channels if not channel.busy]
+        for channel in idle:
+            channel.loseConnection()
+        return len(idle)
+
+    def abort_all(self) -> int:
+        """Drop every connection now, requests and all; return how many."""
+        channels = list(self._channels)
+        for channel in channels:
+            channel.transport.abortConnection()
+        return len(channels)
+
+    def when_quiet(self) -> Deferred[None]:
+        """
+        A Deferred that fires once no connection is busy (checked when a
+        request is done or a connection lost, while C{draining}).
+        """
+        d: Deferred[None] = Deferred(self._quiet.remove)
+        self._quiet.append(d)
+        self._settle()
+        return d
+
+    def when_closed(self) -> Deferred[None]:
+        """A Deferred that fires once no connection is open."""
+        d: Deferred[None] = Deferred(self._closed.remove)
+        self._closed.append(d)
+        self._settle()
+        return d
+
+    def _settle(self) -> None:
+        if self._quiet and not any(channel.busy for channel in self._channels):
+            waiting, self._quiet = self._quiet, []
+            for d in waiting:
+                d.callback(None)
+        if self._closed and not self._channels:
+            waiting, self._closed = self._closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def _channel_lost(self, channel: _DeadlineChannel) -> None:
+        self._channels.discard(channel)
+        if self._quiet or self._closed:
+            self._settle()
+
+
+class STSSite(DeadlineSite):
+    """
+    The Site of the STS port: requests are L{BoundedRequest}s, each must
+    arrive within C{request_timeout} seconds (L{_DeadlineChannel}), the
+    request line and headers within C{max_header_bytes}; form bodies are
+    left to L{wire.parse_request} (Twisted's own C{request.args} parsing of
+    POST bodies, with its bare-400 on a bad multipart body, is off). The
+    access log omits the query string (minio-py sends the WebIdentityToken
+    there) and is a structured log event.
+    """
 
     def startFactory(self) -> None:
         # HTTPFactory opens a log file and starts a once-a-second timer for
@@ -302,6 +439,18 @@ class STSSite(Site):
             client=getattr(request.getClientAddress(), "host", "-"),
             request_id=request_id.decode("latin-1"),
         )
+
+
+class MetricsSite(DeadlineSite):
+    """
+    The Site of the metrics port: the STS port's request deadline, a bound
+    on connections (a client holding thousands of half-sent requests open
+    costs at most C{max_connections} sockets for C{request_timeout}
+    seconds), plain-text refusals, and Twisted's access log.
+    """
+
+    protocol = _PlainDeadlineChannel  # type: ignore[assignment]
+    noisy = False
 
 
 # Request ids need to be unique, not secret: a generator seeded from the

@@ -18,12 +18,12 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from stsd import config as configuration
 from stsd import kube, logs, tls
 from stsd.bindings import BindingIndex
 from stsd.certreload import CertificateLoadError, CertificateReloader
+from stsd.drain import GracefulStop
 from stsd.exchange import Exchange, Limits
 from stsd.identity import TokenReviewAuthenticator
 from stsd.jwks import JWKSAuthenticator, KeySet, LocallyCheckedTokenReview
@@ -37,7 +37,7 @@ from stsd.metrics import (
 from stsd.minio_client import MinIOClient
 from stsd.ratelimit import Rate, RateLimiter
 from stsd.refresh import Refresher
-from stsd.server import STSResource, STSSite
+from stsd.server import MetricsSite, STSResource, STSSite
 from stsd.tenants import EndpointRule, TenantIndex
 from stsd.tokencache import CachingAuthenticator
 from stsd.upstream import make_client
@@ -122,15 +122,20 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     kubernetes = kube.KubernetesClient(
         access, kube_http, reactor, config.kubernetes.timeout_seconds)
     minio_http = KeepAliveClient(reactor, tls.VerifiedHTTPS(tenant_trust(config, access)),
-                                 observe=metrics.observe_upstream)
+                                 observe=metrics.observe_upstream,
+                                 max_connections=config.tenants.max_connections)
     minio = MinIOClient(minio_http, reactor, config.tenants.timeout_seconds)
     bindings = BindingIndex()
     tenants = TenantIndex(EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain))
     sync: Refresher | WatchSync = (WatchSync if config.kubernetes.watch else Refresher)(
         kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
     keys = KeySet(kubernetes, reactor)
-    readiness = _readiness(sync, config.kubernetes.resync_seconds, reactor,
-                           keys if config.kubernetes.token_verification == "jwks" else None)
+    # The top service: on SIGTERM it drains the STS port before the rest stops.
+    top = GracefulStop(reactor, delay=config.server.shutdown_delay_seconds,
+                       grace=config.server.shutdown_grace_seconds)
+    readiness = top.readiness(_readiness(
+        sync, config.kubernetes.resync_seconds, reactor,
+        keys if config.kubernetes.token_verification == "jwks" else None))
     authenticator = _remembering(
         _authenticator(config.kubernetes, kubernetes, keys, reactor), config.kubernetes,
         reactor, metrics)
@@ -170,7 +175,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         metrics.watch_sync(resource_name, _age(sync, resource_name, reactor))
     metrics.ready.set_function(lambda: 1 if sync.ready else 0)
 
-    top = MultiService()
     sync.setServiceParent(top)
     _freeze_heap_when_ready(sync, reactor).setServiceParent(top)
     keys.setServiceParent(top)
@@ -178,12 +182,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     credentials.clock = reactor
     credentials.setServiceParent(top)
     reloader.setServiceParent(top)
-    _listen(StreamServerEndpointService(SSL4ServerEndpoint(
+    sts_listener = StreamServerEndpointService(SSL4ServerEndpoint(
         reactor, config.server.port, reloader.options, interface=config.server.interface,
-    ), site), top)
-    metrics_site = Site(metrics_site_root(metrics.registry, lambda: None, readiness),
-                        reactor=reactor)
-    metrics_site.noisy = False
+    ), site)
+    _listen(sts_listener, top)
+    top.drains(sts_listener, site)
+    metrics_site = MetricsSite(metrics_site_root(metrics.registry, lambda: None, readiness),
+                               reactor=reactor,
+                               request_timeout=config.server.request_timeout_seconds,
+                               max_connections=config.metrics.max_connections)
     _listen(StreamServerEndpointService(TCP4ServerEndpoint(
         reactor, config.metrics.port, interface=config.metrics.interface), metrics_site), top)
     return top

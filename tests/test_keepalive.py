@@ -16,8 +16,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from stsd import keepalive, tls
@@ -438,3 +441,223 @@ def test_tls_connections_are_not_write_buffered() -> None:
     from twisted.protocols.tls import BufferingTLSTransport
 
     assert not issubclass(keepalive._DirectTLSFactory.protocol, BufferingTLSTransport)
+
+
+# -- the bound on connections per host (tenants.max_connections) ----------------------
+
+
+class FakeEndpoint:
+    """
+    Connections that complete (or fail) when the test says so, over
+    StringTransports: what a host behind a slow TLS handshake looks like.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[Deferred[Any], Any]] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.attempts.append((d, factory))
+        return d
+
+    def complete(self, index: int) -> Any:
+        d, factory = self.attempts[index]
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        d.callback(protocol)
+        return protocol
+
+
+HOST = "http://minio.test:9000"
+
+
+def bounded(clock: Any, limit: int) -> tuple[KeepAliveClient, FakeEndpoint]:
+    client = KeepAliveClient(clock, tls.VerifiedHTTPS(tls.CertificateTrust(())),
+                             max_connections=limit)
+    endpoint = FakeEndpoint()
+    client._endpoints[("http", "minio.test", 9000)] = endpoint
+    return client, endpoint
+
+
+def call(client: KeepAliveClient, path: str, timeout: float = 10) -> Deferred[Any]:
+    return client.request("GET", f"{HOST}/{path}", target="the target", timeout=timeout)
+
+
+def sent(connection: Any) -> list[str]:
+    """The request lines a connection has carried."""
+    return [line.split(" ")[1] for line in connection.transport.value().decode().split("\r\n")
+            if line.startswith("GET ")]
+
+
+def test_never_more_connections_than_the_bound_and_fifo() -> None:
+    clock = MemoryReactorClock()
+    client, endpoint = bounded(clock, 2)
+    calls = [call(client, f"c{i}") for i in range(6)]
+    assert len(endpoint.attempts) == 2, "two connections opening, four calls waiting"
+    assert client.connections(HOST) == (2, 4)
+    first, second = endpoint.complete(0), endpoint.complete(1)
+    assert (sent(first), sent(second)) == (["/c0"], ["/c1"])
+    # An answer gives the connection to the first call in line, not to the pool.
+    first.dataReceived(ok(b"zero"))
+    assert sent(first) == ["/c0", "/c2"]
+    second.dataReceived(ok(b"one"))
+    assert sent(second) == ["/c1", "/c3"]
+    assert client.connections(HOST) == (2, 2)
+    # A connection lost (the server closed it after its answer) frees its
+    # slot for the next in line, which opens a new connection.
+    second.dataReceived(ok(b"three", b"Connection: close\r\n"))
+    second.connectionLost(Failure(ConnectionDone()))
+    assert len(endpoint.attempts) == 3
+    third = endpoint.complete(2)
+    assert sent(third) == ["/c4"]
+    first.dataReceived(ok(b"two"))
+    assert sent(first) == ["/c0", "/c2", "/c5"]
+    first.dataReceived(ok(b"five"))
+    third.dataReceived(ok(b"four"))
+    bodies = [c.result.body for c in calls]  # type: ignore[attr-defined]
+    assert bodies == [b"zero", b"one", b"two", b"three", b"four", b"five"]
+    assert len(endpoint.attempts) == 3, "never more than two at once, three in all"
+    assert client.connections(HOST) == (2, 0)
+
+
+def test_a_call_waiting_past_its_deadline_fails_and_leaves_the_line() -> None:
+    clock = MemoryReactorClock()
+    client, endpoint = bounded(clock, 1)
+    busy = call(client, "busy", timeout=10)
+    waiting = call(client, "waiting", timeout=2)
+    after = call(client, "after", timeout=10)
+    assert client.connections(HOST) == (1, 2)
+    clock.advance(2)
+    error = waiting.result.value  # type: ignore[attr-defined]
+    assert isinstance(error, UpstreamError)
+    assert str(error) == "the target: no answer within 2 seconds"  # the usual timeout
+    waiting.addErrback(lambda _: None)
+    assert client.connections(HOST) == (1, 1)
+    connection = endpoint.complete(0)
+    connection.dataReceived(ok(b"busy"))
+    assert sent(connection) == ["/busy", "/after"], "the expired call was skipped"
+    assert busy.result.body == b"busy"  # type: ignore[attr-defined]
+    assert not after.called
+
+
+def test_cancelling_a_waiting_call_removes_it_from_the_line() -> None:
+    clock = MemoryReactorClock()
+    client, endpoint = bounded(clock, 1)
+    call(client, "busy")
+    waiting = call(client, "waiting")
+    waiting.cancel()
+    waiting.addErrback(lambda _: None)
+    assert client.connections(HOST) == (1, 0)
+    connection = endpoint.complete(0)
+    connection.dataReceived(ok(b"busy"))
+    assert sent(connection) == ["/busy"]
+    assert client._idle[("http", "minio.test", 9000)] == [connection], "idle: nobody waits"
+    assert clock.getDelayedCalls() and all(  # only the idle sweep is left
+        c.getTime() == keepalive.IDLE_SECONDS for c in clock.getDelayedCalls())
+
+
+def test_a_failed_connection_frees_its_slot_for_the_next() -> None:
+    clock = MemoryReactorClock()
+    client, endpoint = bounded(clock, 1)
+    first, second = call(client, "a"), call(client, "b")
+    endpoint.attempts[0][0].errback(ConnectionRefusedError())
+    failure = first.result  # type: ignore[attr-defined]
+    first.addErrback(lambda _: None)
+    assert isinstance(failure.value, UpstreamError)
+    assert "refused" in str(failure.value)
+    assert len(endpoint.attempts) == 2, "the waiting call connects in the freed slot"
+    assert client.connections(HOST) == (1, 0)
+    endpoint.complete(1).dataReceived(ok(b"b"))
+    assert second.result.body == b"b"  # type: ignore[attr-defined]
+
+
+def test_a_resend_keeps_its_slot_rather_than_waiting_in_line() -> None:
+    clock = MemoryReactorClock()
+    client, endpoint = bounded(clock, 1)
+    warm = call(client, "warm")
+    connection = endpoint.complete(0)
+    connection.dataReceived(ok(b"warm"))
+    assert warm.result.body == b"warm"  # type: ignore[attr-defined]
+    reused = call(client, "reused")  # on the idle connection
+    waiting = call(client, "waiting")
+    assert client.connections(HOST) == (1, 1)
+    # The server had closed the idle connection: the request is sent again on
+    # a new connection, in the lost one's slot, ahead of the call in line.
+    connection.connectionLost(Failure(ConnectionDone()))
+    assert len(endpoint.attempts) == 2
+    fresh = endpoint.complete(1)
+    assert sent(fresh) == ["/reused"]
+    assert client.connections(HOST) == (1, 1)
+    fresh.dataReceived(ok(b"again"))
+    assert reused.result.body == b"again"  # type: ignore[attr-defined]
+    assert sent(fresh) == ["/reused", "/waiting"]
+    assert not waiting.called
+
+
+def test_the_bound_is_per_host() -> None:
+    clock = MemoryReactorClock()
+    client, endpoint = bounded(clock, 1)
+    other = FakeEndpoint()
+    client._endpoints[("http", "other.test", 9000)] = other
+    call(client, "a")
+    client.request("GET", "http://other.test:9000/b", target="t", timeout=10)
+    assert (len(endpoint.attempts), len(other.attempts)) == (1, 1)
+
+
+def test_default_bound() -> None:
+    assert keepalive.MAX_CONNECTIONS_PER_HOST == 64
+    from stsd.config import TenantsConfig
+
+    assert TenantsConfig().max_connections == keepalive.MAX_CONNECTIONS_PER_HOST
+
+
+@pytest_twisted.ensureDeferred
+async def test_bounded_over_loopback(servers) -> None:
+    # Answers held back until every call has been made: 20 calls at once
+    # through a bound of 3 open exactly 3 connections, and all are answered.
+    held: list[Any] = []
+
+    def hold(transport: Any) -> None:
+        held.append(transport)
+
+    server = servers(default=hold)
+    pool = KeepAliveClient(reactor, tls.VerifiedHTTPS(tls.CertificateTrust(())),
+                           max_connections=3)
+    try:
+        from twisted.internet.defer import gatherResults
+
+        answers = gatherResults([Deferred.fromCoroutine(get(pool, server.url + str(i)))
+                                 for i in range(20)])
+        deadline = time.monotonic() + 30  # generous: a loaded machine
+        while len(held) < 3 and time.monotonic() < deadline:
+            await sleep(0.02)
+        assert len(server.connections) == 3 and len(held) == 3
+        assert pool.connections(server.url) == (3, 17)
+        server.default = ok(b"ok")
+        for transport in held:
+            transport.write(ok(b"ok"))
+        results = await answers
+        assert [r.body for r in results] == [b"ok"] * 20
+        assert len(server.connections) == 3, "the line reused the three connections"
+        # (which connection carries which call is the order of arrival, FIFO
+        # in memory above; over loopback three connections interleave)
+        assert sorted(int(r.split(b" ")[1][1:]) for r in server.requests) == list(range(20))
+    finally:
+        await pool.close()
+
+
+def test_a_call_expiring_while_connecting_passes_its_slot_on() -> None:
+    clock = MemoryReactorClock()
+    client, endpoint = bounded(clock, 1)
+    early = call(client, "early", timeout=1)
+    later = call(client, "later", timeout=10)
+    clock.advance(1)
+    early.addErrback(lambda _: None)
+    # The expired call cancelled its connection attempt; the slot went to
+    # the call in line, which connects.
+    assert len(endpoint.attempts) == 2
+    connection = endpoint.complete(1)
+    assert sent(connection) == ["/later"]
+    connection.dataReceived(ok(b"later"))
+    assert later.result.body == b"later"  # type: ignore[attr-defined]
+    assert client.connections(HOST) == (1, 0)

@@ -14,6 +14,7 @@ NetworkPolicy opens 4223 to everyone and 9090 to monitoring only.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
 import shutil
@@ -25,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stsd import rbac
-from stsd.config import ConfigError, parse_config
+from stsd import drain, rbac
+from stsd.config import ConfigError, ServerConfig, parse_config
 from stsd.testing.pki import TestPKI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -459,7 +460,26 @@ def test_configmap_in_cluster_settings() -> None:
     assert config["kubernetes"]["kubeconfig"] is None, "in a pod: the pod's ServiceAccount"
     assert config["kubernetes"]["audience"] == "sts.min.io"
     assert config["server"]["port"] == STS_PORT
-    assert config["metrics"] == {"interface": "0.0.0.0", "port": METRICS_PORT}
+    assert config["metrics"]["interface"] == "0.0.0.0"
+    assert config["metrics"]["port"] == METRICS_PORT
+
+
+def test_termination_grace_period_covers_the_drain() -> None:
+    """
+    The kubelet kills stsd terminationGracePeriodSeconds after SIGTERM: that
+    must leave room for the drain of the ConfigMap's config (stsd.drain),
+    its last connections' linger, and a margin.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(ServerConfig)}
+    server = yaml.safe_load(_config_text())["server"]
+    delay = server.get("shutdown_delay_seconds", defaults["shutdown_delay_seconds"])
+    grace = server.get("shutdown_grace_seconds", defaults["shutdown_grace_seconds"])
+    assert (delay, grace) == (defaults["shutdown_delay_seconds"],
+                              defaults["shutdown_grace_seconds"]), "the ConfigMap shows defaults"
+    period = _pod_spec()["terminationGracePeriodSeconds"]
+    assert period >= delay + grace + drain.LINGER_SECONDS + 3
+    # The delay is stsd's own: a preStop sleep would only add to it.
+    assert "lifecycle" not in _container()
 
 
 def _config_with_test_tls(tmp_path: Path) -> dict[str, Any]:

@@ -134,11 +134,17 @@ def test_make_service_start_and_stop(tmp_path: Path, pki: TestPKI, kubeconfig: P
     # it is given up, and no further call is started.
     results: list[object] = []
     stopped.addBoth(results.append)
+    # The STS port is drained first (tests/test_drain.py): it keeps listening
+    # for shutdown_delay_seconds; with nothing in flight, that is all.
+    assert results == []
+    reactor.advance(options.config.server.shutdown_delay_seconds)
     assert len(results) == 1 and not isinstance(results[0], Failure), results
-    assert len(reactor.tcpClients) == calls
+    # (the sync goes on while the port drains: it may have called again)
+    made = len(reactor.tcpClients)
+    assert made >= calls
     assert [c for c in reactor.getDelayedCalls() if c.active()] == []
     reactor.advance(60)
-    assert len(reactor.tcpClients) == calls
+    assert len(reactor.tcpClients) == made
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -264,3 +270,40 @@ def test_token_cache_only_in_tokenreview_mode() -> None:
     assert isinstance(cached, CachingAuthenticator) and cached._ttl == 7
     assert _remembering(inner, KubernetesConfig(token_verification="jwks"), Clock(),
                         Metrics()) is inner
+
+
+def test_make_service_wires_the_drain_and_the_bounds(
+        tmp_path: Path, pki: TestPKI, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stsd.drain import GracefulStop
+    from stsd.server import MetricsSite, STSSite
+
+    made: list[dict[str, Any]] = []
+    real = tap.KeepAliveClient
+
+    def keepalive(*args: Any, **kwargs: Any) -> Any:
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tap, "KeepAliveClient", keepalive)
+    options = parse(write_config(tmp_path, config_document(
+        pki, kubeconfig,
+        server={"request_timeout_seconds": 7, "shutdown_delay_seconds": 3,
+                "shutdown_grace_seconds": 11},
+        tenants={"max_connections": 9}, metrics={"max_connections": 5, "port": 19090})))
+    reactor = MemoryReactorClock()
+    service = tap.makeService(options, reactor=reactor)
+    assert isinstance(service, GracefulStop)
+    assert (service.delay, service.grace) == (3, 11)
+    assert [kwargs["max_connections"] for kwargs in made] == [9]
+    service.startService()
+    try:
+        [metrics_site] = [f for port, f, *_ in reactor.tcpServers if port == 19090]
+        assert isinstance(metrics_site, MetricsSite)
+        assert (metrics_site.request_timeout, metrics_site.max_connections) == (7, 5)
+        [(_, sts_site, *_)] = reactor.sslServers
+        assert isinstance(sts_site, STSSite) and sts_site.max_connections is None
+        assert not sts_site.draining
+    finally:
+        service.stopService()
+    assert sts_site.draining, "the STS site drains from the stop on"
+    reactor.advance(3)

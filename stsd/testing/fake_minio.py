@@ -277,18 +277,30 @@ class FakeMinIO:
 
     # -- faults -----------------------------------------------------------------
 
-    def fail(self, route: str, mode: str | None, times: int | None = None) -> None:
-        """route "info" | "policy" | "assumerole"; mode "500" | "hang" | "close" | "error" | None."""
+    def fail(self, route: str, mode: str | None, times: int | None = None, *,
+             delay: float = 0.0) -> None:
+        """
+        route "info" | "policy" | "assumerole"; mode "500" | "hang" | "close" | "error" |
+        "delay" (answered as usual after C{delay} seconds) | None.
+        """
         if route not in _ROUTES.values():
             raise ValueError(f"unknown route {route!r}")
-        if mode not in (None, "500", "hang", "close", "error"):
+        if mode not in (None, "500", "hang", "close", "error", "delay"):
             raise ValueError(f"unknown fault mode {mode!r}")
         self._faults.set(route, mode, times)
+        self._delay = delay
+
+    _delay = 0.0
 
     @property
     def hung(self) -> int:
         """How many requests a "hang" fault holds open now."""
         return self._faults.hung
+
+    @property
+    def delayed(self) -> int:
+        """How many requests a "delay" fault holds back now."""
+        return self._faults.delayed
 
     def clear_faults(self) -> None:
         """Remove faults and drop the connections of requests left hanging."""
@@ -298,7 +310,7 @@ class FakeMinIO:
 
     # -- HTTP -------------------------------------------------------------------
 
-    def _render(self, request, local_path: str):
+    def _render(self, request, local_path: str, delayed: bool = False):
         request_id = secrets.token_hex(8).upper()
         request.setHeader("x-amz-request-id", request_id)
         request.setHeader("server", "MinIO")
@@ -309,14 +321,18 @@ class FakeMinIO:
             return _admin_error(request, 400, "XMinioUnknownAPIRequest", f"Unknown API request at {local_path}",
                                 raw_path, request_id)
         sts = route == "assumerole"
-        self.calls[route] += 1
+        if not delayed:
+            self.calls[route] += 1
 
         def error(status: int, code: str, message: str) -> bytes:
             if sts:
                 return _sts_error(request, status, code, message, request_id)
             return _admin_error(request, status, code, message, raw_path, request_id)
 
-        fault = self._faults.take(route)
+        fault = None if delayed else self._faults.take(route)
+        if fault == "delay":
+            return self._faults.delay(request, self.clock, self._delay,
+                                      lambda: self._render(request, local_path, delayed=True))
         if fault == "500":
             request.setResponseCode(500)
             request.setHeader("content-type", "text/plain")

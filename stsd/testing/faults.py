@@ -1,7 +1,8 @@
 """
 Fault injection shared by the fakes: faults keyed by where they apply (a
 path prefix, a route), each for a number of requests or until cleared,
-and the requests a "hang" fault holds open.
+the requests a "hang" fault holds open and those a "delay" fault answers
+late.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Faults:
         # key -> (mode, requests left or None for "until cleared"), in the order set
         self._faults: dict[str, tuple[str, int | None]] = {}
         self._hung: set[Any] = set()
+        self._delayed: dict[Any, Any] = {}  # request -> its delayed call
 
     @property
     def hung(self) -> int:
@@ -66,9 +68,39 @@ class Faults:
             return NOT_DONE_YET
         return None
 
+    @property
+    def delayed(self) -> int:
+        """How many requests a "delay" fault holds back now."""
+        return len(self._delayed)
+
+    def delay(self, request: Any, clock: Any, seconds: float, render: Callable[[], Any]) -> object:
+        """
+        Carry out a "delay" fault (a slow server): C{render()} answers the
+        request after C{seconds}; the value to return from C{render} now.
+        """
+        def answer() -> None:
+            del self._delayed[request]
+            body = render()
+            if body is not NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+
+        def gone(_: object) -> None:
+            call = self._delayed.pop(request, None)
+            if call is not None and call.active():
+                call.cancel()
+
+        self._delayed[request] = clock.callLater(seconds, answer)
+        request.notifyFinish().addErrback(gone)
+        return NOT_DONE_YET
+
     def clear(self) -> None:
         """Remove every fault and drop the connections of requests left hanging."""
         self._faults.clear()
-        for request in list(self._hung):
+        for request in list(self._hung) + list(self._delayed):
             abort(request)
         self._hung.clear()
+        for call in self._delayed.values():
+            if call.active():
+                call.cancel()
+        self._delayed.clear()

@@ -308,7 +308,10 @@ class World:
         """
         document: dict[str, Any] = {
             "server": {"interface": "127.0.0.1", "port": port,
-                       "tls_cert": str(self.pki.cert_path), "tls_key": str(self.pki.key_path)},
+                       "tls_cert": str(self.pki.cert_path), "tls_key": str(self.pki.key_path),
+                       # No load balancer to wait for on loopback: SIGTERM stops
+                       # listening at once (tests of the drain set their own).
+                       "shutdown_delay_seconds": 0},
             "kubernetes": {"kubeconfig": str(self.kubeconfig_path), "audience": "sts.min.io",
                            "resync_seconds": 10, "timeout_seconds": 2,
                            "token_cache_seconds": 2},
