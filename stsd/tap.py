@@ -10,12 +10,14 @@ them as one L{MultiService}.
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
@@ -48,6 +50,27 @@ log = Logger()
 CREDENTIAL_REFRESH_SECONDS = 60.0
 
 
+class StartupError(usage.UsageError):
+    """
+    A setting stops start-up. C{str()} is one line: the setting, then the
+    cause. Under twistd it is written alone to stderr and the process exits
+    1 (L{refuse}): no usage text (the command line was fine) and no
+    traceback. L{Options} used directly raises it.
+    """
+
+
+def refuse(message: str) -> NoReturn:
+    """
+    Stop start-up with one line on the process's stderr and exit status 1.
+    Once twistd has begun logging, C{sys.stderr} is a log observer's file:
+    the line goes to the original stderr.
+    """
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"stsd: {message}\n")
+    stream.flush()
+    raise SystemExit(1)
+
+
 class Options(usage.Options):
     synopsis = "--config FILE"
     longdesc = "Security Token Service for MinIO tenants on Kubernetes."
@@ -56,6 +79,15 @@ class Options(usage.Options):
         ["log-format", None, "text", "Log output: text, or json (one object per line)."],
         ["log-level", None, "info", "Least severe level logged: debug, info, warn, error."],
     ]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except StartupError as e:
+            if self.parent is None:  # not under twistd: the caller decides
+                raise
+            # twistd would print the whole usage text before the message.
+            refuse(str(e))
 
     def postOptions(self) -> None:
         try:
@@ -71,11 +103,11 @@ class Options(usage.Options):
         try:
             self.config = configuration.load_config(self["config"])
         except configuration.ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise StartupError(str(e)) from None
         try:
             self.kube_access = kube.load_access(self.config.kubernetes.kubeconfig)
         except kube.KubeAccessError as e:
-            raise usage.UsageError(f"kubernetes.kubeconfig: {e}") from None
+            raise StartupError(f"kubernetes.kubeconfig: {e}") from None
 
 
 def tenant_trust(config: configuration.Config, access: kube.KubeAccess) -> tls.CertificateTrust:
@@ -99,6 +131,29 @@ def _limits(config: configuration.LimitsConfig, clock: Any) -> Limits:
         failed_auth_per_client=limiter(config.failed_auth_per_client),
         per_serviceaccount=limiter(config.per_serviceaccount),
     )
+
+
+class _Daemon(MultiService):
+    """
+    The top service. twistd binds the ports through C{privilegedStartService}
+    (before dropping privileges); a port that cannot be bound stops start-up
+    with one line naming its setting, not a traceback.
+
+    @param ports: the setting of each port number (a port also used by a
+        later listener is that one's: the later bind is the one that fails).
+    """
+
+    def __init__(self, ports: dict[int, str]) -> None:
+        super().__init__()
+        self.ports = ports
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            setting = self.ports.get(int(e.port), "port")
+            cause = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            refuse(f"{setting}: cannot listen on {e.interface}:{e.port} ({cause})")
 
 
 def _listen(service: StreamServerEndpointService, parent: MultiService) -> None:
@@ -159,7 +214,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     try:
         reloader = CertificateReloader(config.server.tls_cert, config.server.tls_key, reactor)
     except CertificateLoadError as e:
-        raise usage.UsageError(f"server.tls_cert: {e}") from None
+        # Checked by Options already; this is the file changing in between.
+        message = f"server.tls_cert: {e}"
+        if options.parent is not None:
+            refuse(message)
+        raise StartupError(message) from None
     metrics.certificate_expiry.set_function(lambda: reloader.not_after.timestamp())
     metrics.watch_index("bindings", lambda: len(bindings))
     metrics.watch_index("tenants", lambda: len(tenants))
@@ -167,7 +226,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         metrics.watch_sync(resource_name, _age(sync, resource_name, reactor))
     metrics.ready.set_function(lambda: 1 if sync.ready else 0)
 
-    top = MultiService()
+    top = _Daemon({config.server.port: "server.port", config.metrics.port: "metrics.port"})
     sync.setServiceParent(top)
     _freeze_heap_when_ready(sync, reactor).setServiceParent(top)
     keys.setServiceParent(top)
