@@ -625,3 +625,11 @@ async def test_throttling(world: World, http) -> None:
         assert world.kubernetes.count("/apis/authentication.k8s.io") == reviews
     finally:
         await limited.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_daemon_sends_no_server_header(world: World, daemon: Daemon, http) -> None:
+    for answer in (await post(http, daemon.sts_url("tenant-1"), params(world.mint())),
+                   await post(http, daemon.url + "/nowhere", method="GET")):
+        assert answer.status in (200, 404)
+        assert "server" not in answer.headers, answer.headers

@@ -978,6 +978,21 @@ def test_no_deadline_while_the_answer_is_being_made() -> None:
     assert not transport.disconnecting  # keep-alive
 
 
+def test_no_server_header() -> None:
+    """No C{Server: TwistedWeb/<version>} on any answer of the STS port."""
+    clock = MemoryReactorClock()
+    site, _ = make_site(clock)
+    protocol, transport = connect(site)
+    protocol.dataReceived(valid_request())
+    protocol.dataReceived(b"GET /nowhere HTTP/1.1\r\nHost: sts\r\n\r\n")
+    protocol.dataReceived(b"OPTIONS * HTTP/1.1\r\nHost: sts\r\n\r\n")
+    found = responses(transport.value(), [b"POST", b"GET", b"OPTIONS"])
+    assert [status for status, _, _ in found] == [200, 404, 404]
+    for _, headers, _ in found:
+        assert "server" not in headers, headers
+        assert "x-amz-request-id" in headers
+
+
 def test_keep_alive_second_request_gets_its_own_deadline() -> None:
     clock = MemoryReactorClock()
     site, exchange = make_site(clock)
