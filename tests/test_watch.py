@@ -346,14 +346,20 @@ class RelistTests(InMemory):
         self.assertEqual(self.sync.synced_at["bindings"], T0 + 1.75)
         self.assertEqual(self.fake.open_watches, 3)
         self.assertIn("list PolicyBindings: HTTP 500", log.text())
+        self.assertIn("keeping the last good state", log.text())
         self.stop()
 
     def test_not_ready_until_both_listed(self) -> None:
         self.populate()
         self.fake.fail(TENANTS_PATH, "500", times=1)
-        self.sync.startService()
-        self.pump()
+        with Captured() as log:
+            self.sync.startService()
+            self.pump()
         self.assertFalse(self.sync.ready)
+        # Nothing was listed: no "last good state" to keep, and the log says so.
+        [failed] = [formatEvent(e) for e in log.events if "list Tenants" in formatEvent(e)]
+        self.assertIn("nothing listed yet (not ready)", failed)
+        self.assertNotIn("last good state", failed)
         self.assertTrue(self.sync.binding_watch.listed)
         self.advance(0.25)
         self.assertTrue(self.sync.ready)
