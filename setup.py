@@ -8,10 +8,18 @@ setup(
     # twisted.plugins has no __init__.py (it is Twisted's namespace for plugins), so
     # find_packages cannot see it: list it by name.
     packages=find_packages(include=["stsd", "stsd.*"]) + ["twisted.plugins"],
+    # Every package lives at the project root. Saying so makes an editable install
+    # (pip install -e) put the project root itself on sys.path with a .pth file,
+    # where Twisted's plugin loader finds twisted/plugins/stsd_plugin.py; without
+    # it setuptools installs an import hook that maps the packages, which Twisted's
+    # plugin loader never consults, and `twistd stsd` is an "Unknown command".
+    package_dir={"": "."},
     package_data={"stsd": ["py.typed"]},
     zip_safe=False,
     install_requires=[
-        "twisted[tls]>=24.7",
+        # The series requirements.lock pins and CI tests; a new series is a deliberate
+        # upgrade (relock, run the suite), not something a user's resolver picks.
+        "twisted[tls]>=26.10,<27",
         "klein>=24.8",
         "treq>=24.9",
         "pyopenssl>=24.0",

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
+from twisted.python import usage
 
 from stsd import config as configuration
 from stsd import kube, tls
@@ -165,14 +166,46 @@ async def _check_cluster(
         await _step(report, f"tenant {tenant.namespace}/{tenant.name}", reach)
 
 
+class CheckOptions(usage.Options):
+    synopsis = "--config FILE"
+    longdesc = (
+        "Pre-flight check: loads the configuration, verifies the TLS files, reaches the "
+        "API server, asks it (SelfSubjectAccessReview) about every permission stsd "
+        "needs, lists the Tenants and reaches each one's admin API. Prints a table and a "
+        "verdict; exits 1 if any check failed."
+    )
+    optParameters = [
+        ["config", "c", "/etc/stsd/stsd.yaml", "The stsd configuration file (YAML)."],
+    ]
+
+
+class Options(usage.Options):
+    synopsis = "Usage: stsd"
+    longdesc = "Tools for stsd, the Security Token Service for MinIO tenants on Kubernetes."
+    subCommands = [
+        ["check", None, CheckOptions, "Check a configuration against the cluster."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("no command given (stsd check --config FILE)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 3 or args[0] != "check" or args[1] != "--config":
-        sys.stderr.write("usage: stsd check --config FILE\n")
-        raise SystemExit(2)
+    """
+    C{stsd check --config FILE}; C{--help} prints the usage. A wrong command
+    line is one line on stderr and exit status 2.
+    """
+    options = Options()
+    try:
+        options.parseOptions(list(sys.argv[1:] if argv is None else argv))
+    except usage.UsageError as e:
+        sys.stderr.write(f"stsd: {e} (stsd --help for usage)\n")
+        raise SystemExit(2) from None
+    config = options.subOptions["config"]
 
     async def run(reactor: Any) -> None:
-        if not await run_check(reactor, args[2], sys.stdout):
+        if not await run_check(reactor, config, sys.stdout):
             raise SystemExit(1)
 
     react(lambda reactor: Deferred.fromCoroutine(run(reactor)))

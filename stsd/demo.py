@@ -1,17 +1,21 @@
 """
 The demo: a credential exchange end to end on a simulated cluster.
 
-    python -m stsd.demo
+    python -m stsd.demo [LOG]
 
 Brings up a fake Kubernetes API server and two fake MinIO tenants on
 loopback TLS (throwaway CA and token-signing key), starts the real
 C{twistd stsd} daemon against them, and exchanges a ServiceAccount token
 for MinIO credentials with boto3. Nothing here talks to a real cluster.
+Exits 0 if every step did what it shows; the daemon's log is kept at LOG
+(default C{stsd-demo.log} in the system's temporary directory).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -57,11 +61,27 @@ def _time_exchanges(url: str, ca: Path, tokens: list[str]) -> list[float]:
     return times
 
 
-async def main(reactor: Any, directory: str) -> None:
+class DemoFailed(Exception):
+    """A step did not do what the demo shows."""
+
+
+def stopped(code: int | None) -> str:
+    """
+    How the daemon ended, truthfully: twistd ends a process it stopped on
+    SIGTERM by re-raising that signal once it has shut down cleanly.
+    """
+    if code == 0:
+        return "stsd stopped cleanly (exit status 0)"
+    if code == -signal.SIGTERM:
+        return "stsd stopped cleanly on SIGTERM (twistd exits by re-raising the signal)"
+    raise DemoFailed(f"stsd ended with exit status {code}")
+
+
+async def main(reactor: Any, directory: str, log: Path) -> None:
     world = World.start(Path(directory), reactor)
     print(f"simulated cluster: Kubernetes API at {world.kube_url}, MinIO tenants at {world.minio_url}/<namespace>")
     daemon = await world.start_daemon()
-    print(f"stsd (twistd process) ready at {daemon.url}; log: {daemon.log_path}")
+    print(f"stsd (twistd process) ready at {daemon.url}; its log will be kept at {log}")
     ca = world.pki.ca_path
     try:
         token = world.mint("apps", "photo-sa")
@@ -85,9 +105,10 @@ async def main(reactor: Any, directory: str) -> None:
         print("\n3. a ServiceAccount with no PolicyBinding (apps/unbound-sa)")
         try:
             await deferToThread(_exchange, url, ca, world.mint("apps", "unbound-sa"))
-            print("   UNEXPECTED: credentials issued")
         except Exception as e:
             print(f"   refused: {e}")
+        else:
+            raise DemoFailed("credentials issued to a ServiceAccount with no PolicyBinding")
 
         fresh = [world.mint("apps", "photo-sa") for _ in range(20)]
         times = await deferToThread(_time_exchanges, url, ca, fresh)
@@ -99,13 +120,17 @@ async def main(reactor: Any, directory: str) -> None:
     finally:
         code = await daemon.stop()
         await world.stop()
-        print(f"\nstsd stopped (exit code {code}).")
+        shutil.copyfile(daemon.log_path, log)
+    print(f"\n{stopped(code)}; its log: {log}")
 
 
-def run() -> None:
+def run(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    log = Path(args[0] if args else Path(tempfile.gettempdir()) / "stsd-demo.log").absolute()
     with tempfile.TemporaryDirectory(prefix="stsd-demo-") as directory:
-        react(lambda reactor: Deferred.fromCoroutine(main(reactor, directory)))
+        # react() exits: 0, or 1 with the failure (a DemoFailed says which step) logged.
+        react(lambda reactor: Deferred.fromCoroutine(main(reactor, directory, log)))
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()

@@ -24,8 +24,11 @@ C{expirationSeconds}, an hour by default; tokens from the TokenRequest API
 or minted for the API server's own audience may live much longer); only
 C{tokenreview} refuses it at once.
 
-Time is the injected clock's, not PyJWT's wall clock: PyJWT only checks the
-signature, issuer and audience here.
+PyJWT only turns the published JWKs into keys (C{RSAAlgorithm.from_jwk},
+C{ECAlgorithm.from_jwk}). The token itself is checked here: its canonical
+base64url segments and header, the signature (with C{cryptography}
+directly), issuer, audience, and C{exp}/C{nbf}/C{iat} against the injected
+clock, not a wall clock.
 """
 
 from __future__ import annotations

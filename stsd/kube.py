@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import yaml
 from kubernetes.client import Configuration
 from kubernetes.config import ConfigException, load_kube_config
 from kubernetes.config.incluster_config import (
@@ -107,7 +108,10 @@ def load_access(
             loader.load_and_set(configuration)
         else:
             load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    except (ConfigException, OSError, ValueError, KeyError, TypeError) as e:
+    except yaml.YAMLError as e:
+        # The position and the problem only: a kubeconfig holds credentials.
+        raise KubeAccessError(f"{kubeconfig} is not valid YAML ({_yaml_problem(e)})") from None
+    except (ConfigException, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         source = kubeconfig or "in-cluster service account"
         raise KubeAccessError(f"cannot load Kubernetes credentials from {source}: {e}") from None
     if configuration.verify_ssl is False:
@@ -115,14 +119,17 @@ def load_access(
             "the kubeconfig disables TLS verification (insecure-skip-tls-verify); "
             "stsd verifies the API server: give it the cluster CA instead"
         )
+    source = kubeconfig or "the in-cluster service account"
     if not configuration.ssl_ca_cert:
         trust = tls.CertificateTrust((), system=True)
     else:
-        trust = tls.trust_from_files([configuration.ssl_ca_cert], system=False)
+        trust = tls.CertificateTrust(tuple(_pem(
+            tls.read_certificates, configuration.ssl_ca_cert, "cluster CA certificate", source)))
     client_cert = client_key = None
     if configuration.cert_file and configuration.key_file:
-        client_cert = tls.read_certificates(configuration.cert_file)[0]
-        client_key = tls.read_private_key(configuration.key_file)
+        client_cert = _pem(tls.read_certificates, configuration.cert_file,
+                           "client certificate", source)[0]
+        client_key = _pem(tls.read_private_key, configuration.key_file, "client key", source)
     access = KubeAccess(
         host=configuration.host.rstrip("/"),
         https=tls.VerifiedHTTPS(trust, client_cert, client_key),
@@ -130,6 +137,30 @@ def load_access(
     )
     access.refresh()
     return access
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + (getattr(e, "problem", None) or type(e).__name__)
+
+
+def _pem(read: Callable[[str], Any], path: str, what: str, source: str) -> Any:
+    """
+    C{read(path)}, or a L{KubeAccessError} naming the file and its role
+    (the loaders write inline C{*-data} to temporary files: C{source} says
+    where it came from).
+    """
+    try:
+        found = read(path)
+    except OSError as e:
+        raise KubeAccessError(f"cannot read the {what} of {source} "
+                              f"({path}: {e.strerror or e})") from None
+    except (ValueError, TypeError):
+        found = None
+    if not found:
+        raise KubeAccessError(f"the {what} of {source} is not PEM ({path})") from None
+    return found
 
 
 class KubernetesClient:

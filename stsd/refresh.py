@@ -105,12 +105,18 @@ class Refresher(Service):
         try:
             await step
         except KubernetesError as e:
-            log.warn("refreshing {what} failed, keeping the last good state: {reason}",
-                     what=what, reason=str(e))
+            log.warn("refreshing {what} failed, {kept}: {reason}",
+                     what=what, kept=self._kept(what), reason=str(e))
         except Exception:
-            log.failure("refreshing {what} failed, keeping the last good state", what=what)
+            log.failure("refreshing {what} failed, {kept}", what=what, kept=self._kept(what))
         else:
             self.synced_at[what] = self._clock.seconds()
+
+    def _kept(self, what: str) -> str:
+        # What a failure leaves in place, truthfully: a last good state only if one was listed.
+        if what in self.synced_at:
+            return "keeping the last good state"
+        return "nothing listed yet (not ready)"
 
     async def _refresh_bindings(self) -> None:
         parsed, version = await self._kubernetes.list(

@@ -69,6 +69,12 @@ class BoundedRequest(Request):
         if not self.body_too_large:
             self.content.write(data)
 
+    def render(self, resrc: IResource) -> None:
+        # Request.process() has set "Server: TwistedWeb/<version>": nothing a
+        # client needs, and the version tells a scanner which bugs to try.
+        self.responseHeaders.removeHeader(b"server")
+        super().render(resrc)
+
     def _handleStar(self) -> None:
         # Twisted answers a "*" request-target itself (an empty 405, or 200 to
         # OPTIONS) without x-amz-request-id; here the resource answers it like

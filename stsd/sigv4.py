@@ -4,7 +4,9 @@ AWS Signature Version 4 for the calls to a tenant's MinIO, with the
 signing key derived once per (day, region, service) rather than by four
 HMACs per request. The output is that of the C{minio} package's signer
 (C{minio.signer.sign_v4_s3} / C{sign_v4_sts}), which the tests compare it
-with.
+with, and for header names differing only in case (one header to the
+server, its values comma-joined) what the MinIO server computes, where
+minio-py's signer keeps only the last value.
 """
 
 from __future__ import annotations
@@ -67,16 +69,23 @@ class Signer:
     ) -> str:
         """
         The Authorization header for a request with these C{headers} (all
-        of them are signed; C{X-Amz-Date}, equal to C{amz_date}, must be
-        among them) and this already canonical C{query} (sorted, RFC 3986
-        encoded).
+        of them are signed, sent in this order; C{X-Amz-Date}, equal to
+        C{amz_date}, must be among them) and this already canonical
+        C{query} (sorted, RFC 3986 encoded).
 
         @param amz_date: the signing time as SigV4 writes it, C{YYYYMMDDTHHMMSSZ}.
         """
-        canonical = sorted(
-            (name.lower(), _canonical_value(value))
-            for name, value in headers.items() if name.lower() not in _UNSIGNED
-        )
+        # Header names are case-insensitive: names differing only in case are
+        # one header, as the server reads them (HTTP joins repeated headers'
+        # values with commas, in the order sent). SigV4 signs it once, under
+        # the lower-cased name, with the values comma-joined in that order.
+        merged: dict[str, str] = {}
+        for name, value in headers.items():
+            lower = name.lower()
+            if lower not in _UNSIGNED:
+                value = _canonical_value(value)
+                merged[lower] = f"{merged[lower]},{value}" if lower in merged else value
+        canonical = sorted(merged.items())
         signed = ";".join(name for name, _ in canonical)
         request = "\n".join((
             method,

@@ -10,12 +10,14 @@ them as one L{MultiService}.
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -48,6 +50,27 @@ log = Logger()
 CREDENTIAL_REFRESH_SECONDS = 60.0
 
 
+class StartupError(usage.UsageError):
+    """
+    A setting stops start-up. C{str()} is one line: the setting, then the
+    cause. Under twistd it is written alone to stderr and the process exits
+    1 (L{refuse}): no usage text (the command line was fine) and no
+    traceback. L{Options} used directly raises it.
+    """
+
+
+def refuse(message: str) -> NoReturn:
+    """
+    Stop start-up with one line on the process's stderr and exit status 1.
+    Once twistd has begun logging, C{sys.stderr} is a log observer's file:
+    the line goes to the original stderr.
+    """
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"stsd: {message}\n")
+    stream.flush()
+    raise SystemExit(1)
+
+
 class Options(usage.Options):
     synopsis = "--config FILE"
     longdesc = "Security Token Service for MinIO tenants on Kubernetes."
@@ -58,6 +81,15 @@ class Options(usage.Options):
          "twistd's --logfile."],
         ["log-level", None, "info", "Least severe level logged: debug, info, warn, error."],
     ]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except StartupError as e:
+            if self.parent is None:  # not under twistd: the caller decides
+                raise
+            # twistd would print the whole usage text before the message.
+            refuse(str(e))
 
     def postOptions(self) -> None:
         try:
@@ -74,11 +106,11 @@ class Options(usage.Options):
         try:
             self.config = configuration.load_config(self["config"])
         except configuration.ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise StartupError(str(e)) from None
         try:
             self.kube_access = kube.load_access(self.config.kubernetes.kubeconfig)
         except kube.KubeAccessError as e:
-            raise usage.UsageError(f"kubernetes.kubeconfig: {e}") from None
+            raise StartupError(f"kubernetes.kubeconfig: {e}") from None
 
 
 def tenant_trust(config: configuration.Config, access: kube.KubeAccess) -> tls.CertificateTrust:
@@ -102,6 +134,31 @@ def _limits(config: configuration.LimitsConfig, clock: Any) -> Limits:
         failed_auth_per_client=limiter(config.failed_auth_per_client),
         per_serviceaccount=limiter(config.per_serviceaccount),
     )
+
+
+class _Daemon(GracefulStop):
+    """
+    The top service: it drains the STS port on SIGTERM (L{GracefulStop}). twistd binds the ports through C{privilegedStartService}
+    (before dropping privileges); a port that cannot be bound stops start-up
+    with one line naming its setting, not a traceback.
+
+    @param ports: the setting of each port number (a port also used by a
+        later listener is that one's: the later bind is the one that fails).
+    """
+
+    def __init__(
+        self, clock: Any, *, delay: float, grace: float, ports: dict[int, str]
+    ) -> None:
+        super().__init__(clock, delay=delay, grace=grace)
+        self.ports = ports
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            setting = self.ports.get(int(e.port), "port")
+            cause = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            refuse(f"{setting}: cannot listen on {e.interface}:{e.port} ({cause})")
 
 
 def _listen(service: StreamServerEndpointService, parent: MultiService) -> None:
@@ -131,8 +188,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
     keys = KeySet(kubernetes, reactor)
     # The top service: on SIGTERM it drains the STS port before the rest stops.
-    top = GracefulStop(reactor, delay=config.server.shutdown_delay_seconds,
-                       grace=config.server.shutdown_grace_seconds)
+    top = _Daemon(reactor, delay=config.server.shutdown_delay_seconds,
+                  grace=config.server.shutdown_grace_seconds,
+                  ports={config.server.port: "server.port", config.metrics.port: "metrics.port"})
     readiness = top.readiness(_readiness(
         sync, config.kubernetes.resync_seconds, reactor,
         keys if config.kubernetes.token_verification == "jwks" else None))
@@ -167,7 +225,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     try:
         reloader = CertificateReloader(config.server.tls_cert, config.server.tls_key, reactor)
     except CertificateLoadError as e:
-        raise usage.UsageError(f"server.tls_cert: {e}") from None
+        # Checked by Options already; this is the file changing in between.
+        message = f"server.tls_cert: {e}"
+        if options.parent is not None:
+            refuse(message)
+        raise StartupError(message) from None
     metrics.certificate_expiry.set_function(lambda: reloader.not_after.timestamp())
     metrics.watch_index("bindings", lambda: len(bindings))
     metrics.watch_index("tenants", lambda: len(tenants))

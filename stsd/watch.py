@@ -64,6 +64,11 @@ MIN_WATCH_SECONDS = 1.0
 EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED")
 
 
+
+def _kept(listed: bool) -> str:
+    """What a failure leaves in place, truthfully: a last good state only if one was listed."""
+    return "keeping the last good state" if listed else "nothing listed yet (not ready)"
+
 class Watcher(Protocol):
     """
     What L{ListWatch} needs of L{stsd.kube.KubernetesClient}.
@@ -344,13 +349,15 @@ class ListWatch(Service):
                      what=self.what, reason=str(error), delay=round(delay, 3))
             return delay
         delay = self._backoff()
+        # Say what is served meanwhile: the last list, or nothing (not ready).
+        kept = _kept(self.synced_at is not None)
         if isinstance(error, KubernetesError):
             # The reason names what failed ("list Tenants: HTTP 500: ...").
-            log.warn("{reason}; keeping the last good state, listing {what} again in {delay} s",
-                     what=self.what, reason=str(error), delay=round(delay, 3))
+            log.warn("{reason}; {kept}, listing {what} again in {delay} s",
+                     what=self.what, reason=str(error), kept=kept, delay=round(delay, 3))
         else:
-            log.failure("{what}: unexpected failure; keeping the last good state, "
-                        "listing again in {delay} s", what=self.what, delay=round(delay, 3))
+            log.failure("{what}: unexpected failure; {kept}, listing again in {delay} s",
+                        what=self.what, kept=kept, delay=round(delay, 3))
         return delay
 
     def _backoff(self, *, first_free: bool = False) -> float:

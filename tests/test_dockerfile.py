@@ -16,6 +16,7 @@ import fnmatch
 import http.server
 import importlib.metadata
 import json
+import os
 import re
 import shlex
 import shutil
@@ -35,7 +36,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 LOCK = ROOT / "requirements.lock"
 
-HEALTH_URL = "http://127.0.0.1:9090/healthz"
+CONFIG = "/etc/stsd/stsd.yaml"
 
 
 # -- a small Dockerfile reader -----------------------------------------------------------
@@ -165,11 +166,16 @@ def test_exposes_sts_and_metrics_ports() -> None:
     assert ports >= {"4223", "9090"}
 
 
-def test_healthcheck_uses_python_urllib_on_the_metrics_port() -> None:
+def test_healthcheck_asks_the_configured_metrics_port() -> None:
     options, command = _healthcheck()
-    assert command[:2] == ["python", "-c"], "no curl in python:slim: use Python"
-    assert "urllib" in command[2] and HEALTH_URL in command[2]
+    assert command == ["python", "-m", "stsd.healthcheck"], "no curl in python:slim: Python"
     assert "timeout" in options and "interval" in options
+    # The health check reads the config file the image starts with.
+    env = dict(arg.split("=", 1) for rest in _all("ENV") for arg in shlex.split(rest))
+    assert env.get("STSD_CONFIG") == CONFIG
+    assert _exec_form(_last("CMD")) == ["--config", CONFIG]
+    copied = [rest.split() for rest in _all("COPY")]
+    assert ["etc/stsd.yaml", CONFIG] in copied
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -197,21 +203,55 @@ def health_server() -> Iterator[str]:
         thread.join(10)
 
 
-@pytest.mark.parametrize(("path", "healthy"), [("", True), ("/sick", False), (None, False)])
-def test_healthcheck_command(health_server: str, path: str | None, healthy: bool) -> None:
-    """The HEALTHCHECK's own code: exit 0 on 200, non-zero on 503 or a closed port."""
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("interface", ["127.0.0.1", "0.0.0.0", None])
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False), (None, False)])
+def test_healthcheck_command(health_server: str, tmp_path: Path, interface: str | None,
+                             status: int | None, healthy: bool) -> None:
+    """
+    The HEALTHCHECK's command: exit 0 on 200, 1 on 503 or a closed port, on
+    the port of the config file's metrics section.
+    """
     _, command = _healthcheck()
-    if path is None:  # nothing listening: a port just bound and released
+    if status is None:  # nothing listening: a port just bound and released
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            base = f"http://127.0.0.1:{probe.getsockname()[1]}"
+            port = probe.getsockname()[1]
     else:
-        base = health_server + path
-    code = command[2].replace(HEALTH_URL, base + "/healthz")
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, timeout=30, check=False
-    )
+        port = _port(health_server)
+        _Handler.status["/healthz"] = status
+    metrics: dict[str, object] = {"port": port}
+    if interface is not None:
+        metrics["interface"] = interface
+    config = tmp_path / "stsd.yaml"
+    config.write_text(json.dumps({"server": {"port": 4223}, "metrics": metrics}))
+    try:
+        result = subprocess.run(
+            [sys.executable, *command[1:]], capture_output=True, text=True, timeout=30,
+            check=False, env={**os.environ, "STSD_CONFIG": str(config)}, cwd=tmp_path)
+    finally:
+        _Handler.status["/healthz"] = 200
     assert (result.returncode == 0) is healthy, result.stderr
+    if not healthy:
+        assert result.returncode == 1
+        assert result.stderr.startswith("unhealthy: ") and result.stderr.count("\n") == 1
+
+
+def test_healthcheck_default_port_and_unreadable_config(tmp_path: Path) -> None:
+    from stsd.healthcheck import healthz_url
+
+    config = tmp_path / "stsd.yaml"
+    config.write_text("server: {port: 4223}\n")
+    assert healthz_url(str(config)) == "http://127.0.0.1:9090/healthz"
+    config.write_text("metrics: {interface: '::', port: 9191}\n")
+    assert healthz_url(str(config)) == "http://[::1]:9191/healthz"
+    result = subprocess.run([sys.executable, "-m", "stsd.healthcheck"], capture_output=True,
+                            text=True, timeout=30, check=False,
+                            env={**os.environ, "STSD_CONFIG": str(tmp_path / "missing.yaml")})
+    assert result.returncode == 1 and "unhealthy:" in result.stderr
 
 
 def test_oci_labels() -> None:

@@ -38,8 +38,18 @@ def test_every_error_code_in_the_error_table() -> None:
     assert codes - {"Sender", "Receiver"} <= set(re.findall(r"\b[A-Z][A-Za-z]+\b", table))
 
 
-def test_ci_runs_the_readme_test_command() -> None:
-    ci = (ROOT / ".ci" / "run").read_text()
-    commands = re.findall(r"^(\.venv/bin/python -m pytest[^\n]*)$", README, re.MULTILINE)
-    assert commands == [".venv/bin/python -m pytest -q"]
-    assert commands[0] in ci.splitlines()
+def test_ci_runs_the_readme_set_up_commands() -> None:
+    """.ci/run runs the README's two commands: install + demo, then the tests."""
+    ci = [line.replace(" --quiet", "") for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    block = README.split("## Set-up: two commands", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2, commands
+    install_and_demo, tests = commands
+    steps = install_and_demo.split(" && ")
+    assert steps[0] == "python3 -m venv .venv" and steps[-1] == ".venv/bin/python -m stsd.demo"
+    for step in steps:
+        assert step in ci, step
+    assert tests == ".venv/bin/python -m pytest -q"
+    # Run as is, or with the hypothesis profile named (the default one).
+    assert any(line == tests or line.endswith(" " + tests) for line in ci)
+    assert ci.index(steps[-1]) < next(i for i, line in enumerate(ci) if line.endswith(tests))

@@ -76,7 +76,7 @@ async def post(http, url: str, form: Mapping[str, str] | None = None, *, query: 
     return Answer(response.code, headers, content, time.monotonic() - started)
 
 
-async def eventually(check, timeout: float = 5.0, interval: float = 0.1):
+async def eventually(check, timeout: float = 30.0, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:
         result = await check()
@@ -331,10 +331,19 @@ async def test_packed_policy_too_large(world: World, daemon: Daemon, http) -> No
     assert await eventually(refused)
 
 
-async def binding_round_trip(world: World, daemon: Daemon, http, sa: str) -> tuple[float, float]:
+BINDINGS_PATH = "/apis/sts.min.io/v1beta1/policybindings"
+
+
+def binding_lists(world: World) -> int:
+    """PolicyBinding lists (not watches) the fake API server has answered."""
+    return sum(1 for r in world.kubernetes.requests
+               if r.path == BINDINGS_PATH and r.method == "GET" and "watch" not in r.query)
+
+
+async def binding_round_trip(world: World, daemon: Daemon, http, sa: str) -> None:
     """
-    Seconds from adding a binding until it grants, and from deleting it
-    until it denies.
+    A binding added grants, and deleted denies, without a restart (polled:
+    how soon is the unit tests' business, with a Clock).
     """
     world.kubernetes.create_serviceaccount("apps", sa)
     token = world.mint("apps", sa)
@@ -342,29 +351,29 @@ async def binding_round_trip(world: World, daemon: Daemon, http, sa: str) -> tup
     assert (await post(http, url, params(token))).code == "AccessDenied"
     world.kubernetes.add_policybinding("tenant-1", sa, app_namespace="apps",
                                        serviceaccount=sa, policies=["photos"])
-    started = time.monotonic()
 
     async def granted() -> bool:
         return (await post(http, url, params(token))).status == 200
 
-    assert await eventually(granted, timeout=15, interval=0.05)
-    added_after = time.monotonic() - started
+    assert await eventually(granted, timeout=30, interval=0.05)
     world.kubernetes.delete_policybinding("tenant-1", sa)
-    started = time.monotonic()
 
     async def denied() -> bool:
         return (await post(http, url, params(token))).code == "AccessDenied"
 
-    assert await eventually(denied, timeout=15, interval=0.05)
-    return added_after, time.monotonic() - started
+    assert await eventually(denied, timeout=30, interval=0.05)
 
 
 @pytest_twisted.ensureDeferred
-async def test_binding_changes_take_effect_within_2s_by_watch(
-        world: World, daemon: Daemon, http) -> None:
-    # resync_seconds is 10 in the test world: only the watch can be this quick.
-    added, deleted = await binding_round_trip(world, daemon, http, "watched-sa")
-    assert added < 2 and deleted < 2, (added, deleted)
+async def test_binding_changes_take_effect_by_watch(world: World, http) -> None:
+    # A resync an hour away: a change applied with no new list came by the watch.
+    watching = await world.start_daemon("watching", kubernetes={"resync_seconds": 3600})
+    try:
+        lists = binding_lists(world)
+        await binding_round_trip(world, watching, http, "watched-sa")
+        assert binding_lists(world) == lists, "applied by a re-list, not by the watch"
+    finally:
+        await watching.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -373,9 +382,9 @@ async def test_binding_changes_take_effect_within_resync_without_watch(
     relisting = await world.start_daemon(
         "relisting", kubernetes={"watch": False, "resync_seconds": 1})
     try:
-        added, deleted = await binding_round_trip(world, relisting, http, "relisted-sa")
-        # Within resync_seconds (1), plus the list's own time.
-        assert added < 1.5 and deleted < 1.5, (added, deleted)
+        lists = binding_lists(world)
+        await binding_round_trip(world, relisting, http, "relisted-sa")
+        assert binding_lists(world) > lists
     finally:
         await relisting.stop()
 
@@ -557,13 +566,12 @@ async def test_certificate_rotation_without_restart(world: World, http, tmp_path
     (tls_dir / "tls.crt.new").write_bytes(cert_pem)
     os.replace(tls_dir / "tls.key.new", tls_dir / "tls.key")
     os.replace(tls_dir / "tls.crt.new", tls_dir / "tls.crt")
-    started = time.monotonic()
 
     async def rotated() -> bool:
         return await peer_serial(rotating.url, ca) != first
 
-    assert await eventually(rotated, timeout=12, interval=0.5)
-    assert time.monotonic() - started <= 10.5
+    # Polled: the 10 s period itself is tests/test_certreload.py's, with a Clock.
+    assert await eventually(rotated, timeout=40, interval=0.5)
     answer = await post(http, rotating.sts_url("tenant-1"), params(world.mint()))
     assert answer.status == 200
     assert await rotating.stop() in (0, -15)
@@ -585,15 +593,15 @@ async def test_revoked_serviceaccount_stops_within_token_cache_ttl(
     assert await granted()  # cached: no second review
     assert world.kubernetes.count("/apis/authentication.k8s.io") == reviews
     world.kubernetes.delete_serviceaccount("apps", "revoked-sa")
-    started = time.monotonic()
 
     async def denied() -> bool:
         answer = await post(http, daemon.sts_url("tenant-1"), params(token))
         return answer.code == "AccessDenied"
 
-    assert await eventually(denied, timeout=6, interval=0.2)
-    # token_cache_seconds is 2 in the test world.
-    assert time.monotonic() - started < 2 + 1
+    # token_cache_seconds is 2 in the test world; the TTL itself is
+    # tests/test_tokencache.py's, with a Clock. Denied by a new TokenReview:
+    assert await eventually(denied, timeout=30, interval=0.2)
+    assert world.kubernetes.count("/apis/authentication.k8s.io") > reviews
 
 
 @pytest_twisted.ensureDeferred
@@ -620,3 +628,11 @@ async def test_throttling(world: World, http) -> None:
         assert world.kubernetes.count("/apis/authentication.k8s.io") == reviews
     finally:
         await limited.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_daemon_sends_no_server_header(world: World, daemon: Daemon, http) -> None:
+    for answer in (await post(http, daemon.sts_url("tenant-1"), params(world.mint())),
+                   await post(http, daemon.url + "/nowhere", method="GET")):
+        assert answer.status in (200, 404)
+        assert "server" not in answer.headers, answer.headers

@@ -235,12 +235,27 @@ class RefresherTests(SynchronousTestCase):
         self.assertEqual(len(self.bindings), 0)
 
     def test_not_ready_until_both_listed(self) -> None:
-        self.kube.failing = {TENANTS_PATH}
-        self.refresher.startService()
-        self.assertFalse(self.refresher.ready)
-        self.kube.failing = set()
-        self.clock.advance(30)
-        self.assertTrue(self.refresher.ready)
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            self.kube.failing = {TENANTS_PATH}
+            self.refresher.startService()
+            self.assertFalse(self.refresher.ready)
+            self.kube.failing = set()
+            self.clock.advance(30)
+            self.assertTrue(self.refresher.ready)
+            self.kube.failing = {TENANTS_PATH}
+            self.clock.advance(30)
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        failed = [formatEvent(e) for e in events if "refreshing tenants failed" in formatEvent(e)]
+        # Nothing listed at the first failure, a last good state at the second.
+        self.assertEqual(len(failed), 2, failed)
+        self.assertIn("nothing listed yet (not ready)", failed[0])
+        self.assertNotIn("last good state", failed[0])
+        self.assertIn("keeping the last good state", failed[1])
 
     def test_ticks_do_not_overlap(self) -> None:
         self.kube.pending = Deferred()

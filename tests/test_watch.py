@@ -364,14 +364,20 @@ class RelistTests(InMemory):
         self.assertEqual(self.sync.synced_at["bindings"], T0 + 1.75)
         self.assertEqual(self.fake.open_watches, 2)
         self.assertIn("list PolicyBindings: HTTP 500", log.text())
+        self.assertIn("keeping the last good state", log.text())
         self.stop()
 
     def test_not_ready_until_both_listed(self) -> None:
         self.populate()
         self.fake.fail(TENANTS_PATH, "500", times=1)
-        self.sync.startService()
-        self.pump()
+        with Captured() as log:
+            self.sync.startService()
+            self.pump()
         self.assertFalse(self.sync.ready)
+        # Nothing was listed: no "last good state" to keep, and the log says so.
+        [failed] = [formatEvent(e) for e in log.events if "list Tenants" in formatEvent(e)]
+        self.assertIn("nothing listed yet (not ready)", failed)
+        self.assertNotIn("last good state", failed)
         self.assertTrue(self.sync.binding_watch.listed)
         self.advance(0.25)
         self.assertTrue(self.sync.ready)
@@ -1212,7 +1218,7 @@ class Loopback:
         self.tenants = TenantIndex(EndpointRule(None, "cluster.local"))
         self.sync = WatchSync(client, self.bindings, self.tenants, reactor, RESYNC, random=random)
 
-    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def until(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             assert time.monotonic() < deadline, "timed out"
@@ -1262,7 +1268,8 @@ async def test_binding_change_latency_over_loopback_tls(tmp_path: Path) -> None:
         print(f"\nadd_policybinding -> BindingIndex.lookup over loopback TLS: "
               f"median {median * 1000:.2f} ms, max {max(added) * 1000:.2f} ms (n=20); "
               f"moved {moved * 1000:.2f} ms, deleted {deleted * 1000:.2f} ms")
-        assert max(added + [moved, deleted]) < 2.0
+        # How quick is measured (printed), not asserted: that would time the machine's
+        # load. What is asserted: every change arrived as a watch event, not a re-list.
         assert world.fake.count(BINDINGS_PATH) == 2, "one list, one watch: events, not lists"
     finally:
         await world.close()
