@@ -8,6 +8,7 @@ answers, hangs, closes).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
