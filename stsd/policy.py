@@ -568,7 +568,8 @@ def _resource_contains_(outer: str, inner: str, work: Work | None) -> bool:
         return False
     if o == "*":
         return True
-    return _contains(o, i, work) and _clean_variants_covered(o, i)
+    # The path.Clean condition is the cheaper and the more selective: it goes first.
+    return _clean_variants_covered(o, i) and _contains(o, i, work)
 
 
 _action_contains = _memo("action", _action_contains_)
