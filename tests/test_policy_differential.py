@@ -9,8 +9,8 @@ implied-action literals, NotAction/NotResource, Deny, ``*``/``?`` globs, non-ASC
 probe paths that ``path.Clean`` changes (repeated and trailing slashes; MinIO refuses
 ``.`` and ``..`` segments before authorization).
 
-Deterministic (derandomized, no example database); the example counts are printed at
-the end of the session (tests/conftest.py style, as test_hostile does).
+Deterministic (derandomized, no example database); 7,500 + 2,500 examples, counted and
+printed (with ``-s``) by the last test of the file.
 """
 
 from __future__ import annotations
