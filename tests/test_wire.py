@@ -88,6 +88,10 @@ def test_body_wins_over_query() -> None:
     ({"body": form(Policy="{not json")}, ("MalformedPolicyDocument", 400)),
     ({"body": form(Policy='{"Statement": "nope"}')}, ("MalformedPolicyDocument", 400)),
     ({"body": form(Policy="[]")}, ("MalformedPolicyDocument", 400)),
+    # over the session limits (stsd.policy.check_session_limits): 9 wildcards in a pattern
+    ({"body": form(Policy='{"Statement": {"Effect": "Allow", "Action": "s3:*",'
+                          ' "Resource": "arn:aws:s3:::*a*a*a*a*a*a*a*a*"}}')},
+     ("MalformedPolicyDocument", 400)),
 ])
 def test_error_table_parameter_rows(kw: dict, expected: tuple[str, int]) -> None:
     assert code_of(**kw) == expected
