@@ -187,6 +187,7 @@ async def test_add_user_decrypts_the_body_and_an_update_keeps_the_policies(minio
     user = minio.users["app-user"]
     assert (user.secret_key, user.enabled, user.policies) == ("app-secret-2", False, ("readonly",))
     assert "app-secret-2" not in repr(user)
+    assert minio.user_secrets == {"app-secret-1", "app-secret-2"}
     assert minio.count("add-user") == 2
 
 

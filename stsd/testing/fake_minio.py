@@ -309,6 +309,8 @@ class FakeMinIO:
         self.minted: list[Minted] = []
         self._temporary: dict[str, Minted] = {}
         self.users: dict[str, User] = {}
+        # Every secret key a user was ever given (the log scans look for them).
+        self.user_secrets: set[str] = set()
         self.s3 = S3Store()
         self.calls: Counter[str] = Counter()
         # S3 requests by (action, outcome Code or "OK"), e.g. ("s3:GetObject", "AccessDenied").
@@ -351,6 +353,7 @@ class FakeMinIO:
                  enabled: bool = True) -> None:
         """Create or update a user directly (as C{mc admin user add} and C{policy attach} would)."""
         self.users[access_key] = User(secret_key, enabled, tuple(policies), self._iso())
+        self.user_secrets.add(secret_key)
 
     def remove_user(self, access_key: str) -> None:
         """Remove a user and, as MinIO does, every temporary credential derived from it."""
@@ -558,6 +561,7 @@ class FakeMinIO:
         # policy mapping is kept across an update.
         self.users[access_key] = User(secret_key, ureq.get("status") in ("enabled", "on"),
                                       previous.policies if previous else (), self._iso())
+        self.user_secrets.add(secret_key)
         return _send(request, 200, "application/json", b"")
 
     def _admin_remove_user(self, request, query: dict[str, str], body: bytes, error) -> bytes:
