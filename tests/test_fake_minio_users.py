@@ -374,10 +374,13 @@ async def test_a_user_may_assume_a_role_with_or_without_a_session_policy(minio, 
     resp, content = await assume(stub, key, secret, token=token)
     assert resp.code == 403 and b"<Code>AccessDenied</Code>" in content
     minio.add_user("app-user", "app-secret-1", ["readwrite"], enabled=False)
+    # MinIO's STS answers authentication failures AccessDenied (apiToSTSError)
     resp, content = await assume(stub, "app-user", "app-secret-1")
-    assert resp.code == 403 and b"InvalidAccessKeyId" in content
+    assert resp.code == 403 and b"<Code>AccessDenied</Code>" in content and b"disabled" in content
     resp, content = await assume(stub, "app-user", "wrong-secret")
-    assert resp.code == 403 and b"SignatureDoesNotMatch" in content
+    assert resp.code == 403 and b"<Code>AccessDenied</Code>" in content and b"signature" in content
+    resp, content = await assume(stub, "nobody", "app-secret-1")
+    assert resp.code == 403 and b"<Code>AccessDenied</Code>" in content and b"Access Key Id" in content
     assert len(minio.minted) == 3
 
 

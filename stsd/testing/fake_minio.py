@@ -483,10 +483,15 @@ class FakeMinIO:
                                secret_key=secret, now=self.clock.seconds(),
                                service="sts" if sts else "s3", region=self.region if sts else None)
         if problem is not None:
+            if sts:
+                # apiToSTSError (cmd/sts-handlers.go): every authentication
+                # failure is AccessDenied, with the S3 error's description.
+                return error(403, "AccessDenied", problem.message)
             return error(problem.status, problem.code, problem.message)
         signer = _credential_key(header)
         if kind == "user" and not self.users[signer].enabled:
-            return error(403, "InvalidAccessKeyId", "Your account is disabled; please contact your administrator.")
+            return error(403, "AccessDenied" if sts else "InvalidAccessKeyId",
+                         "Your account is disabled; please contact your administrator.")
         if sts:
             if kind == "temporary" or header("x-amz-security-token") is not None:
                 # Temporary credentials cannot mint more; nor may a request carry a token.
