@@ -35,6 +35,7 @@ from stsd.testing.madmin_crypto import (
     CHACHA20_POLY1305,
     PBKDF2_AES_GCM,
     MadminCryptoError,
+    Sealer,
     decrypt_data,
     encrypt_data,
 )
@@ -89,6 +90,13 @@ def test_the_minio_package_opens_what_the_fake_encrypts(size, aead_id):
     if size:
         assert crypto.decrypt(_Body(sealed), "pass-word") == data
     assert decrypt_data("pass-word", sealed) == data
+
+
+def test_a_sealer_derives_once_and_every_payload_opens():
+    sealer = Sealer("pass-word")
+    one, two = sealer.seal(b"one"), sealer.seal(b"two")
+    assert one[:32] == two[:32] and one[33:41] != two[33:41]  # same salt, fresh nonces
+    assert crypto.decrypt(_Body(one), "pass-word") == b"one" and decrypt_data("pass-word", two) == b"two"
 
 
 def test_pbkdf2_payloads_of_fips_mode_open():

@@ -37,7 +37,7 @@ from twisted.web.resource import Resource
 from stsd.testing.fake_s3 import S3Error, S3Operation, S3Store, check_checksums, decode_aws_chunked, operation_for, \
     s3_error_xml
 from stsd.testing.faults import Faults
-from stsd.testing.madmin_crypto import MadminCryptoError, decrypt_data, encrypt_data
+from stsd.testing.madmin_crypto import MadminCryptoError, Sealer, decrypt_data
 
 __all__ = ["ROUTES", "FakeMinIO", "FakeMinIORouter", "Minted", "SigV4Error", "User", "verify_sigv4"]
 
@@ -316,6 +316,7 @@ class FakeMinIO:
         # S3 requests by (action, outcome Code or "OK"), e.g. ("s3:GetObject", "AccessDenied").
         self.s3_outcomes: Counter[tuple[str, str]] = Counter()
         self._faults = Faults(lambda route, wanted: route == wanted)
+        self._sealer: tuple[str, Sealer] | None = None
         for name, doc in (policies or {}).items():
             self.set_policy(name, doc)
 
@@ -654,7 +655,14 @@ class FakeMinIO:
         answer: dict[str, Any] = {"policiesAttached" if attach else "policiesDetached": sorted(changed),
                                   "updatedAt": entry.updated}
         return _send(request, 200, "application/octet-stream",
-                     encrypt_data(self.secret_key, json.dumps(answer).encode()))
+                     self._seal(json.dumps(answer).encode()))
+
+    def _seal(self, data: bytes) -> bytes:
+        # An answer encrypted for root's secret; one Argon2id derivation per
+        # root secret, not per answer (the reader cannot tell).
+        if self._sealer is None or self._sealer[0] != self.secret_key:
+            self._sealer = (self.secret_key, Sealer(self.secret_key))
+        return self._sealer[1].seal(data)
 
     def _user_info(self, user: User) -> dict[str, Any]:
         info: dict[str, Any] = {"status": "enabled" if user.enabled else "disabled", "updatedAt": user.updated}
@@ -665,7 +673,7 @@ class FakeMinIO:
     def _admin_list_users(self, request, query: dict[str, str], body: bytes, error) -> bytes:
         listing = {k: self._user_info(u) for k, u in sorted(self.users.items())}
         return _send(request, 200, "application/octet-stream",
-                     encrypt_data(self.secret_key, json.dumps(listing).encode()))
+                     self._seal(json.dumps(listing).encode()))
 
     def _admin_user_info(self, request, query: dict[str, str], body: bytes, error) -> bytes:
         if "accessKey" not in query:

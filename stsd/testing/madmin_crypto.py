@@ -26,7 +26,8 @@ from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-__all__ = ["AES_GCM", "CHACHA20_POLY1305", "MadminCryptoError", "PBKDF2_AES_GCM", "decrypt_data", "encrypt_data"]
+__all__ = ["AES_GCM", "CHACHA20_POLY1305", "MadminCryptoError", "PBKDF2_AES_GCM", "Sealer", "decrypt_data",
+           "encrypt_data"]
 
 AES_GCM = 0x00
 CHACHA20_POLY1305 = 0x01
@@ -61,10 +62,32 @@ def _nonce(nonce: bytes, sequence: int) -> bytes:
     return nonce + sequence.to_bytes(4, "little")
 
 
+class Sealer:
+    """
+    Encrypts for one password with one salt and derived key, each payload
+    under a fresh random nonce: what a reader sees is madmin's format, at
+    one key derivation per password instead of one per payload (the fake's
+    answers need no fresh salt each).
+    """
+
+    def __init__(self, password: str, *, aead_id: int = AES_GCM) -> None:
+        self._aead_id = aead_id
+        self._salt = os.urandom(_SALT)
+        self._key = _key(aead_id, password, self._salt)
+
+    def seal(self, data: bytes) -> bytes:
+        return _seal(self._aead_id, self._salt, self._key, data)
+
+
 def encrypt_data(password: str, data: bytes, *, aead_id: int = AES_GCM) -> bytes:
     """C{data} encrypted as madmin's C{EncryptData} does, under a fresh salt and nonce."""
-    salt, nonce = os.urandom(_SALT), os.urandom(_NONCE)
-    cipher = _cipher(aead_id, _key(aead_id, password, salt))
+    salt = os.urandom(_SALT)
+    return _seal(aead_id, salt, _key(aead_id, password, salt), data)
+
+
+def _seal(aead_id: int, salt: bytes, key: bytes, data: bytes) -> bytes:
+    nonce = os.urandom(_NONCE)
+    cipher = _cipher(aead_id, key)
     associated = cipher.encrypt(_nonce(nonce, 0), b"", None)
     out = [salt, bytes([aead_id]), nonce]
     # sio seals full packages while more data follows; the rest (possibly
