@@ -25,6 +25,7 @@ from botocore.credentials import Credentials as BotoCredentials
 from minio import crypto
 from treq.testing import StubTreq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.web.server import Site
@@ -222,6 +223,37 @@ async def test_add_user_refusals_are_minio_s(minio, stub):
     resp, content = await call(stub, "GET", "/minio/admin/v3/add-user?accessKey=app")
     assert resp.code == 405
     assert minio.users == {}
+
+
+def test_encrypted_bodies_may_be_opened_off_the_request(wall_clock):
+    pending: list = []
+
+    def later(work):
+        d = Deferred()
+        pending.append((work, d))
+        return d
+
+    fake = FakeMinIO(access_key=AK, secret_key=SK, region=REGION, clock=wall_clock,
+                     policies={"readonly": READONLY}, run_in_thread=later)
+    stub = StubTreq(fake.resource())
+    answers: list = []
+    url = MINIO + "/minio/admin/v3/add-user?accessKey=app-user"
+    body = crypto.encrypt(json.dumps({"secretKey": "app-secret-1", "status": "enabled"}).encode(), SK)
+    stub.request("PUT", url, data=body, headers=signed("PUT", url, body)).addCallback(answers.append)
+    stub.flush()
+    assert answers == [] and fake.users == {} and len(pending) == 1
+    work, d = pending.pop()
+    d.callback(work())  # what the thread pool would do
+    stub.flush()
+    assert answers[0].code == 200 and fake.users["app-user"].secret_key == "app-secret-1"
+    # undecryptable, decided in the worker too
+    body = crypto.encrypt(b"{}", "not-root")
+    stub.request("PUT", url, data=body, headers=signed("PUT", url, body)).addCallback(answers.append)
+    stub.flush()
+    work, d = pending.pop()
+    d.callback(work())
+    stub.flush()
+    assert answers[1].code == 400 and fake.users["app-user"].secret_key == "app-secret-1"
 
 
 @pytest_twisted.ensureDeferred
@@ -540,7 +572,7 @@ async def test_list_bucket_conditions_reach_the_evaluator(minio, stub, photos):
 def tls_minio(tmp_path_factory):
     pki = TestPKI.create(tmp_path_factory.mktemp("pki"))
     minio = FakeMinIO(access_key=AK, secret_key=SK, region=REGION,
-                      policies={"readwrite": READWRITE, "no-delete": NO_DELETE})
+                      policies={"readwrite": READWRITE, "no-delete": NO_DELETE}, run_in_thread=deferToThread)
     port = reactor.listenSSL(0, Site(FakeMinIORouter({"tenant-1": minio})), pki.server_options(),
                              interface="127.0.0.1")
     yield pki, minio, port.getHost().port
@@ -616,3 +648,38 @@ async def test_minio_py_uses_minted_credentials_and_loses_them_with_the_user(tls
 
     assert await deferToThread(refused) == "InvalidAccessKeyId"
     assert minio.live_credentials("py-user") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_minio_admin_client_manages_users(tls_minio):
+    """minio-py's MinioAdmin (MinIO's own admin client) drives the fake's user APIs."""
+    pki, minio, port = tls_minio
+
+    def manage():
+        import urllib3
+        from minio import MinioAdmin
+        from minio.credentials import StaticProvider
+
+        # No path allowed in the endpoint: the router finds the tenant by access key.
+        admin = MinioAdmin(endpoint=f"localhost:{port}", credentials=StaticProvider(AK, SK),
+                           region=REGION, http_client=urllib3.PoolManager(
+                               cert_reqs="CERT_REQUIRED", ca_certs=str(pki.ca_path), retries=False))
+        admin.user_add("admin-made", "admin-made-secret")
+        admin.policy_set("readwrite", user="admin-made")
+        attached = json.loads(admin.attach_policy(["no-delete"], user="admin-made"))
+        listing = json.loads(admin.user_list())
+        info = json.loads(admin.user_info("admin-made"))
+        detached = json.loads(admin.detach_policy(["readwrite"], user="admin-made"))
+        after = minio.user_policies("admin-made")
+        admin.user_remove("admin-made")
+        return attached, listing, info, detached, after
+
+    try:
+        attached, listing, info, detached, after = await deferToThread(manage)
+    except Exception as e:  # pragma: no cover - names the client's complaint
+        raise AssertionError(f"MinioAdmin failed: {e!r}") from None
+    assert attached["policiesAttached"] == ["no-delete"]
+    assert listing["admin-made"]["policyName"] == "readwrite,no-delete"
+    assert info["status"] == "enabled" and detached["policiesDetached"] == ["readwrite"]
+    assert after == ("no-delete",) and "admin-made" not in minio.users
+    assert minio.count("add-user") >= 1 and minio.count("remove-user") == 1

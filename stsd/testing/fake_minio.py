@@ -32,7 +32,9 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, unquote_plus
 from xml.sax.saxutils import escape
 
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from stsd.testing.fake_s3 import S3Error, S3Operation, S3Store, check_checksums, decode_aws_chunked, operation_for, \
     s3_error_xml
@@ -61,6 +63,8 @@ _ADMIN_ROUTES = {
 # Route names, as counted in FakeMinIO.calls and accepted by FakeMinIO.fail.
 ROUTES = tuple(route for route, _ in _ADMIN_ROUTES.values()) + ("assumerole", "s3")
 _MAX_ECONFIG = 262272  # maxEConfigJSONSize
+# Routes whose request body is a madmin payload.
+_ENCRYPTED_BODIES = frozenset({"add-user", "attach-policy", "detach-policy"})
 
 
 @dataclass(frozen=True)
@@ -297,7 +301,15 @@ class FakeMinIO:
     MIN_DURATION = 900
 
     def __init__(self, *, access_key: str, secret_key: str, region: str = "us-east-1", clock: Any = None,
-                 policies: dict[str, dict] | None = None) -> None:
+                 policies: dict[str, dict] | None = None,
+                 run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]] | None = None) -> None:
+        """
+        @param run_in_thread: where to open encrypted request bodies (an
+            Argon2id derivation: a fifth of a second of CPU); by default in
+            the request, which suits in-memory tests. A fake serving a real
+            daemon passes a thread pool, so that its reactor (and the fakes
+            sharing it) is not held up.
+        """
         self.access_key = access_key
         self.secret_key = secret_key
         self.region = region
@@ -317,6 +329,7 @@ class FakeMinIO:
         self.s3_outcomes: Counter[tuple[str, str]] = Counter()
         self._faults = Faults(lambda route, wanted: route == wanted)
         self._sealer: tuple[str, Sealer] | None = None
+        self._run_in_thread = run_in_thread
         for name, doc in (policies or {}).items():
             self.set_policy(name, doc)
 
@@ -507,6 +520,17 @@ class FakeMinIO:
         if route == "policy":
             return self._policy(request, query, raw_path, request_id)
         handler = getattr(self, "_admin_" + route.replace("-", "_"))
+        if route in _ENCRYPTED_BODIES and self._run_in_thread is not None:
+            secret = self.secret_key
+
+            def reply(opened: bytes | MadminCryptoError) -> None:
+                if not request.finished and not getattr(request, "_disconnected", False):
+                    request.write(handler(request, query, body, error, opened))
+                    request.finish()
+
+            self._run_in_thread(lambda: _open(secret, body)).addCallback(reply).addErrback(
+                lambda f: f.printTraceback())
+            return NOT_DONE_YET
         return handler(request, query, body, error)
 
     def _info(self) -> dict:
@@ -534,7 +558,8 @@ class FakeMinIO:
 
     # -- admin: users (cmd/admin-handlers-users.go) ------------------------------
 
-    def _admin_add_user(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+    def _admin_add_user(self, request, query: dict[str, str], body: bytes, error,
+                        opened: bytes | MadminCryptoError | None = None) -> bytes:
         if "accessKey" not in query:
             return _version_mismatch(error)
         access_key = query["accessKey"]
@@ -550,8 +575,11 @@ class FakeMinIO:
         if request.getHeader("content-length") is None or len(body) > _MAX_ECONFIG:
             return error(400, "XMinioAdminConfigTooLarge", "Configuration data provided exceeds the allowed "
                          f"maximum of {_MAX_ECONFIG} bytes")
+        plain = opened if opened is not None else _open(self.secret_key, body)
         try:
-            ureq = json.loads(decrypt_data(self.secret_key, body))
+            if isinstance(plain, MadminCryptoError):
+                raise plain
+            ureq = json.loads(plain)
         except (MadminCryptoError, ValueError):
             return error(400, "XMinioAdminConfigBadJSON", "JSON configuration provided is of incorrect format")
         if not isinstance(ureq, dict) or not isinstance(ureq.get("secretKey", ""), str) \
@@ -599,13 +627,16 @@ class FakeMinIO:
         user.policies, user.updated = policies, self._iso()
         return _send(request, 200, "application/json", b"")
 
-    def _admin_attach_policy(self, request, query: dict[str, str], body: bytes, error) -> bytes:
-        return self._attach_detach(request, body, error, attach=True)
+    def _admin_attach_policy(self, request, query: dict[str, str], body: bytes, error,
+                             opened: bytes | MadminCryptoError | None = None) -> bytes:
+        return self._attach_detach(request, body, error, opened, attach=True)
 
-    def _admin_detach_policy(self, request, query: dict[str, str], body: bytes, error) -> bytes:
-        return self._attach_detach(request, body, error, attach=False)
+    def _admin_detach_policy(self, request, query: dict[str, str], body: bytes, error,
+                             opened: bytes | MadminCryptoError | None = None) -> bytes:
+        return self._attach_detach(request, body, error, opened, attach=False)
 
-    def _attach_detach(self, request, body: bytes, error, *, attach: bool) -> bytes:
+    def _attach_detach(self, request, body: bytes, error, opened: bytes | MadminCryptoError | None, *,
+                       attach: bool) -> bytes:
         if request.getHeader("content-length") is None or len(body) > _MAX_ECONFIG:
             return error(400, "XMinioAdminConfigTooLarge", "Configuration data provided exceeds the allowed "
                          f"maximum of {_MAX_ECONFIG} bytes")
@@ -613,8 +644,11 @@ class FakeMinIO:
             return error(400, "BadRequest", "400 BadRequest")
         # MinIO maps the errors of decryption, JSON and validation here
         # through toAdminAPIErr to InternalError.
+        plain = opened if opened is not None else _open(self.secret_key, body)
         try:
-            par = json.loads(decrypt_data(self.secret_key, body))
+            if isinstance(plain, MadminCryptoError):
+                raise plain
+            par = json.loads(plain)
         except (MadminCryptoError, ValueError) as e:
             return error(500, "InternalError", str(e))
         if not isinstance(par, dict):
@@ -888,6 +922,14 @@ class FakeMinIO:
                                                                 context)
 
 
+def _open(password: str, body: bytes) -> bytes | MadminCryptoError:
+    """A madmin payload's plaintext, or why it does not open (safe to run in a thread)."""
+    try:
+        return decrypt_data(password, body)
+    except MadminCryptoError as e:
+        return e
+
+
 def _credential_key(header: Callable[[str], Sequence[str] | None]) -> str:
     """The access key named by a SigV4 Authorization header ("" if none)."""
     auth = (header("authorization") or [""])[0]
@@ -917,9 +959,10 @@ class FakeMinIORouter(Resource):
     Several tenants on one port: ``/{namespace}/minio/admin/...``, ``POST
     /{namespace}/`` and path-style S3 ``/{namespace}/{bucket}/{key}`` (boto3
     keeps a path in its endpoint URL). A client that cannot put a path in
-    its endpoint (minio-py) sends ``/{bucket}/{key}``: when the first path
-    segment is no namespace, the tenant that knows the request's access key
-    serves it (a namespace wins over a bucket of the same name).
+    its endpoint (minio-py's Minio and MinioAdmin) sends ``/{bucket}/{key}``
+    or ``/minio/admin/...``: when the first path segment is no namespace,
+    the tenant that knows the request's access key serves it (a namespace
+    wins over a bucket of the same name).
     """
 
     isLeaf = True
@@ -947,13 +990,16 @@ class FakeMinIORouter(Resource):
             return minio._render(request, "/" + rest)
         auth = request.getHeader("authorization") or ""
         match = re.search(r"Credential=([^/,\s]*)/", auth)
-        if match is not None and not path.startswith("/minio/"):
+        if match is not None:
             for tenant in self.tenants.values():
                 if tenant.knows(match.group(1)):
                     return tenant._render(request, path)
-            # An S3 request with a key no tenant knows (any more): MinIO's answer.
+            # A key no tenant knows (any more): MinIO's answer.
             request_id = secrets.token_hex(8).upper()
             request.setHeader("x-amz-request-id", request_id)
+            if path.startswith("/minio/"):
+                return _admin_error(request, 403, "InvalidAccessKeyId", "The Access Key Id you provided does not "
+                                    "exist in our records.", path, request_id)
             return _send(request, 403, "application/xml", s3_error_xml(
                 "InvalidAccessKeyId", "The Access Key Id you provided does not exist in our records.",
                 bucket=None, key=None, resource=unquote(path), request_id=request_id))
