@@ -59,18 +59,24 @@ def _long_pair() -> str:
 
 
 def _question_marks() -> str:
-    resources = [S3 + "a?" * 4 + "a" * 40 + f"{i}*" for i in range(14)]
-    resources += [S3 + "?a" * 4 + "*" + "a" * 40 + f"{i}" for i in range(14)]
-    return _doc(_allow(["s3:GetObject", "s3:?etObject", "s3:Get*?", "s3:*Object"], resources))
+    resources = [S3 + "a?" * 4 + "a" * 60 + f"{i}*" for i in range(8)]
+    resources += [S3 + "?a" * 4 + "*" + "a" * 60 + f"{i}" for i in range(6)]
+    resources += [S3 + "a" * 70 + f"{i}" for i in range(8)]
+    return _doc(_allow(["s3:GetObject", "s3:?etObject"], resources))
 
 
 def _many_globs() -> str:
-    resources = [S3 + f"*{c}*a*a*a*a*a*" for c in "bcdefghijklmnopqrstuvwxyz0123"]
+    resources = [S3 + f"*{c}*a*a*a*a*a*" for c in "bcdefghijklmn"]
     return _doc(_allow(["s3:Get*", "s3:*Object", "s3:*"], resources))
 
 
-WORST = {"long near-miss pair": _long_pair(), "near-miss runs": _near_miss(), "? everywhere": _question_marks(),
-         "32 wildcard patterns": _many_globs()}
+def _many_prefixes() -> str:
+    # As many patterns as 2,048 characters hold: 91 bucket prefixes and three actions.
+    return _doc(_allow(["s3:Get*", "s3:Put*", "s3:List*"], [S3 + f"{i:x}/*" for i in range(91)]))
+
+
+WORST = {"94 prefix patterns": _many_prefixes(),"long near-miss pair": _long_pair(), "near-miss runs": _near_miss(), "? everywhere": _question_marks(),
+         "16 wildcard-heavy patterns": _many_globs()}
 
 
 def _load(path: str | None) -> ModuleType:

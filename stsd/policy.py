@@ -38,9 +38,10 @@ The rules this module follows, so that it never has to guess:
     authorization, ``hasBadPathComponent``).
  6. Work is bounded: glob containment is linear (each ``*``-free segment is found with
     C{str.find}), and a caller's Policy is limited in patterns and wildcards
-    (`check_session_limits`), so one request costs O(bound patterns x 32) linear
-    comparisons.  Every operation counts its work in a `Work` (tests and the benchmark
-    read it; a limit, if given, turns excess into a `PolicyError`).
+    (`check_session_limits`): literal and ``P*`` patterns are compared by prefix tests
+    in C, and at most 16 complex ones by the linear containment.  Every operation counts
+    its work in a `Work` (tests and the benchmark read it; a limit, if given, turns
+    excess into a `PolicyError`).
 
 `parse_policy` accepts what MinIO accepts (top-level ``ID``, field names in any case,
 admin/STS/KMS statements without Resource) and refuses what it refuses (floats,
@@ -74,9 +75,11 @@ _S3_ARN = "arn:aws:s3:::"
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 #: A caller's Policy (`check_session_limits`): at most this many action and resource
-#: patterns in all, and this many ``*``/``?`` in one pattern.  Real session policies use
-#: a handful; these bound the meet with the bound policies to a few ms.
-MAX_SESSION_PATTERNS = 32
+#: patterns in all, this many of them complex (a ``?``, or a ``*`` anywhere but once at
+#: the end), and this many ``*``/``?`` in one pattern.  Literal and ``P*`` patterns are
+#: compared by prefix tests in C; these bound the quadratic parts to a few ms.
+MAX_SESSION_PATTERNS = 128
+MAX_COMPLEX_PATTERNS = 16
 MAX_PATTERN_WILDCARDS = 8
 
 #: Canonical Condition: sorted ``(operator, key, values)`` triples, the values sorted,
@@ -393,7 +396,12 @@ def check_session_limits(policy: Policy) -> None:
                 for p in group]
     if len(patterns) > MAX_SESSION_PATTERNS:
         raise PolicyError(f"a Policy may name at most {MAX_SESSION_PATTERNS} actions and resources")
-    for p in patterns:
+    complex_ = [p for p in patterns
+                if "?" in p or "*" in p[:-1] or "${" in p]
+    if len(complex_) > MAX_COMPLEX_PATTERNS:
+        raise PolicyError(f"a Policy may hold at most {MAX_COMPLEX_PATTERNS} patterns with ? or"
+                          " a * before their end")
+    for p in complex_:
         if p.count("*") + p.count("?") > MAX_PATTERN_WILDCARDS:
             raise PolicyError(f"a pattern may hold at most {MAX_PATTERN_WILDCARDS} wildcards")
 
@@ -576,6 +584,18 @@ _action_contains = _memo("action", _action_contains_)
 _resource_contains = _memo("resource", _resource_contains_)
 
 
+def _action_may_contain(pattern: str) -> bool:
+    """Whether *pattern* can contain an action pattern other than itself."""
+    return "*" in pattern or "?" in pattern or pattern in IMPLIED_ACTIONS
+
+
+def _resource_may_contain(pattern: str) -> bool:
+    """Whether *pattern* can contain a resource pattern other than itself (see
+    `_clean_variants_covered`: only ``*`` and ``P*`` forms can)."""
+    rest = _arn_rest(pattern)
+    return rest is not None and rest.endswith("*") and "*" not in rest[:-1] and "${" not in rest
+
+
 # -- the evaluator (IAM reading; see stsd.testing.minio_policy for MinIO's) -----------
 
 
@@ -631,12 +651,13 @@ def _narrow_actions(outer: frozenset[str], inner: frozenset[str], work: Work) ->
     contains the other (s3:Get* and s3:*Object) are dropped: grant less.
     """
     result = set()
+    covers = _covers(outer | inner, "actions", work)
     for a in outer:
         for b in inner:
             work.spend(1)
-            if _action_contains(a, b, work):
+            if covers(a, b):
                 result.add(b)
-            elif _action_contains(b, a, work):
+            elif covers(b, a):
                 result.add(a)
             for x, y in ((a, b), (b, a)):
                 for implied in IMPLIED_ACTIONS.get(x, ()):
@@ -647,12 +668,13 @@ def _narrow_actions(outer: frozenset[str], inner: frozenset[str], work: Work) ->
 
 def _narrow_resources(outer: frozenset[str], inner: frozenset[str], work: Work) -> frozenset[str]:
     result = set()
+    covers = _covers(outer | inner, "resources", work)
     for a in outer:
         for b in inner:
             work.spend(1)
-            if _resource_contains(a, b, work):
+            if covers(a, b):
                 result.add(b)
-            elif _resource_contains(b, a, work):
+            elif covers(b, a):
                 result.add(a)
     return frozenset(result)
 
@@ -698,19 +720,79 @@ def intersect(bound: Policy, session: Policy, *, work: Work | None = None) -> Po
     return compact(Policy((*denies, *grants)), work=work)
 
 
-def _minimal(patterns: frozenset[str], contains: object, work: Work) -> frozenset[str]:
-    """*patterns* without those another one contains (their union is unchanged)."""
+def _literal_head(rest: str | None) -> str | None:
+    """P of a ``P*`` pattern whose P has no wildcard or variable, else None."""
+    if rest is None or not rest.endswith("*"):
+        return None
+    head = rest[:-1]
+    return None if "*" in head or "?" in head or "${" in head else head
+
+
+def _keep(rest: str) -> int:
+    """How much of *rest* every path MinIO cleans into it keeps (`_clean_variants_covered`)."""
+    keep = rest.index("/") + 1 if "/" in rest else len(rest)
+    return min(keep, rest.index("${")) if "${" in rest else keep
+
+
+def _covers(patterns: Iterable[str], kind: str, work: Work) -> Callable[[str, str], bool]:
+    """Containment among *patterns* (``covers(q, p)``: q contains p), each pattern
+    prepared once.  Only a pattern with a wildcard (or implied actions) contains another
+    than its equal; the common ``P*`` with a literal P is decided by a prefix test in C;
+    any other goes through the general containment, which `check_session_limits` keeps
+    to a few patterns of a caller's Policy."""
+    actions = kind == "actions"
+    contains = _action_contains if actions else _resource_contains
+    may_contain = _action_may_contain if actions else _resource_may_contain
+    rest = {p: p if actions else _arn_rest(p) for p in patterns}
+    heads = {q: _literal_head(rest[q]) for q in rest if may_contain(q)}
+
+    def covers(q: str, p: str) -> bool:
+        if q == p:
+            return True
+        if q not in heads:
+            return False
+        head = heads[q]
+        if head is None or (actions and q in IMPLIED_ACTIONS):
+            return contains(q, p, work)
+        inner = rest[p]
+        if inner is None or not inner.startswith(head):
+            return False
+        if actions:  # the implied actions too (see _action_contains)
+            return all(x.startswith(head) for x in IMPLIED_ACTIONS.get(p, ()))
+        return len(head) <= _keep(inner)
+
+    covers.outers = heads  # type: ignore[attr-defined]
+    return covers
+
+
+def _minimal(patterns: frozenset[str], kind: str, work: Work) -> frozenset[str]:
+    """*patterns* without those another one contains (their union is unchanged).
+
+    A ``P*`` outer is looked up by the prefixes of each pattern (linear in its length),
+    any other outer tried in turn (few: see `check_session_limits`)."""
+    covers = _covers(patterns, kind, work)
+    outers: dict[str, str | None] = covers.outers  # type: ignore[attr-defined]
+    by_head: dict[str, list[str]] = {}
+    for q, head in outers.items():
+        if head is not None:
+            by_head.setdefault(head, []).append(q)
+    others = [q for q, head in outers.items() if head is None]
     kept = set(patterns)
     for p in sorted(patterns, key=lambda x: (-len(x), x)):  # of equivalents keep the shortest
-        work.spend(len(kept))
-        if any(q != p and contains(q, p, work) for q in kept):  # type: ignore[operator]
+        rest = p if kind == "actions" else _arn_rest(p)
+        candidates = list(others)
+        if rest is not None:
+            work.spend(len(rest) + len(others))
+            for k in range(len(rest) + 1):
+                candidates.extend(by_head.get(rest[:k], ()))
+        if any(q != p and q in kept and covers(q, p) for q in candidates):
             kept.discard(p)
     return frozenset(kept)
 
 
 def _reduce(s: Statement, work: Work) -> Statement:
-    return replace(s, actions=_minimal(s.actions, _action_contains, work),
-                   resources=_minimal(s.resources, _resource_contains, work))
+    return replace(s, actions=_minimal(s.actions, "actions", work),
+                   resources=_minimal(s.resources, "resources", work))
 
 
 def _merge_along(statements: Iterable[Statement], field: str) -> set[Statement]:
