@@ -23,6 +23,7 @@ import yaml
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
 from stsd.rbac import PERMISSIONS
@@ -199,16 +200,23 @@ class World:
         issuer = TokenIssuer(clock=reactor)
         client_token = secrets.token_urlsafe(32)
         kubernetes = FakeKubernetes(issuer, client_token=client_token, clock=reactor)
+
+        # Admin payloads are opened off the reactor the fakes share (Argon2id).
+        def in_thread(f: Any) -> Deferred[Any]:
+            return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+
         tenants = {
             "tenant-1": TenantWorld("tenant-1", "storage", "us-east-1", FakeMinIO(
                 access_key="root-" + secrets.token_hex(4), secret_key=secrets.token_urlsafe(24),
                 region="us-east-1", clock=reactor,
                 policies={"readwrite": READWRITE, "readonly": READONLY, "photos": PHOTOS},
+                run_in_thread=in_thread,
             )),
             "tenant-2": TenantWorld("tenant-2", "archive", "eu-west-1", FakeMinIO(
                 access_key="root-" + secrets.token_hex(4), secret_key=secrets.token_urlsafe(24),
                 region="eu-west-1", clock=reactor,
                 policies={"readonly": READONLY},
+                run_in_thread=in_thread,
             )),
         }
         for t in tenants.values():
@@ -259,12 +267,13 @@ class World:
     def secrets(self) -> set[str]:
         """
         Every secret this world holds: the API client token, tokens minted,
-        tenant root secret keys, and the secret keys and session tokens MinIO
-        minted.
+        tenant root secret keys, MinIO users' secret keys, and the secret
+        keys and session tokens MinIO minted.
         """
         found = {self.client_token, *self.tokens}
         for tenant in self.tenants.values():
             found.add(tenant.minio.secret_key)
+            found.update(tenant.minio.user_secrets)
             for minted in tenant.minio.minted:
                 found.update((minted.secret_key, minted.session_token))
         return {s for s in found if s}
