@@ -310,6 +310,9 @@ class TenantsConfig:
         default=None, metadata=_spec(_optional(_file(_certificates)))
     )
     timeout_seconds: float = field(default=10.0, metadata=_spec(_seconds))
+    authorization: str = field(
+        default="parent-user", metadata=_spec(_choice("parent-user", "session-policy"))
+    )
 
 
 _DURATION = _integer(

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from stsd import config as configuration
@@ -34,7 +35,8 @@ from stsd.metrics import (
     kubernetes_target,
     metrics_site_root,
 )
-from stsd.minio_client import MinIOClient
+from stsd.minio_client import MinIOClient, ThreadedPayloadCrypto
+from stsd.parent_users import ParentUsers
 from stsd.ratelimit import Rate, RateLimiter
 from stsd.refresh import Refresher
 from stsd.server import STSResource, STSSite
@@ -120,11 +122,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         access, kube_http, reactor, config.kubernetes.timeout_seconds)
     minio_http = KeepAliveClient(reactor, tls.VerifiedHTTPS(tenant_trust(config, access)),
                                  observe=metrics.observe_upstream)
-    minio = MinIOClient(minio_http, reactor, config.tenants.timeout_seconds)
+    crypto_pool = _crypto_pool()
+    minio = MinIOClient(minio_http, reactor, config.tenants.timeout_seconds,
+                        crypto=ThreadedPayloadCrypto(reactor, crypto_pool))
     bindings = BindingIndex()
     tenants = TenantIndex(EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain))
     sync: Refresher | WatchSync = (WatchSync if config.kubernetes.watch else Refresher)(
         kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
+    parent_users = None
+    if config.tenants.authorization == "parent-user":
+        parent_users = ParentUsers(
+            bindings=bindings, tenants=tenants, minio=minio, clock=reactor,
+            is_ready=lambda: sync.ready, resync_seconds=config.kubernetes.resync_seconds)
     keys = KeySet(kubernetes, reactor)
     readiness = _readiness(sync, config.kubernetes.resync_seconds, reactor,
                            keys if config.kubernetes.token_verification == "jwks" else None)
@@ -141,6 +150,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         limits=_limits(config.limits, reactor),
         reuse_seconds=config.sts.reuse_seconds,
         metrics=metrics,
+        parent_users=parent_users,
     )
     resource = STSResource(
         exchange,
@@ -169,6 +179,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     top = MultiService()
     sync.setServiceParent(top)
+    if parent_users is not None:
+        parent_users.setServiceParent(top)
+    _ThreadPoolService(crypto_pool).setServiceParent(top)
     _freeze_heap_when_ready(sync, reactor).setServiceParent(top)
     keys.setServiceParent(top)
     credentials = TimerService(CREDENTIAL_REFRESH_SECONDS, _refresh_credentials, access)
@@ -184,6 +197,30 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     _listen(StreamServerEndpointService(TCP4ServerEndpoint(
         reactor, config.metrics.port, interface=config.metrics.interface), metrics_site), top)
     return top
+
+
+#: Threads for MinIO's admin payload encryption: each argon2id derivation
+#: takes 64 MiB for tens of milliseconds, so one at a time bounds the memory.
+CRYPTO_THREADS = 1
+
+
+def _crypto_pool() -> ThreadPool:
+    return ThreadPool(minthreads=0, maxthreads=CRYPTO_THREADS, name="stsd-crypto")
+
+
+class _ThreadPoolService(Service):
+    """Starts a thread pool with the service tree and stops it with it."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self._pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._pool.stop()
 
 
 GC_YOUNG_THRESHOLD = 20_000
