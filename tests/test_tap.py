@@ -264,3 +264,22 @@ def test_token_cache_only_in_tokenreview_mode() -> None:
     assert isinstance(cached, CachingAuthenticator) and cached._ttl == 7
     assert _remembering(inner, KubernetesConfig(token_verification="jwks"), Clock(),
                         Metrics()) is inner
+
+
+@pytest.mark.parametrize("authorization, parent_mode", [
+    (None, True),  # the default
+    ("parent-user", True),
+    ("session-policy", False),
+])
+def test_authorization_mode_wiring(tmp_path: Path, pki: TestPKI, kubeconfig: Path,
+                                   authorization: str | None, parent_mode: bool) -> None:
+    from stsd.parent_users import ParentUsers
+
+    tenants = {} if authorization is None else {"authorization": authorization}
+    options = parse(write_config(tmp_path, config_document(pki, kubeconfig, tenants=tenants)))
+    service = tap.makeService(options, reactor=MemoryReactorClock())
+    reconcilers = [s for s in service if isinstance(s, ParentUsers)]
+    assert len(reconcilers) == (1 if parent_mode else 0)
+    service.startService()
+    service.stopService()
+    assert not any(s.running for s in service)
