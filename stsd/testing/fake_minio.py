@@ -1,9 +1,17 @@
-"""A strict in-process fake of the MinIO admin and STS APIs stsd calls.
+"""A strict in-process fake of the MinIO APIs stsd and its tests call.
 
 Every request is checked with an independent AWS SigV4 verifier (not the
-``minio`` package's signer, so the fake does not share the daemon's bugs), and
-AssumeRole refuses anything real MinIO would refuse, plus a missing session
-policy, which would silently hand out root's rights.
+``minio`` package's signer, so the fake does not share the daemon's bugs).
+Served, as MinIO (minio/minio cmd/) does:
+
+- admin (root only): server info, canned policies, users (add, remove,
+  list, info) and their policy mappings (set, attach, detach), with
+  madmin-encrypted bodies opened by the fake's own decryptor;
+- STS AssumeRole, signed by root (a session policy required: without one
+  MinIO would hand out root's rights) or by a user (the credentials' parent);
+- a small path-style S3 API authorized like MinIO's IAM: a temporary
+  credential may do what its parent user's policies, as attached NOW, and
+  its session policy both allow; removing the user removes its credentials.
 """
 
 from __future__ import annotations
@@ -21,20 +29,38 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote_plus
+from urllib.parse import parse_qsl, quote, unquote, unquote_plus
 from xml.sax.saxutils import escape
 
 from twisted.web.resource import Resource
 
+from stsd.testing.fake_s3 import S3Error, S3Operation, S3Store, check_checksums, decode_aws_chunked, operation_for, \
+    s3_error_xml
 from stsd.testing.faults import Faults
+from stsd.testing.madmin_crypto import MadminCryptoError, decrypt_data, encrypt_data
 
-__all__ = ["FakeMinIO", "FakeMinIORouter", "Minted", "SigV4Error", "verify_sigv4"]
+__all__ = ["ROUTES", "FakeMinIO", "FakeMinIORouter", "Minted", "SigV4Error", "User", "verify_sigv4"]
 
 _STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
 _MAX_SKEW = 15 * 60
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _REQUIRED_SIGNED = ("host", "x-amz-content-sha256", "x-amz-date")
-_ROUTES = {"/minio/admin/v3/info": "info", "/minio/admin/v3/info-canned-policy": "policy", "/": "assumerole"}
+_UNSIGNED_PAYLOADS = ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+# MinIO's admin routes (cmd/admin-router.go): path -> (route name, method).
+_ADMIN_ROUTES = {
+    "/minio/admin/v3/info": ("info", "GET"),
+    "/minio/admin/v3/info-canned-policy": ("policy", "GET"),
+    "/minio/admin/v3/add-user": ("add-user", "PUT"),
+    "/minio/admin/v3/remove-user": ("remove-user", "DELETE"),
+    "/minio/admin/v3/set-user-or-group-policy": ("set-user-policy", "PUT"),
+    "/minio/admin/v3/idp/builtin/policy/attach": ("attach-policy", "POST"),
+    "/minio/admin/v3/idp/builtin/policy/detach": ("detach-policy", "POST"),
+    "/minio/admin/v3/list-users": ("list-users", "GET"),
+    "/minio/admin/v3/user-info": ("user-info", "GET"),
+}
+# Route names, as counted in FakeMinIO.calls and accepted by FakeMinIO.fail.
+ROUTES = tuple(route for route, _ in _ADMIN_ROUTES.values()) + ("assumerole", "s3")
+_MAX_ECONFIG = 262272  # maxEConfigJSONSize
 
 
 @dataclass(frozen=True)
@@ -42,13 +68,15 @@ class Minted:
     access_key: str
     secret_key: str
     session_token: str
-    policy: dict
+    policy: dict | None  # the session policy, if any
     duration: int
     expiration: datetime.datetime
+    parent: str = ""  # the access key that signed the AssumeRole
 
     def __repr__(self) -> str:
         return (f"Minted(access_key={self.access_key!r}, secret_key=<hidden>, session_token=<hidden>, "
-                f"policy={self.policy!r}, duration={self.duration}, expiration={self.expiration.isoformat()})")
+                f"policy={self.policy!r}, duration={self.duration}, expiration={self.expiration.isoformat()}, "
+                f"parent={self.parent!r})")
 
 
 @dataclass(frozen=True)
@@ -98,8 +126,12 @@ def verify_sigv4(
     now: float,
     service: str,
     region: str | None,
+    unsigned_payload: bool = False,
 ) -> SigV4Error | None:
     """Check an AWS SigV4 ``Authorization`` header; ``region=None`` accepts any region.
+
+    ``unsigned_payload`` accepts ``UNSIGNED-PAYLOAD`` and
+    ``STREAMING-UNSIGNED-PAYLOAD-TRAILER`` for any method, as MinIO's S3 API does.
 
     ``raw_path`` is the path exactly as sent (still percent-encoded);
     ``header(name)`` returns all values of a request header or None.
@@ -147,7 +179,9 @@ def verify_sigv4(
         return _err(403, "RequestTimeTooSkewed",
                     "The difference between the request time and the server's time is too large.")
     payload_hash = header("x-amz-content-sha256")[0]  # type: ignore[index]
-    if payload_hash == "UNSIGNED-PAYLOAD":
+    if unsigned_payload and payload_hash in _UNSIGNED_PAYLOADS:
+        pass  # S3 over TLS: clients may leave the payload unsigned (an aws-chunked body is checked later)
+    elif payload_hash == "UNSIGNED-PAYLOAD":
         if method != "GET" or body:
             return _err(400, "XAmzContentSHA256Mismatch", "UNSIGNED-PAYLOAD is only accepted for a GET without body.")
     elif payload_hash != hashlib.sha256(body).hexdigest():
@@ -222,8 +256,36 @@ def _validate_policy(doc: Any) -> str | None:
     return None
 
 
+@dataclass
+class User:
+    """A regular MinIO user (C{mc admin user add}), with the policies attached to it."""
+
+    secret_key: str
+    enabled: bool = True
+    policies: tuple[str, ...] = ()
+    updated: str = "0001-01-01T00:00:00Z"
+
+    def __repr__(self) -> str:
+        return f"User(secret_key=<hidden>, enabled={self.enabled}, policies={self.policies!r})"
+
+
+def _policy_names(text: str) -> tuple[str, ...]:
+    # MinIO's MappedPolicy: comma-separated, spaces trimmed, empties dropped, order kept.
+    names: list[str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part and part not in names:
+            names.append(part)
+    return tuple(names)
+
+
 class FakeMinIO:
-    """One tenant's MinIO: admin info, canned policies and AssumeRole."""
+    """
+    One tenant's MinIO: admin info, canned policies, users and their policy
+    mappings, AssumeRole, and a small S3 API that authorizes every call with
+    the current policies of the credential's parent user and its session
+    policy, as MinIO does.
+    """
 
     # Real MinIO accepts up to 365 days; stsd never asks for more than 12 h.
     MAX_DURATION = 43200
@@ -237,8 +299,15 @@ class FakeMinIO:
         self._clock = clock
         self.deployment_id = str(uuid.uuid4())
         self._policies: dict[str, tuple[str, str, str]] = {}  # name -> (raw, created, updated)
+        # Every credential minted, in order (a record for tests: removal or
+        # expiry does not take one out); the live ones are in _temporary.
         self.minted: list[Minted] = []
+        self._temporary: dict[str, Minted] = {}
+        self.users: dict[str, User] = {}
+        self.s3 = S3Store()
         self.calls: Counter[str] = Counter()
+        # S3 requests by (action, outcome Code or "OK"), e.g. ("s3:GetObject", "AccessDenied").
+        self.s3_outcomes: Counter[tuple[str, str]] = Counter()
         self._faults = Faults(lambda route, wanted: route == wanted)
         for name, doc in (policies or {}).items():
             self.set_policy(name, doc)
@@ -264,6 +333,7 @@ class FakeMinIO:
         self._policies[name] = (raw, created, self._iso())
 
     def delete_policy(self, name: str) -> None:
+        """Remove a canned policy; like MinIO, mappings naming it stay and it grants nothing."""
         del self._policies[name]
 
     def set_region(self, region: str) -> None:
@@ -272,14 +342,43 @@ class FakeMinIO:
     def count(self, route: str) -> int:
         return self.calls[route]
 
+    def add_user(self, access_key: str, secret_key: str, policies: Sequence[str] = (), *,
+                 enabled: bool = True) -> None:
+        """Create or update a user directly (as C{mc admin user add} and C{policy attach} would)."""
+        self.users[access_key] = User(secret_key, enabled, tuple(policies), self._iso())
+
+    def remove_user(self, access_key: str) -> None:
+        """Remove a user and, as MinIO does, every temporary credential derived from it."""
+        del self.users[access_key]
+        for key in [k for k, m in self._temporary.items() if m.parent == access_key]:
+            del self._temporary[key]
+
+    def user_policies(self, access_key: str) -> tuple[str, ...]:
+        return self.users[access_key].policies
+
+    def live_credentials(self, parent: str | None = None) -> list[Minted]:
+        """Temporary credentials that are neither removed nor expired (of C{parent}, if given)."""
+        now = self.clock.seconds()
+        return [m for m in self._temporary.values()
+                if m.expiration.timestamp() > now and (parent is None or m.parent == parent)]
+
+    def make_bucket(self, name: str) -> None:
+        self.s3.make_bucket(name, self.clock.seconds())
+
+    def put_object(self, bucket: str, key: str, data: bytes) -> None:
+        self.s3.put(bucket, key, data, self.clock.seconds())
+
+    def get_object(self, bucket: str, key: str) -> bytes | None:
+        return self.s3.get(bucket, key)
+
     def resource(self) -> Resource:
         return _TenantResource(self)
 
     # -- faults -----------------------------------------------------------------
 
     def fail(self, route: str, mode: str | None, times: int | None = None) -> None:
-        """route "info" | "policy" | "assumerole"; mode "500" | "hang" | "close" | "error" | None."""
-        if route not in _ROUTES.values():
+        """route: one of L{ROUTES}; mode "500" | "hang" | "close" | "error" | None."""
+        if route not in ROUTES:
             raise ValueError(f"unknown route {route!r}")
         if mode not in (None, "500", "hang", "close", "error"):
             raise ValueError(f"unknown fault mode {mode!r}")
@@ -296,24 +395,53 @@ class FakeMinIO:
 
     shutdown = clear_faults
 
+    # -- identities -------------------------------------------------------------
+
+    def knows(self, access_key: str) -> bool:
+        """Whether C{access_key} is this tenant's root, one of its users or a live credential."""
+        return self._identity(access_key) is not None
+
+    def _identity(self, access_key: str) -> tuple[str, str, Minted | None] | None:
+        """(kind "root" | "user" | "temporary", secret key, minted) of a key MinIO would accept now."""
+        if access_key == self.access_key:
+            return "root", self.secret_key, None
+        user = self.users.get(access_key)
+        if user is not None:
+            return "user", user.secret_key, None
+        minted = self._temporary.get(access_key)
+        if minted is not None and minted.expiration.timestamp() > self.clock.seconds():
+            # An expired credential is unknown to MinIO (InvalidAccessKeyId).
+            return "temporary", minted.secret_key, minted
+        return None
+
     # -- HTTP -------------------------------------------------------------------
 
     def _render(self, request, local_path: str):
         request_id = secrets.token_hex(8).upper()
         request.setHeader("x-amz-request-id", request_id)
         request.setHeader("server", "MinIO")
-        route = _ROUTES.get(local_path or "/")
         method = request.method.decode("ascii", "replace")
         raw_path, _, raw_query = request.uri.decode("latin-1").partition("?")
-        if route is None:
-            return _admin_error(request, 400, "XMinioUnknownAPIRequest", f"Unknown API request at {local_path}",
-                                raw_path, request_id)
+        local_path = local_path or "/"
+        if local_path.startswith("/minio/"):
+            admin = _ADMIN_ROUTES.get(local_path)
+            if admin is None:
+                return _admin_error(request, 400, "XMinioUnknownAPIRequest", f"Unknown API request at {local_path}",
+                                    raw_path, request_id)
+            route, wanted_method = admin
+        elif local_path == "/" and method == "POST":
+            route, wanted_method = "assumerole", "POST"
+        else:
+            route, wanted_method = "s3", method
         sts = route == "assumerole"
         self.calls[route] += 1
 
         def error(status: int, code: str, message: str) -> bytes:
             if sts:
                 return _sts_error(request, status, code, message, request_id)
+            if route == "s3":
+                return _send(request, status, "application/xml", s3_error_xml(
+                    code, message, bucket=None, key=None, resource=unquote(local_path), request_id=request_id))
             return _admin_error(request, status, code, message, raw_path, request_id)
 
         fault = self._faults.take(route)
@@ -327,7 +455,7 @@ class FakeMinIO:
         if held is not None:
             return held
 
-        if method != ("POST" if sts else "GET"):
+        if method != wanted_method:
             return error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")
         request.content.seek(0)
         body = request.content.read()
@@ -336,22 +464,41 @@ class FakeMinIO:
             values = request.requestHeaders.getRawHeaders(name)
             return None if values is None else [v.decode("latin-1") if isinstance(v, bytes) else v for v in values]
 
+        if route == "s3":
+            return self._s3(request, method, local_path, raw_path, raw_query, header, body, request_id)
+        # Sign with the secret of the key named, if it is one; else with
+        # root's, so that the verifier answers InvalidAccessKeyId in its turn.
+        identity = self._identity(_credential_key(header))
+        kind, secret = (identity[0], identity[1]) if identity is not None else ("root", self.secret_key)
         problem = verify_sigv4(method=method, raw_path=raw_path, raw_query=raw_query, header=header, body=body,
-                               access_key=self.access_key, secret_key=self.secret_key, now=self.clock.seconds(),
+                               access_key=self.access_key if identity is None else _credential_key(header),
+                               secret_key=secret, now=self.clock.seconds(),
                                service="sts" if sts else "s3", region=self.region if sts else None)
         if problem is not None:
             return error(problem.status, problem.code, problem.message)
+        signer = _credential_key(header)
+        if kind == "user" and not self.users[signer].enabled:
+            return error(403, "InvalidAccessKeyId", "Your account is disabled; please contact your administrator.")
+        if sts:
+            if kind == "temporary" or header("x-amz-security-token") is not None:
+                # Temporary credentials cannot mint more; nor may a request carry a token.
+                return error(403, "AccessDenied", "Access Denied.")
+            return self._assume_role(request, raw_query, body, error, request_id, signer)
+        if kind != "root":
+            # MinIO would evaluate the user's admin policies; the fake serves root only.
+            return error(403, "AccessDenied", "Access Denied.")
         query = dict(parse_qsl(raw_query, keep_blank_values=True))
         if route == "info":
             return _send(request, 200, "application/json", json.dumps(self._info()).encode())
         if route == "policy":
             return self._policy(request, query, raw_path, request_id)
-        return self._assume_role(request, raw_query, body, error, request_id)
+        handler = getattr(self, "_admin_" + route.replace("-", "_"))
+        return handler(request, query, body, error)
 
     def _info(self) -> dict:
         return {"mode": "online", "deploymentID": self.deployment_id, "region": self.region,
-                "buckets": {"count": 0}, "objects": {"count": 0}, "usage": {"size": 0}, "services": {},
-                "backend": {"backendType": "Erasure", "onlineDisks": 1, "offlineDisks": 0},
+                "buckets": {"count": len(self.s3.buckets)}, "objects": {"count": 0}, "usage": {"size": 0},
+                "services": {}, "backend": {"backendType": "Erasure", "onlineDisks": 1, "offlineDisks": 0},
                 "servers": [{"state": "online", "endpoint": "minio-pool-0-0", "uptime": 3600,
                              "version": "fake", "drives": []}]}
 
@@ -371,7 +518,155 @@ class FakeMinIO:
                 f'"CreateDate":"{created}","UpdateDate":"{updated}"}}')
         return _send(request, 200, "application/json", body.encode())
 
-    def _assume_role(self, request, raw_query: str, body: bytes, error, request_id: str) -> bytes:
+    # -- admin: users (cmd/admin-handlers-users.go) ------------------------------
+
+    def _admin_add_user(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+        if "accessKey" not in query:
+            return _version_mismatch(error)
+        access_key = query["accessKey"]
+        if access_key == self.access_key:
+            return error(403, "XMinioInvalidIAMCredentials", "Credential is not allowed to be same as admin "
+                         "access key")
+        if access_key in self._temporary:
+            return error(403, "XMinioInvalidIAMCredentials", "Credential is not allowed to be same as admin "
+                         "access key")
+        if access_key not in self.users and access_key != access_key.strip():
+            return error(400, "XMinioInvalidResource", "Policy, user or group names are not allowed to begin or "
+                         "end with space characters")
+        if request.getHeader("content-length") is None or len(body) > _MAX_ECONFIG:
+            return error(400, "XMinioAdminConfigTooLarge", "Configuration data provided exceeds the allowed "
+                         f"maximum of {_MAX_ECONFIG} bytes")
+        try:
+            ureq = json.loads(decrypt_data(self.secret_key, body))
+        except (MadminCryptoError, ValueError):
+            return error(400, "XMinioAdminConfigBadJSON", "JSON configuration provided is of incorrect format")
+        if not isinstance(ureq, dict) or not isinstance(ureq.get("secretKey", ""), str) \
+                or not isinstance(ureq.get("status", ""), str):
+            return error(400, "XMinioAdminConfigBadJSON", "JSON configuration provided is of incorrect format")
+        if len(access_key) < 3 or any(c in access_key for c in "=,"):
+            return error(400, "XMinioAdminInvalidAccessKey", "The access key is invalid.")
+        secret_key = ureq.get("secretKey", "")
+        if len(secret_key) < 8:
+            return error(400, "XMinioAdminInvalidSecretKey", "The secret key is invalid.")
+        previous = self.users.get(access_key)
+        # Status "enabled" (or "on") enables; anything else disables. The
+        # policy mapping is kept across an update.
+        self.users[access_key] = User(secret_key, ureq.get("status") in ("enabled", "on"),
+                                      previous.policies if previous else (), self._iso())
+        return _send(request, 200, "application/json", b"")
+
+    def _admin_remove_user(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+        if "accessKey" not in query:
+            return _version_mismatch(error)
+        access_key = query["accessKey"]
+        if access_key in self._temporary or access_key == self.access_key:
+            return error(403, "XMinioIAMActionNotAllowed", "Specified IAM action is not allowed")
+        if access_key not in self.users:
+            return error(404, "XMinioAdminNoSuchUser", "The specified user does not exist.")
+        self.remove_user(access_key)
+        return _send(request, 200, "application/json", b"")
+
+    def _admin_set_user_policy(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+        if not {"policyName", "userOrGroup", "isGroup"} <= set(query) or query["isGroup"] not in ("true", "false"):
+            return _version_mismatch(error)
+        name = query["userOrGroup"]
+        if query["isGroup"] == "true":
+            return error(404, "XMinioAdminNoSuchGroup", "The specified group does not exist.")
+        if name in self._temporary or name == self.access_key:
+            return error(403, "XMinioIAMActionNotAllowed", "Specified IAM action is not allowed")
+        user = self.users.get(name)
+        if user is None:
+            return error(404, "XMinioAdminNoSuchUser", "The specified user does not exist.")
+        policies = _policy_names(query["policyName"])
+        if any(p not in self._policies for p in policies):
+            return error(404, "XMinioAdminNoSuchPolicy", "The canned policy does not exist.")
+        # An empty policyName removes the mapping (PolicyDBSet).
+        user.policies, user.updated = policies, self._iso()
+        return _send(request, 200, "application/json", b"")
+
+    def _admin_attach_policy(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+        return self._attach_detach(request, body, error, attach=True)
+
+    def _admin_detach_policy(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+        return self._attach_detach(request, body, error, attach=False)
+
+    def _attach_detach(self, request, body: bytes, error, *, attach: bool) -> bytes:
+        if request.getHeader("content-length") is None or len(body) > _MAX_ECONFIG:
+            return error(400, "XMinioAdminConfigTooLarge", "Configuration data provided exceeds the allowed "
+                         f"maximum of {_MAX_ECONFIG} bytes")
+        if request.getHeader("content-type") != "application/octet-stream":
+            return error(400, "BadRequest", "400 BadRequest")
+        # MinIO maps the errors of decryption, JSON and validation here
+        # through toAdminAPIErr to InternalError.
+        try:
+            par = json.loads(decrypt_data(self.secret_key, body))
+        except (MadminCryptoError, ValueError) as e:
+            return error(500, "InternalError", str(e))
+        if not isinstance(par, dict):
+            return error(500, "InternalError", "json: cannot unmarshal into Go value of type "
+                         "madmin.PolicyAssociationReq")
+        policies, user, group = par.get("policies") or [], par.get("user") or "", par.get("group") or ""
+        if not isinstance(policies, list) or not all(isinstance(p, str) for p in policies) \
+                or not isinstance(user, str) or not isinstance(group, str):
+            return error(500, "InternalError", "json: cannot unmarshal into Go struct field of type "
+                         "madmin.PolicyAssociationReq")
+        problem = ("no policy names were given" if not policies else
+                   "an empty policy name was given" if "" in policies else
+                   "no user or group association was given" if not user and not group else
+                   "either a group or a user association must be given, not both" if user and group else None)
+        if problem is not None:
+            return error(500, "InternalError", problem)
+        if group:
+            return error(404, "XMinioAdminNoSuchGroup", "The specified group does not exist.")
+        if user in self._temporary or user == self.access_key:
+            return error(403, "XMinioIAMActionNotAllowed", "Specified IAM action is not allowed")
+        entry = self.users.get(user)
+        if entry is None:
+            return error(404, "XMinioAdminNoSuchUser", "The specified user does not exist.")
+        current = set(entry.policies)
+        wanted = set(policies)
+        if attach:
+            changed = wanted - current
+            if any(p not in self._policies for p in changed):
+                return error(404, "XMinioAdminNoSuchPolicy", "The canned policy does not exist.")
+            new = entry.policies + tuple(p for p in policies if p in changed and p not in entry.policies)
+        else:
+            changed = wanted & current
+            new = tuple(p for p in entry.policies if p not in changed)
+        if not changed:
+            return error(400, "XMinioAdminPolicyChangeAlreadyApplied", "The specified policy change is already "
+                         "in effect.")
+        entry.policies, entry.updated = tuple(dict.fromkeys(new)), self._iso()
+        answer: dict[str, Any] = {"policiesAttached" if attach else "policiesDetached": sorted(changed),
+                                  "updatedAt": entry.updated}
+        return _send(request, 200, "application/octet-stream",
+                     encrypt_data(self.secret_key, json.dumps(answer).encode()))
+
+    def _user_info(self, user: User) -> dict[str, Any]:
+        info: dict[str, Any] = {"status": "enabled" if user.enabled else "disabled", "updatedAt": user.updated}
+        if user.policies:
+            info["policyName"] = ",".join(user.policies)
+        return info
+
+    def _admin_list_users(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+        listing = {k: self._user_info(u) for k, u in sorted(self.users.items())}
+        return _send(request, 200, "application/octet-stream",
+                     encrypt_data(self.secret_key, json.dumps(listing).encode()))
+
+    def _admin_user_info(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+        if "accessKey" not in query:
+            return _version_mismatch(error)
+        name = query["accessKey"]
+        if name in self._temporary:
+            return error(403, "XMinioIAMActionNotAllowed", "Specified IAM action is not allowed")
+        user = self.users.get(name)
+        if user is None:
+            return error(404, "XMinioAdminNoSuchUser", "The specified user does not exist.")
+        return _send(request, 200, "application/json", json.dumps(self._user_info(user)).encode())
+
+    # -- STS (cmd/sts-handlers.go) -----------------------------------------------
+
+    def _assume_role(self, request, raw_query: str, body: bytes, error, request_id: str, signer: str) -> bytes:
         content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded" or raw_query:
             return error(400, "InvalidParameterValue", "fake MinIO: AssumeRole must be a POST with a form body "
@@ -396,26 +691,30 @@ class FakeMinIO:
             return error(400, "InvalidParameterValue",
                          "An invalid or out-of-range value was supplied for the input parameter.")
         session_policy = form.get("Policy", "")
-        if not session_policy:
+        if not session_policy and signer == self.access_key:
             return error(400, "InvalidParameterValue", "fake MinIO: refusing AssumeRole without a session "
                          "policy (would grant root's rights)")
-        if len(session_policy.encode()) > 2048:
-            return error(400, "InvalidParameterValue", "Session policy should not exceed 2048 characters")
-        try:
-            policy = json.loads(session_policy)
-        except ValueError as e:
-            return error(400, "MalformedPolicyDocument", f"policy is not valid JSON: {e}")
-        problem = _validate_policy(policy)
-        if problem is not None:
-            return error(400, "MalformedPolicyDocument", problem)
+        policy: dict | None = None
+        if session_policy:
+            if len(session_policy.encode()) > 2048:
+                return error(400, "InvalidParameterValue", "Session policy should not exceed 2048 characters")
+            try:
+                policy = json.loads(session_policy)
+            except ValueError as e:
+                return error(400, "MalformedPolicyDocument", f"policy is not valid JSON: {e}")
+            problem = _validate_policy(policy)
+            if problem is not None:
+                return error(400, "MalformedPolicyDocument", problem)
 
         now = int(self.clock.seconds())
         expiration = datetime.datetime.fromtimestamp(now + duration, datetime.timezone.utc)
         # Within MinIO's alphabets (A-Z0-9 keys; base64 secrets), one random read each.
         access_key = secrets.token_hex(10).upper()
         secret_key = base64.b64encode(secrets.token_bytes(30)).decode()
-        session_token = self._session_token(access_key, now + duration, session_policy)
-        self.minted.append(Minted(access_key, secret_key, session_token, policy, duration, expiration))
+        session_token = self._session_token(access_key, now + duration, session_policy, signer)
+        minted = Minted(access_key, secret_key, session_token, policy, duration, expiration, signer)
+        self.minted.append(minted)
+        self._temporary[access_key] = minted
         xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<AssumeRoleResponse xmlns="{_STS_NS}"><AssumeRoleResult>'
                "<AssumedRoleUser><Arn></Arn><AssumeRoleId></AssumeRoleId></AssumedRoleUser><Credentials>"
                f"<AccessKeyId>{access_key}</AccessKeyId><SecretAccessKey>{escape(secret_key)}</SecretAccessKey>"
@@ -424,18 +723,149 @@ class FakeMinIO:
                f"<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata></AssumeRoleResponse>")
         return _send(request, 200, "text/xml", xml.encode())
 
-
-    def _session_token(self, access_key: str, exp: int, session_policy: str) -> str:
-        # Like MinIO: an HS512 JWT keyed with the root secret, carrying the session
-        # policy. Built by hand: pyjwt warns about short (test) secrets.
+    def _session_token(self, access_key: str, exp: int, session_policy: str, parent: str) -> str:
+        # Like MinIO: an HS512 JWT keyed with the root secret, carrying the
+        # parent and the session policy. Built by hand: pyjwt warns about
+        # short (test) secrets.
         def b64(raw: bytes) -> str:
             return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
+        claims: dict[str, Any] = {"accessKey": access_key, "exp": exp, "parent": parent}
+        if session_policy:
+            claims["sessionPolicy"] = base64.b64encode(session_policy.encode()).decode()
         head = b64(json.dumps({"alg": "HS512", "typ": "JWT"}).encode())
-        claims = b64(json.dumps({"accessKey": access_key, "exp": exp, "parent": self.access_key,
-                                 "sessionPolicy": base64.b64encode(session_policy.encode()).decode()}).encode())
-        sig = hmac.new(self.secret_key.encode(), f"{head}.{claims}".encode(), hashlib.sha512).digest()
-        return f"{head}.{claims}.{b64(sig)}"
+        body = b64(json.dumps(claims).encode())
+        sig = hmac.new(self.secret_key.encode(), f"{head}.{body}".encode(), hashlib.sha512).digest()
+        return f"{head}.{body}.{b64(sig)}"
+
+    # -- S3 (cmd/auth-handler.go, cmd/iam.go IsAllowed/IsAllowedSTS) -------------
+
+    def _s3(self, request, method: str, local_path: str, raw_path: str, raw_query: str, header, body: bytes,
+            request_id: str) -> bytes:
+        op: S3Operation | None = None
+
+        def fail(status: int, code: str, message: str) -> bytes:
+            self.s3_outcomes[(op.action if op else "?", code)] += 1
+            bucket = op.bucket if op else None
+            key = op.key if op else None
+            return _send(request, status, "application/xml", s3_error_xml(
+                code, message, bucket=bucket, key=key, resource=unquote(local_path), request_id=request_id))
+
+        try:
+            op = operation_for(method, local_path, raw_query)
+        except S3Error as e:
+            return fail(e.status, e.code, e.message)
+        if header("authorization") is None:
+            # Anonymous: only bucket policies could allow it, and the fake has none.
+            return fail(403, "AccessDenied", "Access Denied.")
+        key_id = _credential_key(header)
+        identity = self._identity(key_id)
+        kind, secret, minted = identity if identity is not None else ("root", self.secret_key, None)
+        # GetBucketLocation and ListBuckets are signed for any region (MinIO
+        # auth-handler.go); everything else for the tenant's.
+        region = None if op.name in ("GetBucketLocation", "ListBuckets") else self.region
+        problem = verify_sigv4(method=method, raw_path=raw_path, raw_query=raw_query, header=header, body=body,
+                               access_key=self.access_key if identity is None else key_id, secret_key=secret,
+                               now=self.clock.seconds(), service="s3", region=region, unsigned_payload=True)
+        if problem is not None:
+            return fail(problem.status, problem.code, problem.message)
+        if kind == "user" and not self.users[key_id].enabled:
+            return fail(403, "InvalidAccessKeyId", "Your account is disabled; please contact your administrator.")
+        token = (header("x-amz-security-token") or [None])[0]
+        if kind == "temporary":
+            assert minted is not None
+            if token is None or not hmac.compare_digest(token.encode(), minted.session_token.encode()):
+                return fail(403, "InvalidTokenId", "The security token included in the request is invalid")
+        elif token is not None:
+            return fail(403, "InvalidTokenId", "The security token included in the request is invalid")
+        if (header("x-amz-content-sha256") or [""])[0] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER":
+            try:
+                body, trailers = decode_aws_chunked(body)
+                check_checksums(body, trailers)
+            except S3Error as e:
+                return fail(e.status, e.code, e.message)
+            decoded = (header("x-amz-decoded-content-length") or [None])[0]
+            if decoded is not None and decoded != str(len(body)):
+                return fail(400, "IncompleteBody", "You did not provide the number of bytes specified by the "
+                            "Content-Length HTTP header.")
+        if not self._allowed(kind, key_id, minted, op, self._conditions(request, header, kind, key_id, minted, op)):
+            return fail(403, "AccessDenied", "Access Denied.")
+        headers = {name.decode("latin-1").lower(): values[0].decode("latin-1")
+                   for name, values in request.requestHeaders.getAllRawHeaders()}
+        try:
+            status, content_type, answer = self.s3.serve(
+                op, body=body, headers=headers, now=self.clock.seconds(), region=self.region,
+                set_header=request.setHeader)
+        except S3Error as e:
+            return fail(e.status, e.code, e.message)
+        self.s3_outcomes[(op.action, "OK")] += 1
+        return _send(request, status, content_type, answer)
+
+    def _conditions(self, request, header, kind: str, key_id: str, minted: Minted | None,
+                    op: S3Operation) -> dict[str, list[str]]:
+        # cmd/bucket-policy.go getConditionValues: the request's facts under
+        # bare names (a policy's "aws:username" is matched as "username"),
+        # then the query parameters (s3:prefix, s3:delimiter, s3:max-keys …).
+        now = self.clock.seconds()
+        username = minted.parent if minted is not None else key_id
+        principal = "Account" if username == self.access_key else "AssumedRole" if minted else "User"
+        client = request.getClientAddress()
+        values: dict[str, list[str]] = {
+            "CurrentTime": [self._iso(now)], "EpochTime": [str(int(now))],
+            "SecureTransport": ["true" if request.isSecure() else "false"],
+            "SourceIp": [getattr(client, "host", "")], "UserAgent": [request.getHeader("user-agent") or ""],
+            "Referer": [request.getHeader("referer") or ""], "principaltype": [principal],
+            "userid": [username], "username": [username], "versionid": [op.query.get("versionId", "")],
+            "signatureversion": ["AWS4-HMAC-SHA256"], "authType": ["REST-HEADER"],
+        }
+        for name, value in op.query.items():
+            values.setdefault(name, []).append(value)
+        return values
+
+    def _parent_documents(self, user: User) -> list[dict]:
+        # MergePolicies: attached names MinIO no longer has grant nothing.
+        docs = []
+        for name in user.policies:
+            if name in self._policies:
+                try:
+                    docs.append(json.loads(self._policies[name][0]))
+                except ValueError:
+                    continue  # only the fake can hold an unparsable policy
+        return docs
+
+    def _allowed(self, kind: str, key_id: str, minted: Minted | None, op: S3Operation,
+                 context: dict[str, list[str]]) -> bool:
+        if kind == "root":
+            return True
+        from stsd.testing import minio_policy  # the MinIO-semantics evaluator
+
+        if kind == "user":
+            docs = self._parent_documents(self.users[key_id])
+            return bool(docs) and minio_policy.allowed(docs, op.action, op.resource, context)
+        assert minted is not None
+        if minted.parent == self.access_key:
+            # Derived from root: limited by its session policy alone.
+            return minted.policy is None or minio_policy.allowed([minted.policy], op.action, op.resource, context)
+        parent = self.users.get(minted.parent)
+        if parent is None or not parent.enabled:
+            return False
+        docs = self._parent_documents(parent)
+        # IsAllowedSTS: no policy mapped to the parent, nothing allowed.
+        return bool(docs) and minio_policy.allowed_with_session(docs, minted.policy, op.action, op.resource,
+                                                                context)
+
+
+def _credential_key(header: Callable[[str], Sequence[str] | None]) -> str:
+    """The access key named by a SigV4 Authorization header ("" if none)."""
+    auth = (header("authorization") or [""])[0]
+    match = re.search(r"Credential=([^/,\s]*)/", auth)
+    return match.group(1) if match else ""
+
+
+def _version_mismatch(error) -> bytes:
+    # A required query parameter missing: no MinIO admin route matches.
+    return error(426, "XMinioAdminVersionMismatch", "This 'admin' API is not supported by server in "
+                 "'mode-server-xl'")
 
 
 class _TenantResource(Resource):
@@ -450,7 +880,14 @@ class _TenantResource(Resource):
 
 
 class FakeMinIORouter(Resource):
-    """Several tenants on one port: ``/{namespace}/minio/admin/...`` and ``POST /{namespace}/``."""
+    """
+    Several tenants on one port: ``/{namespace}/minio/admin/...``, ``POST
+    /{namespace}/`` and path-style S3 ``/{namespace}/{bucket}/{key}`` (boto3
+    keeps a path in its endpoint URL). A client that cannot put a path in
+    its endpoint (minio-py) sends ``/{bucket}/{key}``: when the first path
+    segment is no namespace, the tenant that knows the request's access key
+    serves it (a namespace wins over a bucket of the same name).
+    """
 
     isLeaf = True
 
@@ -473,10 +910,16 @@ class FakeMinIORouter(Resource):
         path = request.path.decode("utf-8", "replace")
         namespace, _, rest = path.lstrip("/").partition("/")
         minio = self.tenants.get(namespace)
-        if minio is None:
-            return _admin_error(request, 404, "XMinioFakeNoSuchTenant", f"no fake tenant for namespace "
-                                f"{namespace!r}", path, secrets.token_hex(8).upper())
-        return minio._render(request, "/" + rest)
+        if minio is not None:
+            return minio._render(request, "/" + rest)
+        auth = request.getHeader("authorization") or ""
+        match = re.search(r"Credential=([^/,\s]*)/", auth)
+        if match is not None and not path.startswith("/minio/"):
+            for tenant in self.tenants.values():
+                if tenant.knows(match.group(1)):
+                    return tenant._render(request, path)
+        return _admin_error(request, 404, "XMinioFakeNoSuchTenant", f"no fake tenant for namespace "
+                            f"{namespace!r}", path, secrets.token_hex(8).upper())
 
 
 def _send(request, status: int, content_type: str, body: bytes) -> bytes:
