@@ -258,6 +258,8 @@ class World:
             found.add(tenant.minio.secret_key)
             for minted in tenant.minio.minted:
                 found.update((minted.secret_key, minted.session_token))
+            # The parent users' secrets stsd derives (parent-user mode).
+            found.update(user.secret_key for user in tenant.minio.users.values())
         return {s for s in found if s}
 
     def scan_logs(self) -> tuple[int, int, list[str]]:
