@@ -577,3 +577,14 @@ def test_exchange_waits_for_a_pending_reconcile() -> None:
     issued = w.settle(exchange.exchange("tenant-1", request()))
     assert w.shim.routes()[-3:] == ["add-user", "set-policy", "assume-role"]
     assert issued.policies_used == ("readonly",)
+
+
+def test_policy_bytes_bench_measures_both_modes() -> None:
+    from bench.policy_bytes import measure
+
+    assert measure("session-policy", 50, None).startswith("PackedPolicyTooLarge")
+    assert measure("parent-user", 50, None).startswith("0 bytes (no Policy parameter; "
+                                                       "AssumeRole signed by parent user stsd-")
+    caller = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::bucket-07/*"]}]})
+    assert measure("parent-user", 50, caller).startswith(f"{len(caller)} bytes (Policy parameter")
