@@ -67,6 +67,10 @@ FIRST_RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 30.0
 #: Admin calls in flight at once, all users together.
 CONCURRENT_RUNS = 8
+#: A user set up this recently is not set up again because AssumeRole was
+#: refused: a refusal for another reason must not make every request cost
+#: an add-user (and its argon2 derivation).
+INVALIDATE_AFTER_SECONDS = 10.0
 
 
 @functools.lru_cache(maxsize=65536)
@@ -153,6 +157,7 @@ class _User:
     retry: IDelayedCall | None = None
     waiters: list[Deferred[ParentUser | None]] = field(default_factory=list)
     secret: tuple[RootCredentials, str] | None = None
+    applied_at: float = float("-inf")
 
 
 class ParentUsers(Service):
@@ -241,7 +246,8 @@ class ParentUsers(Service):
         the next L{ensure} sets it again.
         """
         user = self._users.get((tenant_namespace, user_name(app_namespace, serviceaccount)))
-        if user is not None:
+        if user is not None and (
+                self._clock.seconds() - user.applied_at >= INVALIDATE_AFTER_SECONDS):
             user.stale = True
 
     # -- events -------------------------------------------------------------
@@ -301,6 +307,7 @@ class ParentUsers(Service):
                 if not desired.satisfied_by(user.applied):
                     user.applied = await self._slots.run(
                         lambda d=desired: Deferred.fromCoroutine(self._apply(user, d)))
+                    user.applied_at = self._clock.seconds()
                 if not user.again:
                     break
         except Exception as e:  # every failure: logged, retried, told to the waiters

@@ -563,9 +563,17 @@ def test_exchange_sets_the_user_up_again_when_minio_refuses_its_signature() -> N
     exchange, _ = exchange_for(w)
     name = user_name("apps", "app-sa")
     w.shim.users[name].secret = "changed-by-someone-else"
+    # Just set up: a refusal is an error, not a reason to set it up again
+    # (else every refused request would cost an add-user).
+    with pytest.raises(errors.STSError) as raised:
+        w.settle(exchange.exchange("tenant-1", request()))
+    assert raised.value.code == "InternalError"
+    assert w.shim.routes().count("add-user") == 1
+    w.clock.advance(10)
     issued = w.settle(exchange.exchange("tenant-1", request()))
     assert w.shim.derived[issued.credentials.access_key_id].parent == name
     assert w.shim.users[name].secret == user_secret(ROOT, name)
+    assert w.shim.routes().count("add-user") == 2
 
 
 def test_exchange_waits_for_a_pending_reconcile() -> None:
