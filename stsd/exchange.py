@@ -10,7 +10,7 @@ compacted session policies from caches.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from stsd import errors
 from stsd.bindings import BindingIndex, Grant
-from stsd.cache import TTLCache
+from stsd.cache import ByteLRU, TTLCache
 from stsd.identity import Identity
 from stsd.minio_client import MinIOClient, MinIOError, TenantEndpoint
 from stsd.parent_users import ParentUser, ParentUsers
@@ -45,7 +45,13 @@ POLICY_TTL = 30.0  # DESIGN: policy edits visible within 30 s
 REGION_TTL = 300.0
 # Reused credentials must leave the client time to use them.
 MIN_REMAINING_SECONDS = 300.0
-_POLICY_CACHE_SIZE = 10_000
+# Byte bounds of the caches holding policy documents (a caller picks its
+# Policy: with a count bound, 15,000 distinct 2 KB ones took 146 MiB).
+EFFECTIVE_CACHE_BYTES = 8 << 20
+MINTED_CACHE_BYTES = 8 << 20
+POLICY_TEXT_CACHE_BYTES = 8 << 20
+# A parsed Policy holds about four times the bytes of its JSON.
+_PARSED_POLICY_FACTOR = 4
 # Refusals that feed the per-client failed-authentication budget.
 _AUTH_FAILURES = frozenset({"AccessDenied", "InvalidIdentityToken"})
 _MISSING = object()
@@ -109,6 +115,18 @@ class _Effective:
     document: bytes
     used: tuple[str, ...]
     error: errors.STSError | None = None
+    # Bound policies that exist but cannot be read, with why: the request
+    # fails (their Deny statements must not be dropped).
+    unreadable: tuple[tuple[str, str], ...] = ()
+
+
+def _text_weight(key: Any, text: str | None) -> int:
+    return len(key[2]) + (len(text) if text else 0)
+
+
+def _minted_weight(key: Any, credentials: IssuedCredentials) -> int:
+    return (len(key[0]) + len(key[1]) + len(key[3]) + len(credentials.access_key_id)
+            + len(credentials.secret_access_key) + len(credentials.session_token))
 
 
 class Exchange:
@@ -140,12 +158,14 @@ class Exchange:
         self._is_ready = is_ready
         self._limits = limits
         self._regions: TTLCache[str] = TTLCache(clock, REGION_TTL)
-        self._policies: TTLCache[str | None] = TTLCache(clock, POLICY_TTL)
+        self._policies: TTLCache[str | None] = TTLCache(
+            clock, POLICY_TTL, max_bytes=POLICY_TEXT_CACHE_BYTES, weigh=_text_weight)
         # Single flight for identical requests, and their reuse for reuse_seconds.
-        self._minted: TTLCache[IssuedCredentials] = TTLCache(clock, reuse_seconds)
-        self._effective: OrderedDict[tuple[object, ...], _Effective] = OrderedDict()
+        self._minted: TTLCache[IssuedCredentials] = TTLCache(
+            clock, reuse_seconds, max_bytes=MINTED_CACHE_BYTES, weigh=_minted_weight)
+        self._effective: ByteLRU[tuple[object, ...], _Effective] = ByteLRU(EFFECTIVE_CACHE_BYTES)
         self._metrics = metrics
-        # Policies skipped because MinIO has none by that name or it does not parse.
+        # Bound policies skipped because MinIO has none by that name.
         self.skipped_policies: Counter[str] = Counter()
 
     @property
@@ -195,6 +215,10 @@ class Exchange:
             if wait is not None:
                 raise self._throttled("per_serviceaccount", wait,
                                       "credential requests for this ServiceAccount")
+        # The tenant first: whether a binding exists in a namespace without
+        # a (usable) tenant is not the caller's to learn.
+        tenant = self._tenants.endpoint(namespace)
+        trail.tenant = tenant.name
         grant = self._bindings.lookup(namespace, identity.namespace, identity.serviceaccount)
         if grant is None or not grant.policies:
             raise errors.access_denied(
@@ -202,8 +226,6 @@ class Exchange:
                 f"{identity.username}"
             )
         trail.grant = grant
-        tenant = self._tenants.endpoint(namespace)
-        trail.tenant = tenant.name
         region_key = (tenant.url, tenant.credentials)
         region = self._regions.fresh(region_key, _MISSING)
         if region is _MISSING:
@@ -334,8 +356,10 @@ class Exchange:
         try:
             return await awaitable
         except MinIOError as e:
+            # The log names the tenant and what MinIO said; the client learns neither.
             log.warn("MinIO call failed: {reason}", reason=str(e))
-            raise errors.internal_error(str(e)) from None
+            raise errors.internal_error(
+                "the tenant's MinIO failed or did not answer in time; retry later") from None
 
     async def _policy_texts(
         self, tenant: TenantEndpoint, region: str, grant: Grant
@@ -371,15 +395,21 @@ class Exchange:
         come from a 30 s cache, so a policy edit makes a new key).
         """
         key = (tenant.name, grant.policies, texts, session)
-        cached = self._effective.get(key)
-        self._cache_metric("session_policy", cached is not None)
-        if cached is not None:
-            self._effective.move_to_end(key)
-            return cached
-        result = self._compute_effective(tenant, grant, texts, session)
-        self._effective[key] = result
-        while len(self._effective) > _POLICY_CACHE_SIZE:
-            self._effective.popitem(last=False)
+        result = self._effective.get(key)
+        self._cache_metric("session_policy", result is not None)
+        if result is None:
+            result = self._compute_effective(tenant, grant, texts, session)
+            # Weighed as held: the texts, the caller's parsed Policy, the result.
+            weight = (len(tenant.name) + sum(len(n) for n in grant.policies)
+                      + sum(len(t) for t in texts if t) + len(result.document))
+            if session is not None:
+                weight += _PARSED_POLICY_FACTOR * len(to_json(session))
+            self._effective.put(key, result, weight)
+        for name, why in result.unreadable:
+            # Every refused request says why, cached or not.
+            log.warn("refusing credentials: policy {policy} bound in tenant {tenant} cannot be "
+                     "read ({why}); its Deny statements cannot be honoured", policy=name,
+                     tenant=tenant.name, why=why)
         return result
 
     def _compute_effective(
@@ -391,16 +421,23 @@ class Exchange:
     ) -> _Effective:
         usable: list[Policy] = []
         used: list[str] = []
+        unreadable: list[tuple[str, str]] = []
         for name, text in zip(grant.policies, texts, strict=True):
             if text is None:
+                # MinIO has none by that name: it grants nothing and denies nothing.
                 self._skip(tenant, name, "MinIO has no canned policy by that name")
                 continue
             try:
                 usable.append(parse_policy(text))
             except PolicyError as e:
-                self._skip(tenant, name, f"it does not parse: {e}")
+                # It exists, so it may deny: fail closed rather than drop its Denys.
+                unreadable.append((name, str(e) if text else "MinIO's answer is unreadable"))
                 continue
             used.append(name)
+        if unreadable:
+            return _Effective(b"", tuple(used), errors.access_denied(
+                "a policy bound to this ServiceAccount cannot be read by stsd; "
+                "ask the tenant's administrator"), tuple(unreadable))
         if not usable:
             return _Effective(b"", (), errors.access_denied(
                 "none of the policies bound to this ServiceAccount exist in the tenant"))

@@ -198,16 +198,20 @@ class TenantIndex:
         if not group:
             raise errors.invalid_parameter(f"no MinIO Tenant in namespace {namespace}")
         if len(group) > 1:
-            names = ", ".join(sorted(t.name for t in group))
-            # Never guess whose root credentials to use.
+            # Never guess whose root credentials to use. The client's message
+            # names no Tenant; the log does.
+            log.warn("namespace {namespace} has more than one Tenant ({names}); stsd serves one",
+                     namespace=namespace, names=", ".join(sorted(t.name for t in group)))
             raise errors.invalid_parameter(
-                f"namespace {namespace} has more than one Tenant ({names}); stsd serves one"
+                f"namespace {namespace} has more than one Tenant; stsd serves one"
             )
         tenant = group[0]
         credentials = self._credentials.get((tenant.namespace, tenant.name))
         if credentials is None:
+            log.warn("the root credentials of Tenant {namespace}/{name} are not available "
+                     "(Secret {secret} missing or without config.env)",
+                     namespace=namespace, name=tenant.name, secret=str(tenant.secret_name))
             raise errors.internal_error(
-                f"the root credentials of Tenant {namespace}/{tenant.name} are not available "
-                f"(Secret {tenant.secret_name!s} missing or without config.env)"
+                "the tenant's root credentials are not available to stsd; see stsd's log"
             )
         return TenantEndpoint(f"{namespace}/{tenant.name}", self._rule.url(tenant), credentials)

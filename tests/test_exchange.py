@@ -119,12 +119,17 @@ def test_identity_before_bindings() -> None:
     assert h.error(namespace="nowhere").code == "IDPCommunicationError"
 
 
-def test_no_binding_then_no_tenant() -> None:
+def test_tenant_checked_before_bindings() -> None:
     h = Harness()
     h.authenticator.identity = Identity("apps", "stranger")
     assert h.error().code == "AccessDenied"
+    # A namespace without a Tenant answers the same with or without a binding
+    # there: the caller learns nothing about bindings (issue 9, finding 6).
+    without = h.error(namespace="empty-ns")
     h.bindings.apply("ADDED", Binding("empty-ns", "b", "apps", "stranger", ("readonly",)))
-    assert h.error(namespace="empty-ns").code == "InvalidParameterValue"
+    with_binding = h.error(namespace="empty-ns")
+    assert (without.code, without.message) == (with_binding.code, with_binding.message)
+    assert without.code == "InvalidParameterValue"
     assert h.minio.minted == []
 
 
@@ -147,15 +152,90 @@ def test_region_and_policies_cached_and_refreshed() -> None:
                   "arn:aws:s3:::photos/x")
 
 
-def test_missing_and_unparsable_policies_skipped() -> None:
-    h = Harness({"readonly": READONLY, "photos": "{this is not json"})
-    h.bindings.replace([Binding("tenant-1", "b", "apps", "app-sa", ("readonly", "photos", "gone"))])
+def test_missing_policies_skipped() -> None:
+    h = Harness({"readonly": READONLY})
+    h.bindings.replace([Binding("tenant-1", "b", "apps", "app-sa", ("readonly", "gone"))])
     issued = h.run()
     assert issued.policies_used == ("readonly",)
-    assert h.exchange.skipped_policies["tenant-1/storage"] == 2
+    assert h.exchange.skipped_policies["tenant-1/storage"] == 1
     h.minio.delete_policy("readonly")
     h.clock.advance(POLICY_TTL + 1)
     assert h.error().code == "AccessDenied"
+
+
+def _captured_warnings():
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    events: list[dict] = []
+
+    def observer(event: dict) -> None:
+        if event.get("log_level") == LogLevel.warn:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    return events, lambda: globalLogPublisher.removeObserver(observer)
+
+
+def test_unreadable_bound_policy_fails_the_request() -> None:
+    # Issue 9, finding 2: a bound policy that exists but cannot be read may
+    # hold Deny statements; dropping it would widen access.
+    h = Harness({"readonly": READONLY, "photos": "{this is not json"})
+    events, stop = _captured_warnings()
+    try:
+        for _ in range(2):  # computed, then from the cache: refused and logged both times
+            error = h.error()
+            assert error.code == "AccessDenied"
+            assert "photos" not in error.message and "tenant-1" not in error.message
+    finally:
+        stop()
+    refusals = [e for e in events if e.get("policy") == "photos"]
+    assert len(refusals) == 2 and refusals[0]["tenant"] == "tenant-1/storage"
+    assert h.minio.count("assumerole") == 0 and h.exchange.skipped_policies["tenant-1/storage"] == 0
+
+
+# A guardrail MinIO accepts (a top-level ID, a float Condition value, an
+# admin statement without Resource) that stsd's parser refused when issue 9
+# was filed: it was skipped, and its Deny s3:DeleteObject with it.
+GUARDRAIL = """{"Version": "2012-10-17", "ID": "guardrail", "Statement": [
+  {"Effect": "Deny", "Action": ["admin:*"]},
+  {"Effect": "Deny", "Action": ["s3:DeleteObject"], "Resource": ["arn:aws:s3:::*"]},
+  {"Effect": "Deny", "Action": ["s3:PutObject"], "Resource": ["arn:aws:s3:::*"],
+   "Condition": {"NumericGreaterThan": {"s3:max-keys": 10.5}}}]}"""
+READWRITE = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::*"]}]}
+
+
+def test_guardrail_denies_survive_or_the_request_fails() -> None:
+    from stsd.testing import minio_policy
+
+    h = Harness({"readwrite": READWRITE, "guardrail": GUARDRAIL})
+    h.bindings.replace([Binding("tenant-1", "b", "apps", "app-sa", ("readwrite", "guardrail"))])
+    try:
+        h.run()
+    except errors.STSError as e:
+        assert e.code == "AccessDenied"
+        assert h.minio.minted == []
+        return
+    # If stsd's parser accepts the guardrail, what MinIO received keeps its Denys.
+    (minted,) = h.minio.minted
+    assert minio_policy.allowed([minted.policy], "s3:GetObject", "arn:aws:s3:::b/k")
+    assert not minio_policy.allowed([minted.policy], "s3:DeleteObject", "arn:aws:s3:::b/k")
+    assert not minio_policy.allowed([minted.policy], "admin:CreateUser", "")
+
+
+def test_unreadable_minio_answer_fails_the_request() -> None:
+    h = Harness()
+    # What MinIOClient.canned_policy gives for an answer it cannot read.
+    h.exchange._policies = type(h.exchange._policies)(h.clock, POLICY_TTL)
+    original = h.exchange._minio.canned_policy
+
+    async def unreadable(tenant, region, name):
+        text = await original(tenant, region, name)
+        return "" if name == "photos" else text
+
+    h.exchange._minio.canned_policy = unreadable
+    assert h.error().code == "AccessDenied"
+    assert h.minio.count("assumerole") == 0
 
 
 def test_session_policy_narrows() -> None:
@@ -193,7 +273,8 @@ def test_minio_failures_are_internal_errors_without_secrets() -> None:
         error = h.error()
         assert (error.code, error.status) == ("InternalError", 500)
         assert "root-secret-key" not in error.message
-        assert "tenant-1/storage" in error.message
+        # Neither the Tenant nor MinIO's text reaches the client (issue 9, finding 6).
+        assert "storage" not in error.message and "internal error" not in error.message
     h.minio.clear_faults()
     h.run()
 

@@ -73,6 +73,11 @@ class Minted:
     expiration: datetime.datetime
     parent: str = ""  # the access key that signed the AssumeRole
 
+    @property
+    def credentials(self) -> tuple[str, str, str]:
+        """(access key, secret key, session token), as an SDK takes them."""
+        return self.access_key, self.secret_key, self.session_token
+
     def __repr__(self) -> str:
         return (f"Minted(access_key={self.access_key!r}, secret_key=<hidden>, session_token=<hidden>, "
                 f"policy={self.policy!r}, duration={self.duration}, expiration={self.expiration.isoformat()}, "
@@ -706,22 +711,33 @@ class FakeMinIO:
             if problem is not None:
                 return error(400, "MalformedPolicyDocument", problem)
 
+        minted = self._mint(signer, policy, session_policy, duration)
+        xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<AssumeRoleResponse xmlns="{_STS_NS}"><AssumeRoleResult>'
+               "<AssumedRoleUser><Arn></Arn><AssumeRoleId></AssumeRoleId></AssumedRoleUser><Credentials>"
+               f"<AccessKeyId>{minted.access_key}</AccessKeyId>"
+               f"<SecretAccessKey>{escape(minted.secret_key)}</SecretAccessKey>"
+               f"<Expiration>{self._iso(minted.expiration.timestamp())}</Expiration>"
+               f"<SessionToken>{escape(minted.session_token)}</SessionToken></Credentials></AssumeRoleResult>"
+               f"<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata></AssumeRoleResponse>")
+        return _send(request, 200, "text/xml", xml.encode())
+
+    def mint(self, parent: str, policy: dict | None = None, duration: int = 900) -> Minted:
+        """Mint temporary credentials of C{parent} (root or a user) directly, as AssumeRole would."""
+        if parent != self.access_key and parent not in self.users:
+            raise KeyError(parent)
+        return self._mint(parent, policy, json.dumps(policy) if policy is not None else "", duration)
+
+    def _mint(self, parent: str, policy: dict | None, session_policy: str, duration: int) -> Minted:
         now = int(self.clock.seconds())
         expiration = datetime.datetime.fromtimestamp(now + duration, datetime.timezone.utc)
         # Within MinIO's alphabets (A-Z0-9 keys; base64 secrets), one random read each.
         access_key = secrets.token_hex(10).upper()
         secret_key = base64.b64encode(secrets.token_bytes(30)).decode()
-        session_token = self._session_token(access_key, now + duration, session_policy, signer)
-        minted = Minted(access_key, secret_key, session_token, policy, duration, expiration, signer)
+        session_token = self._session_token(access_key, now + duration, session_policy, parent)
+        minted = Minted(access_key, secret_key, session_token, policy, duration, expiration, parent)
         self.minted.append(minted)
         self._temporary[access_key] = minted
-        xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<AssumeRoleResponse xmlns="{_STS_NS}"><AssumeRoleResult>'
-               "<AssumedRoleUser><Arn></Arn><AssumeRoleId></AssumeRoleId></AssumedRoleUser><Credentials>"
-               f"<AccessKeyId>{access_key}</AccessKeyId><SecretAccessKey>{escape(secret_key)}</SecretAccessKey>"
-               f"<Expiration>{self._iso(now + duration)}</Expiration>"
-               f"<SessionToken>{escape(session_token)}</SessionToken></Credentials></AssumeRoleResult>"
-               f"<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata></AssumeRoleResponse>")
-        return _send(request, 200, "text/xml", xml.encode())
+        return minted
 
     def _session_token(self, access_key: str, exp: int, session_policy: str, parent: str) -> str:
         # Like MinIO: an HS512 JWT keyed with the root secret, carrying the
@@ -918,6 +934,12 @@ class FakeMinIORouter(Resource):
             for tenant in self.tenants.values():
                 if tenant.knows(match.group(1)):
                     return tenant._render(request, path)
+            # An S3 request with a key no tenant knows (any more): MinIO's answer.
+            request_id = secrets.token_hex(8).upper()
+            request.setHeader("x-amz-request-id", request_id)
+            return _send(request, 403, "application/xml", s3_error_xml(
+                "InvalidAccessKeyId", "The Access Key Id you provided does not exist in our records.",
+                bucket=None, key=None, resource=unquote(path), request_id=request_id))
         return _admin_error(request, 404, "XMinioFakeNoSuchTenant", f"no fake tenant for namespace "
                             f"{namespace!r}", path, secrets.token_hex(8).upper())
 
