@@ -307,7 +307,8 @@ class Exchange:
                     parent_users.invalidate(*app)
                     continue
                 log.warn("MinIO call failed: {reason}", reason=str(e))
-                raise errors.internal_error(str(e)) from None
+                raise errors.internal_error(
+                    "the tenant's MinIO failed or did not answer in time; retry later") from None
             trail.reused = not minted
             self._cache_metric("credentials", not minted)
             return Issued(credentials, identity, grant, tenant.name, parent.policies,
@@ -342,8 +343,9 @@ class Exchange:
 
         # Keyed by the parent user and its epoch too: credentials of a user
         # removed and created again were revoked with it.
-        key = (hashlib.sha256(request.token.encode()).digest(), tenant.url, parent.name,
-               parent.epoch, request.duration_seconds, document)
+        # (The first four as in session-policy mode: the cache weighs them.)
+        key = (hashlib.sha256(request.token.encode()).digest(), tenant.url,
+               request.duration_seconds, document, parent.name, parent.epoch)
         credentials = await self._minted.get(key, mint)
         if credentials.expiration.timestamp() - self._clock.seconds() < MIN_REMAINING_SECONDS:
             self._minted.invalidate(key)

@@ -596,3 +596,16 @@ def test_policy_bytes_bench_measures_both_modes() -> None:
     caller = json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::bucket-07/*"]}]})
     assert measure("parent-user", 50, caller).startswith(f"{len(caller)} bytes (Policy parameter")
+
+
+def test_exchange_failure_names_no_tenant_nor_minio_text() -> None:
+    w = World()
+    w.listed()
+    w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
+    w.users._users.clear()
+    w.shim.fail("add-user")
+    exchange, _ = exchange_for(w)
+    with pytest.raises(errors.STSError) as raised:
+        w.settle(exchange.exchange("tenant-1", request()))
+    assert raised.value.code == "InternalError"
+    assert "storage" not in raised.value.message and "injected" not in raised.value.message
