@@ -49,6 +49,7 @@ from stsd.minio_client import (
     RootCredentials,
     TenantEndpoint,
 )
+from stsd.serviceaccounts import SAKey, ServiceAccountIndex
 from stsd.tenants import TenantIndex
 
 log = Logger()
@@ -168,6 +169,8 @@ class ParentUsers(Service):
 
     @param is_ready: whether the binding index is complete (before that, a
         full reconcile would take missing bindings for removed ones).
+    @param serviceaccounts: given, a deleted ServiceAccount's users are
+        removed as if its bindings were gone.
     """
 
     def __init__(
@@ -179,7 +182,11 @@ class ParentUsers(Service):
         clock: IReactorTime,
         is_ready: Callable[[], bool],
         resync_seconds: float = 60.0,
+        serviceaccounts: ServiceAccountIndex | None = None,
     ) -> None:
+        self._serviceaccounts = serviceaccounts
+        # ServiceAccount -> its users (one per tenant it is bound in).
+        self._by_sa: dict[SAKey, set[tuple[str, str]]] = {}
         self._bindings = bindings
         self._tenants = tenants
         self._minio = minio
@@ -199,6 +206,8 @@ class ParentUsers(Service):
         self._timer = TimerService(TICK_SECONDS, self._tick)
         self._timer.clock = clock
         bindings.add_listener(self._changed)
+        if serviceaccounts is not None:
+            serviceaccounts.add_listener(self._serviceaccounts_changed)
 
     # -- the service --------------------------------------------------------
 
@@ -261,6 +270,19 @@ class ParentUsers(Service):
                 # call per user for the initial list of every binding.
                 self._kick(self._user(*key, app))
 
+    def _serviceaccounts_changed(self, keys: set[SAKey] | None) -> None:
+        if keys is None:
+            # The first list: what was assumed to exist may not.
+            self.reconcile_now()
+            for user in list(self._users.values()):
+                self._kick(user)
+            return
+        for key in keys:
+            for user_key in list(self._by_sa.get(key, ())):
+                user = self._users.get(user_key)
+                if user is not None:
+                    self._kick(user)
+
     def _user(self, tenant_namespace: str, name: str, app: AppKey | None) -> _User:
         key = (tenant_namespace, name)
         user = self._users.get(key)
@@ -268,12 +290,33 @@ class ParentUsers(Service):
             user = self._users[key] = _User(tenant_namespace, name, app)
         elif app is not None and user.app is None:
             user.app = app
+        else:
+            return user
+        if app is not None:
+            self._by_sa.setdefault((app[1], app[2]), set()).add(key)
         return user
+
+    def _forget(self, user: _User) -> None:
+        key = (user.tenant_namespace, user.name)
+        self._users.pop(key, None)
+        if user.app is not None:
+            group = self._by_sa.get((user.app[1], user.app[2]))
+            if group is not None:
+                group.discard(key)
+                if not group:
+                    del self._by_sa[(user.app[1], user.app[2])]
+
+    def _wants(self, app: AppKey) -> tuple[str, ...]:
+        """The policies a ServiceAccount's user should have (none: no user)."""
+        grant = self._bindings.lookup(*app)
+        if grant is None or (self._serviceaccounts is not None
+                             and not self._serviceaccounts.exists(app[1], app[2])):
+            return ()
+        return grant.policies
 
     def _desired(self, user: _User) -> _Desired:
         tenant = self._tenants.endpoint(user.tenant_namespace)
-        grant = self._bindings.lookup(*user.app) if user.app is not None else None
-        return _Desired(tenant, grant.policies if grant is not None else ())
+        return _Desired(tenant, self._wants(user.app) if user.app is not None else ())
 
     def _parent(self, user: _User) -> ParentUser | None:
         applied = user.applied
@@ -322,7 +365,7 @@ class ParentUsers(Service):
             if not waiter.called:  # a cancelled request's waiter has fired
                 waiter.callback(parent)
         if user.applied == _ABSENT and not user.waiters:
-            del self._users[(user.tenant_namespace, user.name)]
+            self._forget(user)
 
     def _failed(self, user: _User, error: Exception) -> None:
         user.failures += 1
@@ -337,7 +380,7 @@ class ParentUsers(Service):
         if isinstance(error, errors.STSError) and error.code == "InvalidParameterValue":
             # The tenant is gone: nothing to retry against; the next event or
             # full reconcile brings the user back.
-            self._users.pop((user.tenant_namespace, user.name), None)
+            self._forget(user)
         else:
             user.retry = self._clock.callLater(delay, self._kick, user)
         waiters, user.waiters = user.waiters, []
@@ -422,10 +465,9 @@ class ParentUsers(Service):
         wanted: dict[str, dict[str, tuple[AppKey, tuple[str, ...]]]] = {}
         for app in self._bindings.app_keys():
             if app[0] in namespaces:
-                grant = self._bindings.lookup(*app)
-                if grant is not None and grant.policies:
-                    wanted.setdefault(app[0], {})[user_name(app[1], app[2])] = (
-                        app, grant.policies)
+                policies = self._wants(app)
+                if policies:
+                    wanted.setdefault(app[0], {})[user_name(app[1], app[2])] = (app, policies)
         return wanted
 
     async def _reconcile(

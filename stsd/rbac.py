@@ -28,6 +28,8 @@ PERMISSIONS: tuple[Permission, ...] = (
                "find each namespace's tenant"),
     Permission("", "secrets", ("get", "list", "watch"),
                "read the root credentials of the tenants (config.env)"),
+    Permission("", "serviceaccounts", ("list", "watch"),
+               "revoke the credentials of deleted ServiceAccounts (parent-user mode)"),
 )
 
 # The service-account issuer discovery documents: the cluster's token

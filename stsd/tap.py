@@ -40,6 +40,7 @@ from stsd.parent_users import ParentUsers
 from stsd.ratelimit import Rate, RateLimiter
 from stsd.refresh import Refresher
 from stsd.server import STSResource, STSSite
+from stsd.serviceaccounts import ServiceAccountIndex
 from stsd.tenants import EndpointRule, TenantIndex
 from stsd.tokencache import CachingAuthenticator
 from stsd.upstream import make_client
@@ -129,11 +130,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     tenants = TenantIndex(EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain))
     sync: Refresher | WatchSync = (WatchSync if config.kubernetes.watch else Refresher)(
         kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
-    parent_users = None
+    parent_users = serviceaccounts = None
     if config.tenants.authorization == "parent-user":
+        if config.kubernetes.watch:
+            # A deleted ServiceAccount's credentials are revoked with its users.
+            serviceaccounts = ServiceAccountIndex(
+                kubernetes, reactor, config.kubernetes.resync_seconds)
         parent_users = ParentUsers(
             bindings=bindings, tenants=tenants, minio=minio, clock=reactor,
-            is_ready=lambda: sync.ready, resync_seconds=config.kubernetes.resync_seconds)
+            is_ready=lambda: sync.ready, resync_seconds=config.kubernetes.resync_seconds,
+            serviceaccounts=serviceaccounts)
     keys = KeySet(kubernetes, reactor)
     readiness = _readiness(sync, config.kubernetes.resync_seconds, reactor,
                            keys if config.kubernetes.token_verification == "jwks" else None)
@@ -179,6 +185,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     top = MultiService()
     sync.setServiceParent(top)
+    if serviceaccounts is not None:
+        serviceaccounts.setServiceParent(top)
     if parent_users is not None:
         parent_users.setServiceParent(top)
     _ThreadPoolService(crypto_pool).setServiceParent(top)

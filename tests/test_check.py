@@ -38,7 +38,7 @@ async def test_check_passes_on_the_demo_cluster(world: World, tmp_path: Path) ->
     out = StringIO()
     assert await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
     text = out.getvalue()
-    assert text.splitlines()[-1] == "verdict: OK (all 14 checks passed)", text
+    assert text.splitlines()[-1] == "verdict: OK (all 16 checks passed)", text
     table = rows(text)
     assert table["RBAC create tokenreviews.authentication.k8s.io"].startswith("ok")
     assert table["RBAC get secrets"].startswith("ok")
@@ -57,7 +57,7 @@ async def test_check_reports_a_missing_permission(world: World, tmp_path: Path) 
         world.kubernetes.granted.add(("", "secrets", "watch"))
     text = out.getvalue()
     assert rows(text)["RBAC watch secrets"].startswith("FAIL")
-    assert text.splitlines()[-1] == "verdict: FAILED (1 of 14 checks failed)", text
+    assert text.splitlines()[-1] == "verdict: FAILED (1 of 16 checks failed)", text
 
 
 @pytest_twisted.ensureDeferred

@@ -114,6 +114,29 @@ async def test_removing_the_binding_revokes_issued_credentials(
 
 
 @pytest_twisted.ensureDeferred
+async def test_deleting_the_serviceaccount_revokes_issued_credentials(
+        world: World, parent_daemon: Daemon) -> None:
+    world.kubernetes.create_serviceaccount("apps", "doomed-sa")
+    world.kubernetes.add_policybinding("tenant-1", "doomed", app_namespace="apps",
+                                       serviceaccount="doomed-sa", policies=["readonly"])
+    credentials = await poll_exchange(world, parent_daemon, "doomed-sa")
+    client = s3(world, credentials)
+    assert await outcome(lambda: client.get_object(Bucket="photos", Key="cat.jpg")) == "ok"
+
+    deleted_at = time.monotonic()
+    world.kubernetes.delete_serviceaccount("apps", "doomed-sa")
+    got, _ = await poll_until(
+        lambda: outcome(lambda: client.get_object(Bucket="photos", Key="cat.jpg")),
+        "InvalidAccessKeyId")
+    latency = time.monotonic() - deleted_at
+    print(f"\nrevocation latency (ServiceAccount deleted -> GetObject refused): "
+          f"{latency * 1000:.0f} ms")
+    assert got == "InvalidAccessKeyId" and latency < REVOCATION_BOUND
+    # The binding stays, but no user comes back for a ServiceAccount that is gone.
+    assert user_name("apps", "doomed-sa") not in world.tenants["tenant-1"].minio.users
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_binding_change_narrows_live_credentials(
         world: World, parent_daemon: Daemon) -> None:
     world.kubernetes.create_serviceaccount("apps", "narrow-sa")

@@ -609,3 +609,60 @@ def test_exchange_failure_names_no_tenant_nor_minio_text() -> None:
         w.settle(exchange.exchange("tenant-1", request()))
     assert raised.value.code == "InternalError"
     assert "storage" not in raised.value.message and "injected" not in raised.value.message
+
+
+# -- deleted ServiceAccounts --------------------------------------------------
+
+
+def sa_object(namespace: str, name: str) -> dict:
+    return {"metadata": {"namespace": namespace, "name": name}}
+
+
+def test_deleting_the_serviceaccount_removes_its_user() -> None:
+    from stsd.serviceaccounts import ServiceAccountIndex
+
+    w = World()
+    index = ServiceAccountIndex(None, w.clock, 60)  # type: ignore[arg-type]  # fed by hand
+    users = ParentUsers(bindings=w.bindings, tenants=w.tenants, minio=w.client, clock=w.clock,
+                        is_ready=lambda: True, resync_seconds=60, serviceaccounts=index)
+    w.users = users
+    w.listed()
+    w.bind("b1", "app-sa", "readonly")
+    name = user_name("apps", "app-sa")
+    # Nothing known yet: every ServiceAccount counts as existing.
+    assert index.exists("apps", "app-sa") and name in w.shim.users
+    index._replace([("apps", "app-sa"), ("apps", "other")], "1")
+    w.settle()
+    assert name in w.shim.users
+    index._event("DELETED", sa_object("apps", "app-sa"))
+    w.settle()
+    assert name not in w.shim.users and w.shim.calls[-1] == ("remove-user", name)
+    exchange, _ = exchange_for(w)
+    with pytest.raises(errors.STSError) as raised:
+        w.settle(exchange.exchange("tenant-1", request()))
+    assert raised.value.code == "AccessDenied"
+    # The full reconcile does not bring it back while the ServiceAccount is gone...
+    w.clock.advance(60)
+    w.settle()
+    assert name not in w.shim.users
+    # ...and a ServiceAccount of that name created again gets a user again.
+    index._event("ADDED", sa_object("apps", "app-sa"))
+    parent = w.settle(exchange.exchange("tenant-1", request()))
+    assert parent.policies_used == ("readonly",) and name in w.shim.users
+
+
+def test_the_first_serviceaccount_list_removes_users_of_deleted_ones() -> None:
+    from stsd.serviceaccounts import ServiceAccountIndex
+
+    w = World()
+    index = ServiceAccountIndex(None, w.clock, 60)  # type: ignore[arg-type]
+    w.users = ParentUsers(bindings=w.bindings, tenants=w.tenants, minio=w.client, clock=w.clock,
+                          is_ready=lambda: True, resync_seconds=60, serviceaccounts=index)
+    w.listed()
+    w.bind("b1", "app-sa", "readonly")
+    w.bind("b2", "gone-sa", "readonly")
+    index._replace([("apps", "app-sa"), None], "1")
+    w.clock.advance(1)
+    w.settle()
+    assert user_name("apps", "app-sa") in w.shim.users
+    assert user_name("apps", "gone-sa") not in w.shim.users
