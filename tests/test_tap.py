@@ -96,8 +96,9 @@ def test_options_valid(tmp_path: Path, pki: TestPKI, kubeconfig: Path) -> None:
 
 
 @pytest.mark.parametrize("watch, sync_type, calls", [
-    # bindings and tenants listed at once, plus the signing keys' discovery
-    (True, WatchSync, 3),
+    # bindings, tenants and (parent-user mode, the default) ServiceAccounts
+    # listed at once, plus the signing keys' discovery
+    (True, WatchSync, 4),
     # the refresher lists bindings first, then tenants; plus discovery
     (False, Refresher, 2),
 ])
