@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
@@ -666,3 +666,65 @@ def test_the_first_serviceaccount_list_removes_users_of_deleted_ones() -> None:
     w.settle()
     assert user_name("apps", "app-sa") in w.shim.users
     assert user_name("apps", "gone-sa") not in w.shim.users
+
+
+# -- convergence, whatever the order of events and failures -------------------
+
+SAS = ("sa-a", "sa-b", "sa-c")
+POLICY_SETS = st.sets(st.sampled_from(("readonly", "photos", "nope")), max_size=3)
+STEPS = st.lists(st.one_of(
+    st.tuples(st.just("bind"), st.sampled_from(SAS), POLICY_SETS),
+    st.tuples(st.just("unbind"), st.sampled_from(SAS)),
+    st.tuples(st.just("fail"), st.sampled_from(("add-user", "set-policy", "remove-user",
+                                                "list-users"))),
+    st.tuples(st.just("advance"), st.floats(0, 40)),
+    st.tuples(st.just("flush")),
+), max_size=12)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(STEPS, st.booleans())
+def test_reconcilers_converge_to_the_bindings(steps: list, two: bool) -> None:
+    import hashlib
+    from unittest import mock
+
+    # The payloads keep minio.crypto's format, with a cheap key derivation
+    # instead of argon2id (64 MiB, tens of ms): the property is about order.
+    def cheap(secret: bytes, salt: bytes) -> bytes:
+        return hashlib.sha256(secret + salt).digest()
+
+    with mock.patch("minio.crypto._generate_key", cheap):
+        converge(steps, two)
+
+
+def converge(steps: list, two: bool) -> None:
+    a = World()
+    replicas = [a] + ([World(shim=a.shim, clock=a.clock)] if two else [])
+    for w in replicas:
+        w.users.startService()
+    for step in steps:
+        if step[0] == "bind":
+            for w in replicas:
+                w.bindings.apply("ADDED", Binding("tenant-1", step[1], "apps", step[1],
+                                                  tuple(sorted(step[2]))))
+        elif step[0] == "unbind":
+            for w in replicas:
+                w.bindings.apply("DELETED", Binding("tenant-1", step[1], "", "", ()))
+        elif step[0] == "fail":
+            a.shim.fail(step[1])
+        elif step[0] == "advance":
+            a.clock.advance(step[1])
+        a.settle()
+    # However it went, within a full-reconcile period (plus backoff) MinIO
+    # holds exactly what the bindings say.
+    for _ in range(4):
+        a.clock.advance(30)
+        a.settle()
+    wanted = {}
+    for sa in SAS:
+        grant = a.bindings.lookup("tenant-1", "apps", sa)
+        if grant is not None and grant.policies:
+            wanted[user_name("apps", sa)] = tuple(p for p in grant.policies if p != "nope")
+    assert {name: u.policies for name, u in a.shim.users.items()} == wanted
+    for name in wanted:
+        assert a.shim.users[name].secret == user_secret(ROOT, name)
