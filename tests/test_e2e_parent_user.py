@@ -97,6 +97,9 @@ async def test_removing_the_binding_revokes_issued_credentials(
     # Minted by the ServiceAccount's parent user, without a session policy.
     [minted] = [m for m in minio.minted if m.access_key == credentials["AccessKeyId"]]
     assert minted.parent == user_name("apps", "revoke-sa") and minted.policy is None
+    # The audit event says which mode and which parent user.
+    assert (f'"authorization": "parent-user", "parent_user": "{minted.parent}"'
+            in parent_daemon.log_text())
 
     removed_at = time.monotonic()
     world.kubernetes.delete_policybinding("tenant-1", "revoke-readonly")
