@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_exchange -*-
 """
 The credential exchange: from a parsed request to credentials, in the
-order DESIGN.md fixes (readiness, rate limits, identity, bindings, tenant,
-policy, MinIO). Only identity and AssumeRole may reach the network;
+order readiness, rate limits, identity, tenant, bindings, policy, MinIO
+(the tenant before the bindings, so that a namespace without a Tenant
+tells no caller whether a binding names it there). Only identity and AssumeRole may reach the network;
 bindings and tenants come from memory, regions, policy documents and the
 compacted session policies from caches.
 """

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -297,21 +298,93 @@ async def test_non_serviceaccount_user_refused(world: World, daemon: Daemon, htt
 async def test_no_binding_no_tenant_no_policy(world: World, daemon: Daemon, http) -> None:
     answer = await post(http, daemon.sts_url("tenant-1"), params(world.mint("apps", "unbound-sa")))
     assert (answer.status, answer.code) == (403, "AccessDenied")
-    # Bound in a namespace without a Tenant.
+    # A namespace without a Tenant answers the same whether or not a binding
+    # names the caller there: bindings are not the caller's to probe.
+    unbound = await post(http, daemon.sts_url("no-tenant-here"), params(world.mint()))
+    assert (unbound.status, unbound.code) == (400, "InvalidParameterValue")
     world.kubernetes.add_policybinding("no-tenant-here", "b", app_namespace="apps",
                                        serviceaccount="photo-sa", policies=["readonly"])
     # Bound to a policy MinIO does not have: skipped, nothing usable left.
     world.kubernetes.create_serviceaccount("apps", "ghost-sa")
     world.kubernetes.add_policybinding("tenant-1", "ghost", app_namespace="apps",
                                        serviceaccount="ghost-sa", policies=["no-such-policy"])
+    # Added after the two above: once it grants, they are indexed too.
+    world.kubernetes.create_serviceaccount("apps", "marker-sa")
+    world.kubernetes.add_policybinding("tenant-1", "marker", app_namespace="apps",
+                                       serviceaccount="marker-sa", policies=["readonly"])
 
-    async def bound() -> bool:
-        answer = await post(http, daemon.sts_url("no-tenant-here"), params(world.mint()))
-        return answer.code == "InvalidParameterValue"
+    async def indexed() -> bool:
+        answer = await post(http, daemon.sts_url("tenant-1"), params(world.mint("apps", "marker-sa")))
+        return answer.status == 200
 
-    assert await eventually(bound)
+    assert await eventually(indexed)
+    bound = await post(http, daemon.sts_url("no-tenant-here"), params(world.mint()))
+    assert (bound.status, bound.code, bound.message) == (unbound.status, unbound.code, unbound.message)
     answer = await post(http, daemon.sts_url("tenant-1"), params(world.mint("apps", "ghost-sa")))
     assert (answer.status, answer.code) == (403, "AccessDenied"), answer.body
+
+
+# A guardrail MinIO accepts (a top-level ID, a float Condition value, an admin
+# statement without Resource) that stsd's parser refused when issue 9 was
+# filed: it was skipped with its Deny s3:DeleteObject, and the credentials
+# could delete.
+GUARDRAIL = """{"Version": "2012-10-17", "ID": "guardrail", "Statement": [
+  {"Effect": "Deny", "Action": ["admin:*"]},
+  {"Effect": "Deny", "Action": ["s3:DeleteObject"], "Resource": ["arn:aws:s3:::*"]},
+  {"Effect": "Deny", "Action": ["s3:PutObject"], "Resource": ["arn:aws:s3:::*"],
+   "Condition": {"NumericGreaterThan": {"s3:max-keys": 10.5}}}]}"""
+
+
+# The same Deny in syntax stsd has always read: the credentials exist and
+# MinIO (the fake's S3) refuses the delete.
+PLAIN_GUARDRAIL = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Deny", "Action": ["s3:DeleteObject"], "Resource": ["arn:aws:s3:::*"]}]})
+
+
+@pytest.mark.parametrize("name,guardrail", [("guardrail", GUARDRAIL), ("plain-guardrail", PLAIN_GUARDRAIL)])
+@pytest_twisted.ensureDeferred
+async def test_guardrail_denies_are_never_dropped(world: World, daemon: Daemon, http, name, guardrail) -> None:
+    minio = world.tenants["tenant-1"].minio
+    minio.set_policy(name, guardrail)
+    minio.make_bucket("guarded")
+    minio.put_object("guarded", "keep.txt", b"keep")
+    world.kubernetes.create_serviceaccount("apps", f"{name}-sa")
+    world.kubernetes.add_policybinding("tenant-1", name, app_namespace="apps",
+                                       serviceaccount=f"{name}-sa", policies=["readwrite", name])
+    url = daemon.sts_url("tenant-1")
+
+    async def decided() -> Answer | None:
+        answer = await post(http, url, params(world.mint("apps", f"{name}-sa")))
+        return answer if answer.status == 200 or "cannot be read" in answer.message else None
+
+    answer = await eventually(decided)
+    assert answer is not None
+    if answer.status != 200:
+        assert answer.code == "AccessDenied"
+        assert name == "guardrail"
+        assert "guardrail" not in answer.message and "storage" not in answer.message
+        return
+    # Once stsd reads the guardrail: the credentials MinIO minted cannot delete.
+    creds = answer.xml.find("sts:AssumeRoleWithWebIdentityResult/sts:Credentials", NS)
+
+    def delete() -> str | None:
+        import boto3
+        from botocore.exceptions import ClientError
+
+        s3 = boto3.client("s3", endpoint_url=world.minio_url + "/tenant-1", region_name="us-east-1",
+                          verify=str(world.pki.ca_path),
+                          aws_access_key_id=creds.findtext("sts:AccessKeyId", namespaces=NS),
+                          aws_secret_access_key=creds.findtext("sts:SecretAccessKey", namespaces=NS),
+                          aws_session_token=creds.findtext("sts:SessionToken", namespaces=NS))
+        assert s3.get_object(Bucket="guarded", Key="keep.txt")["Body"].read() == b"keep"
+        try:
+            s3.delete_object(Bucket="guarded", Key="keep.txt")
+        except ClientError as e:
+            return e.response["Error"]["Code"]
+        return None
+
+    assert await deferToThread(delete) == "AccessDenied"
+    assert minio.get_object("guarded", "keep.txt") == b"keep"
 
 
 @pytest_twisted.ensureDeferred
