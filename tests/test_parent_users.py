@@ -728,3 +728,33 @@ def converge(steps: list, two: bool) -> None:
     assert {name: u.policies for name, u in a.shim.users.items()} == wanted
     for name in wanted:
         assert a.shim.users[name].secret == user_secret(ROOT, name)
+
+
+def test_with_the_fake_minio_and_its_own_madmin_decryptor() -> None:
+    """
+    The same cycle against L{stsd.testing.fake_minio}, whose admin payload
+    crypto is an implementation independent of the minio package's.
+    """
+    from stsd.testing.fake_minio import FakeMinIORouter
+
+    w = World()
+    minio = FakeMinIO(access_key=ROOT.access_key, secret_key=ROOT.secret_key, region="eu-west-1",
+                      clock=w.clock, policies={"readonly": READONLY, "photos": PHOTOS})
+    w.stub = StubTreq(FakeMinIORouter({"tenant-1": minio}))
+    w.client = MinIOClient(TreqTransport(w.stub, w.clock), w.clock, 5, crypto=w.crypto)
+    w.users = ParentUsers(bindings=w.bindings, tenants=w.tenants, minio=w.client, clock=w.clock,
+                          is_ready=lambda: True, resync_seconds=60)
+    minio.add_user(user_name("gone", "old-sa"), "s" * 40, ["readonly"])
+    w.listed()
+    assert minio.users == {}  # the orphan is gone
+    w.bind("b1", "app-sa", "readonly", "photos")
+    name = user_name("apps", "app-sa")
+    assert minio.user_policies(name) == ("photos", "readonly")
+    assert w.settle(w.client.list_users(w.endpoint, "eu-west-1")) == {
+        name: UserInfo(("photos", "readonly"), "enabled")}
+    exchange, _ = exchange_for(w)
+    issued = w.settle(exchange.exchange("tenant-1", request()))
+    [live] = minio.live_credentials(name)
+    assert live.access_key == issued.credentials.access_key_id and live.policy is None
+    w.unbind("b1")
+    assert name not in minio.users and minio.live_credentials(name) == []
