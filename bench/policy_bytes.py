@@ -25,7 +25,13 @@ from stsd import errors
 from stsd.bindings import Binding, BindingIndex
 from stsd.exchange import Exchange
 from stsd.identity import Identity
-from stsd.minio_client import MinIOClient, RootCredentials, decrypt_payload, encrypt_payload
+from stsd.minio_client import (
+    MinIOClient,
+    RootCredentials,
+    decrypt_json_payload,
+    decrypt_payload,
+    encrypt_payload,
+)
 from stsd.parent_users import ParentUsers
 from stsd.policy import parse_policy
 from stsd.tenants import EndpointRule, Tenant, TenantIndex
@@ -59,6 +65,9 @@ class _InlineCrypto:
 
     def decrypt(self, payload: bytes, password: str) -> Deferred[bytes]:
         return succeed(decrypt_payload(payload, password))
+
+    def decrypt_json(self, payload: bytes, password: str) -> Deferred[Any]:
+        return succeed(decrypt_json_payload(payload, password))
 
 
 class _Recording:

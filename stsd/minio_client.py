@@ -65,6 +65,9 @@ class PayloadCrypto(Protocol):
 
     def decrypt(self, payload: bytes, password: str) -> Deferred[bytes]: ...
 
+    def decrypt_json(self, payload: bytes, password: str) -> Deferred[Any]:
+        """Decrypt and parse as JSON (a large answer is parsed off the reactor too)."""
+
 
 class _Body:
     # What minio.crypto.decrypt reads from: a urllib3 response, here in memory.
@@ -106,6 +109,18 @@ def decrypt_payload(payload: bytes, password: str) -> bytes:
         raise ValueError(f"undecryptable payload: {type(e).__name__}") from None
 
 
+def decrypt_json_payload(payload: bytes, password: str) -> Any:
+    """
+    L{decrypt_payload}, then JSON.
+
+    @raise ValueError: undecryptable, or not JSON.
+    """
+    try:
+        return json.loads(decrypt_payload(payload, password))
+    except RecursionError:
+        raise ValueError("too deeply nested") from None
+
+
 class ThreadedPayloadCrypto:
     """
     L{PayloadCrypto} in a thread pool: the reactor thread only hands the
@@ -124,6 +139,9 @@ class ThreadedPayloadCrypto:
 
     def decrypt(self, payload: bytes, password: str) -> Deferred[bytes]:
         return self._run(decrypt_payload, payload, password)
+
+    def decrypt_json(self, payload: bytes, password: str) -> Deferred[Any]:
+        return self._run(decrypt_json_payload, payload, password)
 
 
 @dataclass(frozen=True)
@@ -385,14 +403,11 @@ class MinIOClient:
         if response.status != 200:
             raise self._admin_error(tenant, "list users", response)
         try:
-            plain = await self._payloads().decrypt(response.body, tenant.credentials.secret_key)
+            document = await self._payloads().decrypt_json(
+                response.body, tenant.credentials.secret_key)
         except ValueError:
-            raise MinIOError(f"list users on tenant {tenant.name}: answer does not decrypt") \
-                from None
-        try:
-            document = json.loads(plain)
-        except (ValueError, RecursionError):
-            document = None
+            raise MinIOError(f"list users on tenant {tenant.name}: answer does not decrypt "
+                             "to JSON") from None
         if not isinstance(document, dict):
             raise MinIOError(f"list users on tenant {tenant.name}: answer is not a JSON object")
         users = {}

@@ -32,6 +32,7 @@ from stsd.minio_client import (
     TenantEndpoint,
     ThreadedPayloadCrypto,
     UserInfo,
+    decrypt_json_payload,
     decrypt_payload,
     encrypt_payload,
 )
@@ -61,6 +62,10 @@ class InlineCrypto:
     def decrypt(self, payload: bytes, password: str) -> Deferred[bytes]:
         self.calls += 1
         return succeed(decrypt_payload(payload, password))
+
+    def decrypt_json(self, payload: bytes, password: str) -> Deferred[Any]:
+        self.calls += 1
+        return succeed(decrypt_json_payload(payload, password))
 
 
 class World:
@@ -247,15 +252,27 @@ def test_payload_crypto_runs_off_the_reactor_thread(monkeypatch: pytest.MonkeyPa
     reactor = ThreadReactor()
     pool = ThreadPool(minthreads=0, maxthreads=1, name="test-crypto")
     pool.start()
+    real_json = minio_client.decrypt_json_payload
+
+    def recording_json(payload: bytes, password: str) -> Any:
+        threads.append(threading.get_ident())
+        return real_json(payload, password)
+
+    monkeypatch.setattr(minio_client, "decrypt_json_payload", recording_json)
+    crypto = ThreadedPayloadCrypto(reactor, pool)
     try:
-        d = ThreadedPayloadCrypto(reactor, pool).encrypt(b'{"secretKey":"x"}', "pw")
+        d = crypto.encrypt(b'{"secretKey":"x"}', "pw")
         assert not d.called  # nothing ran on this thread
+        f, args, kw = reactor.handed.get(timeout=60)
+        f(*args, **kw)
+        parsed = crypto.decrypt_json(d.result, "pw")
+        assert not parsed.called
         f, args, kw = reactor.handed.get(timeout=60)
         f(*args, **kw)
     finally:
         pool.stop()
-    assert threads and threads[0] != threading.get_ident()
-    assert decrypt_payload(d.result, "pw") == b'{"secretKey":"x"}'
+    assert len(threads) == 2 and threading.get_ident() not in threads
+    assert parsed.result == {"secretKey": "x"}
 
 
 # -- the reconciler -----------------------------------------------------------
