@@ -2,30 +2,82 @@
 """Session policies: parse IAM JSON, intersect, compact, serialize, evaluate.
 
 Issued credentials may do at most what both the bound (canned) policies and the caller's
-``Policy`` allow.  Where that intersection cannot be computed exactly, we grant less,
-never more.  Everything here is pure and deterministic.
+``Policy`` allow, as MinIO evaluates them.  Where that intersection cannot be computed
+exactly, we grant less, never more.  Everything here is pure and deterministic.
 
-Patterns are IAM/MinIO globs: ``*`` is any sequence, ``?`` one character.  Actions
-compare case-insensitively (IAM), resources case-sensitively.  MinIO itself matches
-actions case-sensitively, so whenever this module narrows or drops an action pattern
-because another contains it, the containment must hold under both readings.
+MinIO's evaluator has quirks a plain IAM reading misses (minio/pkg ``policy/``; the
+tables are in `stsd.minio_actions`, the rules in `stsd.testing.minio_policy`, against
+which ``tests/test_policy_differential.py`` checks this module):
+
+ - globs (``*`` any sequence, ``?`` one *byte*) match actions case-sensitively;
+ - a literal action may allow further actions (``s3:GetObjectVersion`` also allows
+   ``s3:GetObject``; ``s3tables:`` literals allow S3 data actions);
+ - an admin statement has its Resource checked only if one of its actions is a
+   bucket-scoped admin action; STS statements never, KMS statements sometimes, and a
+   tables statement rewrites the resource;
+ - a resource pattern also matches a request whose ``path.Clean`` equals it.
+
+The rules this module follows, so that it never has to guess:
+
+ 1. A statement is I{regular} when MinIO checks its Resource for every action and does
+    not rewrite it: no STS, KMS or tables action, and if admin, a bucket-scoped one.  A
+    regular statement allows (glob of each action pattern plus the implied actions of
+    each literal) on (its resources), under its Condition.
+ 2. Only plain S3 Allows (``Action`` and ``Resource``, every action starting with
+    ``s3:``) are ever narrowed, merged or dropped as covered.  An intersection meets two
+    regular Allows and keeps only ``s3:`` patterns of the result, so the output is again
+    plain S3; every containment decision compares implied closures, never bare globs.
+ 3. Any other Allow (admin, kms, sts, tables, NotAction, NotResource) is never narrowed:
+    it survives an intersection only if the other side allows with the identical
+    statement, else it is dropped (grant less).
+ 4. Every Deny statement of both sides is kept verbatim: never merged, narrowed or
+    dropped (only exact duplicates go), so it applies exactly as its author wrote it.
+ 5. Resource containment holds under byte ``?`` and ``path.Clean``: besides glob
+    containment, the outer pattern must also match every request MinIO could clean into
+    the inner one (requests with ``.`` or ``..`` segments MinIO refuses before
+    authorization, ``hasBadPathComponent``).
+ 6. Work is bounded: glob containment is linear (each ``*``-free segment is found with
+    C{str.find}), and a caller's Policy is limited in patterns and wildcards
+    (`check_session_limits`), so one request costs O(bound patterns x 32) linear
+    comparisons.  Every operation counts its work in a `Work` (tests and the benchmark
+    read it; a limit, if given, turns excess into a `PolicyError`).
+
+`parse_policy` accepts what MinIO accepts (top-level ``ID``, field names in any case,
+admin/STS/KMS statements without Resource) and refuses what it refuses (floats,
+``Version`` other than ``2012-10-17``, unknown ARN types, mixed action namespaces).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from stsd.minio_actions import (
+    ADMIN_ACTIONS,
+    ADMIN_ACTIONS_WITH_RESOURCE,
+    IMPLIED_ACTIONS,
+    KMS_ACTIONS,
+    STS_ACTIONS,
+    TABLE_ACTIONS,
+)
+
 DEFAULT_VERSION = "2012-10-17"
-_VERSIONS = ("2012-10-17", "2008-10-17")
 _EFFECTS = ("Allow", "Deny")
-_WILDCARD = re.compile(r"[*?]")
-_POLICY_KEYS = frozenset({"Version", "Id", "Statement"})
-_STATEMENT_KEYS = frozenset({"Sid", "Effect", "Action", "NotAction", "Resource", "NotResource",
-                             "Condition"})
+# MinIO's Policy and Statement fields; encoding/json matches names case-insensitively.
+_POLICY_KEYS = {"id": "ID", "version": "Version", "statement": "Statement"}
+_STATEMENT_KEYS = {k.lower(): k for k in ("Sid", "Effect", "Action", "NotAction", "Resource",
+                                          "NotResource", "Condition")}
+# policy/resource.go: the ARN types; "*" alone is ResourceARNAll.
+_ARN_PREFIXES = ("arn:aws:s3:::", "arn:aws:s3tables:::", "arn:minio:kms:::", "arn:minio:memory:::")
+_S3_ARN = "arn:aws:s3:::"
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+#: A caller's Policy (`check_session_limits`): at most this many action and resource
+#: patterns in all, and this many ``*``/``?`` in one pattern.  Real session policies use
+#: a handful; these bound the meet with the bound policies to a few ms.
+MAX_SESSION_PATTERNS = 32
+MAX_PATTERN_WILDCARDS = 8
 
 #: Canonical Condition: sorted ``(operator, key, values)`` triples, the values sorted,
 #: deduplicated and JSON-encoded, so that "true", true and 1 stay distinct (True == 1 in
@@ -34,7 +86,28 @@ Condition = tuple[tuple[str, str, tuple[str, ...]], ...]
 
 
 class PolicyError(ValueError):
-    """Not a valid IAM policy.  The message is short and safe to show to a client."""
+    """Not a valid IAM policy, or one too complex to work on.  The message is short and
+    safe to show to a client."""
+
+
+class Work:
+    """Work counted for one operation: `spend` raises `PolicyError` past *limit*, if any.
+
+    Counting makes the CPU bound testable without a clock: the units are bytes compared
+    by glob containment plus one per pattern pair considered.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.spent = 0
+        #: Containment answers within this operation (compaction asks the same pairs
+        #: on every pass); it lives and dies with the request, so needs no bound.
+        self.known: dict[tuple[str, str, str], bool] = {}
+
+    def spend(self, units: int) -> None:
+        self.spent += units
+        if self.limit is not None and self.spent > self.limit:
+            raise PolicyError("the policies are too complex to intersect")
 
 
 def _short(value: object) -> str:
@@ -66,8 +139,11 @@ def _condition_values(values: object) -> tuple[str, ...]:
     for item in items:
         if isinstance(item, str):
             _text(item, "a Condition value", empty=True)
-        elif not isinstance(item, int):  # bools are ints; floats refused (1e400 is inf)
+        elif not isinstance(item, int):
+            # condition/value.go: a value is a bool, an int or a string; 1.5 and 1.0 fail.
             raise PolicyError("Condition values must be strings, integers or booleans")
+        elif not _INT64[0] <= item <= _INT64[1]:
+            raise PolicyError("a Condition value is out of range")
     return tuple(json.dumps(item, ensure_ascii=False) for item in items)
 
 
@@ -89,14 +165,70 @@ def _canonical_condition(raw: object) -> Condition | None:
     return tuple(sorted((op, key, tuple(sorted(set(vs)))) for op, key, vs in triples)) or None
 
 
+# -- MinIO's classification of a statement (policy/statement.go) ----------------------
+
+
+def _minio_glob(pattern: str, name: str) -> bool:
+    """``wildcard.Match``: bytes, case-sensitive."""
+    if pattern == "":
+        return name == ""
+    return _match(_bytes(pattern), _bytes(name), symbolic=False, work=None)
+
+
+def _is_admin(pattern: str) -> bool:
+    # AdminAction.IsValid: the pattern matches some admin action ("*" does).
+    if pattern[:1] not in ("a", "*", "?"):
+        return False  # cannot match "admin:...": spare the scan of the table
+    if "*" not in pattern and "?" not in pattern:
+        return pattern in ADMIN_ACTIONS
+    return any(_minio_glob(pattern, a) for a in ADMIN_ACTIONS)
+
+
+def _namespace(pattern: str) -> str:
+    """validateActionTypes: which kind of action MinIO takes *pattern* for."""
+    if _is_admin(pattern):
+        return "admin"
+    if pattern in STS_ACTIONS:
+        return "sts"
+    if pattern in KMS_ACTIONS:
+        return "kms"
+    if pattern in TABLE_ACTIONS:
+        return "tables"
+    return "s3"
+
+
+def _resource_optional(actions: frozenset[str]) -> bool:
+    """Statement.isValid: admin, STS and KMS statements may omit Resource."""
+    return any(_namespace(a) in ("admin", "sts", "kms") for a in actions)
+
+
+def _regular(s: Statement) -> bool:
+    """Whether MinIO checks *s*'s Resource for every action, unrewritten (rule 1)."""
+    if s.not_actions is not None or s.not_resources is not None or not s.resources:
+        return False
+    if any(a in STS_ACTIONS or a in KMS_ACTIONS or a in TABLE_ACTIONS for a in s.actions):
+        return False
+    if any(_is_admin(a) for a in s.actions):
+        return any(a in ADMIN_ACTIONS_WITH_RESOURCE or (("*" in a or "?" in a) and any(
+            _minio_glob(a, r) for r in ADMIN_ACTIONS_WITH_RESOURCE)) for a in s.actions)
+    return True
+
+
+def _plain_s3(s: Statement) -> bool:
+    """An Allow this module may narrow, merge or drop (rule 2)."""
+    return s.effect == "Allow" and _regular(s) and all(a.startswith("s3:") for a in s.actions)
+
+
 @dataclass(frozen=True)
 class Statement:
     """One IAM statement.
 
     Exactly one of ``actions``/``not_actions`` is in use, likewise for resources: the
     unused positive set is empty, the unused negative one None.  Sets in use are never
-    empty, so every statement serializes to something MinIO accepts.  ``condition`` may
-    be given as the IAM mapping; it is stored canonically (see `Condition`).
+    empty, so every statement serializes to something MinIO accepts; the one exception
+    is a statement MinIO lets omit its Resource (admin, STS, KMS), where both resource
+    sets are unused.  ``condition`` may be given as the IAM mapping; it is stored
+    canonically (see `Condition`).
     """
 
     effect: str
@@ -115,10 +247,13 @@ class Statement:
             pos = _pattern_set(getattr(self, positive), name)
             neg = getattr(self, negative)
             neg = None if neg is None else _pattern_set(neg, "Not" + name)
-            if bool(pos) == (neg is not None) or neg == frozenset():
-                raise PolicyError(f"a statement needs exactly one of {name} and Not{name}")
             object.__setattr__(self, positive, pos)
             object.__setattr__(self, negative, neg)
+            if neg == frozenset() or (pos and neg is not None):
+                raise PolicyError(f"a statement needs exactly one of {name} and Not{name}")
+            if not pos and neg is None and not (name == "Resource"
+                                                and _resource_optional(self.actions)):
+                raise PolicyError(f"a statement needs exactly one of {name} and Not{name}")
         object.__setattr__(self, "condition", _canonical_condition(self.condition))
 
 
@@ -129,7 +264,9 @@ class Policy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "statements", tuple(self.statements))
-        if self.version not in _VERSIONS:
+        if self.version == "":
+            object.__setattr__(self, "version", DEFAULT_VERSION)
+        if self.version != DEFAULT_VERSION:  # policy.go isValid
             raise PolicyError(f"unsupported Version {_short(self.version)}")
 
 
@@ -145,6 +282,19 @@ def _no_constant(name: str) -> object:
     raise PolicyError(f"{name} is not valid JSON")
 
 
+def _fields(raw: Mapping[object, object], known: Mapping[str, str], what: str) -> dict[str, object]:
+    """*raw*'s keys read as encoding/json does (case-insensitively); unknown refused."""
+    out: dict[str, object] = {}
+    for key, value in raw.items():
+        name = known.get(key.lower()) if isinstance(key, str) and key.isascii() else None
+        if name is None:
+            raise PolicyError(f"unknown {what} key {_short(str(key))}")
+        if name in out:
+            raise PolicyError("duplicate key in policy JSON")
+        out[name] = value
+    return out
+
+
 def _string_list(value: object, what: str) -> Iterable[object]:
     if isinstance(value, str):
         return [value]
@@ -153,27 +303,48 @@ def _string_list(value: object, what: str) -> Iterable[object]:
     raise PolicyError(f"{what} must be a string or a non-empty list of strings")
 
 
+def _check_resource(resource: object, what: str) -> None:
+    """resource.go ParseResource: a known ARN type or "*", not starting with "/"."""
+    text = _text(resource, what)
+    if text == "*":
+        return
+    for prefix in _ARN_PREFIXES:
+        if text.startswith(prefix):
+            if text[len(prefix):].startswith("/"):
+                raise PolicyError(f"{what} must not start with '/' after the ARN prefix")
+            return
+    raise PolicyError(f"{what} must be an arn:aws:s3::: ARN or *")
+
+
 def _parse_statement(raw: object) -> Statement:
     if not isinstance(raw, Mapping):
         raise PolicyError("each Statement must be an object")
-    if "Principal" in raw or "NotPrincipal" in raw:
+    if any(isinstance(k, str) and k.lower() in ("principal", "notprincipal") for k in raw):
         raise PolicyError("Principal is not allowed in a session policy")
-    unknown = set(raw) - _STATEMENT_KEYS
-    if unknown:
-        raise PolicyError(f"unknown Statement key {_short(sorted(map(str, unknown))[0])}")
-    if "Effect" not in raw:
+    fields = _fields(raw, _STATEMENT_KEYS, "Statement")
+    if "Effect" not in fields:
         raise PolicyError("a Statement needs an Effect")
-    sides = {}
+    sides: dict[str, Iterable[object]] = {}
+    if ("Action" in fields) == ("NotAction" in fields):
+        raise PolicyError("a Statement needs exactly one of Action and NotAction")
     for name, attr in (("Action", "actions"), ("Resource", "resources")):
-        if (name in raw) == ("Not" + name in raw):
-            raise PolicyError(f"a Statement needs exactly one of {name} and Not{name}")
-        sides[attr] = _string_list(raw[name], name) if name in raw else ()
-        if "Not" + name in raw:
-            sides["not_" + attr] = _string_list(raw["Not" + name], "Not" + name)
-    sid = raw.get("Sid")
+        sides[attr] = _string_list(fields[name], name) if name in fields else ()
+        if "Not" + name in fields:
+            sides["not_" + attr] = _string_list(fields["Not" + name], "Not" + name)
+    if "Resource" in fields and "NotResource" in fields:
+        raise PolicyError("a Statement needs at most one of Resource and NotResource")
+    for attr in ("resources", "not_resources"):
+        for resource in sides.get(attr, ()):
+            _check_resource(resource, "Resource")
+    named = list(sides["actions"]) or list(sides.get("not_actions", ()))
+    kinds = {_namespace(_text(a, "Action")) for a in named}
+    if len(kinds) > 1:  # statement.go validateActionTypes
+        raise PolicyError("a Statement must not mix actions of different services")
+    sid = fields.get("Sid")
     if sid is not None and not isinstance(sid, str):
         raise PolicyError("Sid must be a string")
-    return Statement(raw["Effect"], condition=raw.get("Condition"), sid=sid, **sides)
+    return Statement(fields["Effect"], condition=fields.get("Condition"), sid=sid,  # type: ignore[arg-type]
+                     **sides)  # type: ignore[arg-type]
 
 
 def parse_policy(document: str | bytes | Mapping[str, object]) -> Policy:
@@ -196,67 +367,122 @@ def parse_policy(document: str | bytes | Mapping[str, object]) -> Policy:
             raise PolicyError("policy is not valid JSON") from None
     if not isinstance(document, Mapping):
         raise PolicyError("policy must be a JSON object")
-    unknown = set(document) - _POLICY_KEYS
-    if unknown:
-        raise PolicyError(f"unknown policy key {_short(sorted(map(str, unknown))[0])}")
-    if "Statement" not in document:
+    fields = _fields(document, _POLICY_KEYS, "policy")
+    if "Statement" not in fields:
         raise PolicyError("policy has no Statement")
-    statements = document["Statement"]
+    if "ID" in fields and not isinstance(fields["ID"], str):
+        raise PolicyError("ID must be a string")
+    statements = fields["Statement"]
     if isinstance(statements, Mapping):
         statements = [statements]
     elif not isinstance(statements, (list, tuple)):
         raise PolicyError("Statement must be an object or a list of objects")
-    version = document.get("Version", DEFAULT_VERSION)  # Policy refuses other versions
+    version = fields.get("Version", DEFAULT_VERSION)
+    if not isinstance(version, str):
+        raise PolicyError("Version must be a string")
     return Policy(tuple(_parse_statement(s) for s in statements), version)
 
 
-def _glob(pattern: str, text: str, hole: str) -> bool:
-    """Whether *pattern* matches all of *text*; ``?`` matches one character except *hole*.
+def check_session_limits(policy: Policy) -> None:
+    """Refuse a caller's Policy too big for the algebra to meet cheaply (rule 6).
 
-    The greedy single-backtrack algorithm is O(len(pattern) * len(text)) at worst, where
-    a regular expression could backtrack exponentially on a hostile ``*a*a*a*b``.
+    Apply it to client input only: a bound policy MinIO stores must never be refused.
     """
-    wild = _WILDCARD.search(pattern)
-    if wild is None:
-        return pattern == text
-    # Literal head and tail must match outright: rejects most pairs without the loop.
-    tail = pattern[max(pattern.rfind("*"), pattern.rfind("?")) + 1:]
-    if not (text.startswith(pattern[:wild.start()]) and text.endswith(tail)):
+    patterns = [p for s in policy.statements
+                for group in (s.actions, s.resources, s.not_actions or (), s.not_resources or ())
+                for p in group]
+    if len(patterns) > MAX_SESSION_PATTERNS:
+        raise PolicyError(f"a Policy may name at most {MAX_SESSION_PATTERNS} actions and resources")
+    for p in patterns:
+        if p.count("*") + p.count("?") > MAX_PATTERN_WILDCARDS:
+            raise PolicyError(f"a pattern may hold at most {MAX_PATTERN_WILDCARDS} wildcards")
+
+
+# -- globs ---------------------------------------------------------------------------
+
+
+def _bytes(text: str) -> str:
+    """*text* as its UTF-8 bytes, one character per byte: MinIO's ``?`` is one byte."""
+    return text.encode("utf-8", "surrogatepass").decode("latin-1")
+
+
+def _segment_at(segment: str, text: str, at: int, symbolic: bool) -> bool:
+    """Whether *segment* (no ``*``) matches *text* at *at*: ``?`` one byte, but in a
+    *symbolic* text never a ``*`` (an inner ``*`` may stand for many bytes)."""
+    if "?" not in segment:
+        return text.startswith(segment, at)
+    if at + len(segment) > len(text):
         return False
-    p = t = mark = wild.start()
-    star, n, m = -1, len(pattern), len(text)
-    while t < m:
-        if p < n and pattern[p] == "*":
-            star, mark = p, t
-            p += 1
-        elif p < n and (text[t] != hole if pattern[p] == "?" else pattern[p] == text[t]):
-            p += 1
-            t += 1
-        elif star >= 0:  # let the last * absorb one more character, retry after it
-            p, mark = star + 1, mark + 1
-            t = mark
-        else:
+    pieces = segment.split("?")
+    for i, piece in enumerate(pieces):  # literal pieces compare in C; one step per "?"
+        if not text.startswith(piece, at):
             return False
-    return not pattern[p:].strip("*")
+        at += len(piece)
+        if i < len(pieces) - 1:
+            if symbolic and text[at] == "*":
+                return False
+            at += 1
+    return True
+
+
+def _find(segment: str, text: str, start: int, end: int, symbolic: bool,
+          work: Work | None) -> int:
+    """Leftmost match of *segment* in ``text[start:end]``, or -1."""
+    if work is not None:
+        work.spend(end - start + len(segment))
+    if "?" not in segment:
+        return text.find(segment, start, end)
+    anchor = max(segment.split("?"), key=len)  # the longest literal piece, found by str.find
+    offset = segment.index(anchor) if anchor else 0
+    at = start
+    while at + len(segment) <= end:
+        if anchor:
+            hit = text.find(anchor, at + offset, end - (len(segment) - offset - len(anchor)))
+            if hit < 0:
+                return -1
+            at = hit - offset
+        if _segment_at(segment, text, at, symbolic):
+            return at
+        at += 1
+        if work is not None:
+            work.spend(len(segment))
+    return -1
+
+
+def _match(pattern: str, text: str, *, symbolic: bool, work: Work | None) -> bool:
+    """Glob match in linear time: split *pattern* at ``*`` and place each segment as far
+    left as it fits (optimal, since segments have fixed length).  With *symbolic*, *text*
+    is itself a pattern and only an outer ``*`` may absorb an inner ``*``."""
+    segments = pattern.split("*")
+    if len(segments) == 1:
+        if work is not None:
+            work.spend(len(text))
+        return len(pattern) == len(text) and _segment_at(pattern, text, 0, symbolic)
+    first, last = segments[0], segments[-1]
+    if len(first) + len(last) > len(text):
+        return False
+    if not (_segment_at(first, text, 0, symbolic)
+            and _segment_at(last, text, len(text) - len(last), symbolic)):
+        return False
+    at, end = len(first), len(text) - len(last)
+    for segment in segments[1:-1]:
+        if not segment:
+            continue
+        hit = _find(segment, text, at, end, symbolic, work)
+        if hit < 0:
+            return False
+        at = hit + len(segment)
+    return True
 
 
 def pattern_matches(pattern: str, value: str, *, case_insensitive: bool = False) -> bool:
-    """IAM glob match of a concrete *value*: ``*`` any sequence, ``?`` one character."""
+    """Glob match of a concrete *value*: ``*`` any sequence, ``?`` one UTF-8 byte."""
     if case_insensitive:
         pattern, value = pattern.casefold(), value.casefold()
-    return _glob(pattern, value, hole="")
+    return _match(_bytes(pattern), _bytes(value), symbolic=False, work=None)
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def pattern_contains(outer: str, inner: str, *, case_insensitive: bool = False) -> bool:
-    """Whether every string *inner* matches is matched by *outer*.
-
-    Sound, not complete: *outer* is matched against *inner* read symbolically (an outer
-    ``*`` absorbs any inner tokens, an outer ``?`` one inner character or ``?``), so an
-    answer of True is always right and False may mean "unsure".  Policy variables
-    (``${aws:username}``) expand to unknown text: in *inner* everything from the first
-    ``${`` on is read as ``*``; an *outer* with a variable contains only itself.
-    """
+def _contains(outer: str, inner: str, work: Work | None, case_insensitive: bool = False) -> bool:
     if case_insensitive:
         outer, inner = outer.casefold(), inner.casefold()
     if "${" in outer:
@@ -264,12 +490,93 @@ def pattern_contains(outer: str, inner: str, *, case_insensitive: bool = False) 
     variable = inner.find("${")
     if variable >= 0:
         inner = inner[:variable] + "*"
-    return _glob(outer, inner, hole="*")
+    return _match(_bytes(outer), _bytes(inner), symbolic=True, work=work)
 
 
-def _action_contains(outer: str, inner: str) -> bool:
-    # IAM reads actions case-insensitively, MinIO case-sensitively: be right under both.
-    return pattern_contains(outer, inner) and pattern_contains(outer, inner, case_insensitive=True)
+def pattern_contains(outer: str, inner: str, *, case_insensitive: bool = False) -> bool:
+    """Whether every string *inner* matches is matched by *outer*.
+
+    Sound, not complete: *outer* is matched against *inner* read symbolically (an outer
+    ``*`` absorbs any inner tokens, an outer ``?`` one inner byte or ``?``), so an
+    answer of True is always right and False may mean "unsure".  Policy variables
+    (``${aws:username}``) expand to unknown text: in *inner* everything from the first
+    ``${`` on is read as ``*``; an *outer* with a variable contains only itself.
+    """
+    return _contains(outer, inner, None, case_insensitive)
+
+
+def _memo(kind: str, compute: Callable[[str, str, Work | None], bool]) -> Callable[
+        [str, str, Work | None], bool]:
+    def contains(outer: str, inner: str, work: Work | None) -> bool:
+        if work is None:
+            return compute(outer, inner, work)
+        key = (kind, outer, inner)
+        known = work.known.get(key)
+        if known is None:
+            known = work.known[key] = compute(outer, inner, work)
+        else:
+            work.spend(1)
+        return known
+
+    return contains
+
+
+def _action_contains_(outer: str, inner: str, work: Work | None) -> bool:
+    """Whether *outer* allows every action *inner* allows, implied ones included; and
+    glob-contains it under MinIO's case-sensitive and IAM's case-insensitive reading."""
+    if outer == inner or (inner in IMPLIED_ACTIONS.get(outer, ()) and inner not in IMPLIED_ACTIONS):
+        return True
+    if not (_contains(outer, inner, work) and _contains(outer, inner, work, True)):
+        return False
+    implied = IMPLIED_ACTIONS.get(inner, frozenset()) - IMPLIED_ACTIONS.get(outer, frozenset())
+    return all(_minio_glob(outer, x) and pattern_matches(outer, x, case_insensitive=True)
+               for x in implied)
+
+
+def _arn_rest(resource: str) -> str | None:
+    """The part of an S3 resource MinIO matches, or None for other ARN types."""
+    if resource == "*":
+        return "*"
+    return resource[len(_S3_ARN):] if resource.startswith(_S3_ARN) else None
+
+
+def _clean_variants_covered(outer: str, inner: str) -> bool:
+    """Whether *outer* matches every request path that ``path.Clean`` turns into *inner*
+    (MinIO's second way to match, resource.go ``Resource.Match``).
+
+    MinIO refuses ``.`` and ``..`` segments before authorization, so such a path is
+    *inner* with slashes repeated or trailing; every one keeps *inner*'s bucket and first
+    slash.  Sufficient: *outer* is ``P*`` with a wildcard-free P matching that kept prefix.
+    """
+    keep = inner.index("/") + 1 if "/" in inner else len(inner)
+    if "${" in inner:
+        keep = min(keep, inner.index("${"))
+    head = outer[:-1]
+    if not outer.endswith("*") or "*" in head or "${" in head:
+        return False
+    head, kept = _bytes(head), _bytes(inner[:keep])
+    return len(head) <= len(kept) and all(c in ("?", kept[i]) for i, c in enumerate(head))
+
+
+def _resource_contains_(outer: str, inner: str, work: Work | None) -> bool:
+    """Whether *outer* matches every request *inner* matches, as MinIO matches: glob with
+    byte ``?``, or ``path.Clean(request) == pattern`` (rule 5)."""
+    if outer == inner:
+        return True
+    o, i = _arn_rest(outer), _arn_rest(inner)
+    if o is None or i is None:
+        return False
+    if o == "*":
+        return True
+    # The path.Clean condition is the cheaper and the more selective: it goes first.
+    return _clean_variants_covered(o, i) and _contains(o, i, work)
+
+
+_action_contains = _memo("action", _action_contains_)
+_resource_contains = _memo("resource", _resource_contains_)
+
+
+# -- the evaluator (IAM reading; see stsd.testing.minio_policy for MinIO's) -----------
 
 
 def _applies(statement: Statement, action: str, resource: str) -> bool:
@@ -281,17 +588,17 @@ def _applies(statement: Statement, action: str, resource: str) -> bool:
     else:
         action_ok = not hit(statement.not_actions, action, True)
     if statement.not_resources is None:
-        return action_ok and hit(statement.resources, resource, False)
+        return action_ok and (not statement.resources or hit(statement.resources, resource, False))
     return action_ok and not hit(statement.not_resources, resource, False)
 
 
 def allows(policy: Policy, action: str, resource: str) -> bool:
-    """Whether *policy* allows *action* on *resource*: an explicit Deny wins, else any
-    matching Allow, else no.
+    """Whether *policy* allows *action* on *resource* in a plain IAM reading: an explicit
+    Deny wins, else any matching Allow, else no.
 
     Conditions are not evaluated: an Allow with a Condition never matches and a Deny
-    with one always does.  That errs towards "denied", which is what the safety property
-    tests need (a result that this evaluator allows is allowed whatever the context).
+    with one always does.  MinIO's quirks are not modelled here (see
+    `stsd.testing.minio_policy`).
     """
     allowed = False
     for statement in policy.statements:
@@ -313,139 +620,154 @@ def merge(policies: Iterable[Policy]) -> Policy:
     return Policy(tuple(s for p in policies for s in p.statements))
 
 
-def _narrower(outer: frozenset[str], inner: frozenset[str],
-              contains: Callable[[str, str], bool]) -> frozenset[str]:
-    # Of each pair, the pattern the other contains; overlapping pairs where neither
-    # contains the other (s3:Get* and s3:*Object) are dropped: grant less.
+# -- the algebra ---------------------------------------------------------------------
+
+
+def _narrow_actions(outer: frozenset[str], inner: frozenset[str], work: Work) -> frozenset[str]:
+    """``s3:`` patterns allowing only what a pattern of each side allows (rule 2).
+
+    Of each pair, the one the other contains, implied closures compared; plus an
+    implied action of one that the other's glob covers.  Overlapping pairs where neither
+    contains the other (s3:Get* and s3:*Object) are dropped: grant less.
+    """
     result = set()
     for a in outer:
         for b in inner:
-            if contains(a, b):
+            work.spend(1)
+            if _action_contains(a, b, work):
                 result.add(b)
-            elif contains(b, a):
+            elif _action_contains(b, a, work):
+                result.add(a)
+            for x, y in ((a, b), (b, a)):
+                for implied in IMPLIED_ACTIONS.get(x, ()):
+                    if _action_contains(y, implied, work):
+                        result.add(implied)
+    return frozenset(x for x in result if x.startswith("s3:"))
+
+
+def _narrow_resources(outer: frozenset[str], inner: frozenset[str], work: Work) -> frozenset[str]:
+    result = set()
+    for a in outer:
+        for b in inner:
+            work.spend(1)
+            if _resource_contains(a, b, work):
+                result.add(b)
+            elif _resource_contains(b, a, work):
                 result.add(a)
     return frozenset(result)
 
 
-def _service(action: str) -> str:
-    return action.split(":", 1)[0]
-
-
-def _meet(a: Statement, b: Statement) -> list[Statement]:
-    """Allows granting what both plain Allows grant: one statement per action service,
-    since MinIO refuses a statement mixing e.g. ``admin:`` and ``s3:`` actions."""
+def _meet(a: Statement, b: Statement, work: Work) -> list[Statement]:
+    """A plain S3 Allow granting only what both regular Allows grant (at most one)."""
     conditions: dict[tuple[str, str], tuple[str, str, tuple[str, ...]]] = {}
     for triple in (a.condition or ()) + (b.condition or ()):
         # One map cannot AND two value sets for one operator and key (compared
         # case-insensitively, as IAM may): drop the pair.
         if conditions.setdefault((triple[0].casefold(), triple[1].casefold()), triple) != triple:
             return []
-    resources = _narrower(a.resources, b.resources, pattern_contains)
-    actions = _narrower(a.actions, b.actions, _action_contains) if resources else frozenset()
-    return [
-        Statement("Allow", frozenset(x for x in actions if _service(x) == service),
-                  resources, condition=tuple(conditions.values()))
-        for service in sorted({_service(x) for x in actions})
-    ]
+    resources = _narrow_resources(a.resources, b.resources, work)
+    actions = _narrow_actions(a.actions, b.actions, work) if resources else frozenset()
+    if not actions:
+        return []
+    return [Statement("Allow", actions, resources, condition=tuple(conditions.values()))]
 
 
-def _plain_allow(s: Statement) -> bool:
-    return s.effect == "Allow" and s.not_actions is None and s.not_resources is None
+def _bare(s: Statement) -> Statement:
+    return replace(s, sid=None)
 
 
-def intersect(bound: Policy, session: Policy) -> Policy:
-    """What both *bound* and *session* allow, compacted.
+def intersect(bound: Policy, session: Policy, *, work: Work | None = None) -> Policy:
+    """What both *bound* and *session* allow, compacted (rules 2-4).
 
-    Each pair of plain Allows meets (see `_narrower`; the Conditions of both apply).  An
-    Allow with NotAction or NotResource, on either side, contributes nothing: its meet is
-    not expressible as an Allow, so we grant less.  Every Deny of either side is kept.
+    Each pair of regular Allows meets (see `_narrow_actions`; the Conditions of both
+    apply).  Any other Allow survives only where the other side has the identical
+    statement.  Every Deny of either side is kept verbatim.
     """
-    bound, session = compact(bound), compact(session)  # fewer pairs to meet
+    work = work or Work()
+    session = compact(session, work=work)  # the bound side comes compacted (and cached)
     denies = [s for s in bound.statements + session.statements if s.effect == "Deny"]
-    grants = [
-        grant
-        for a in filter(_plain_allow, bound.statements)
-        for b in filter(_plain_allow, session.statements)
-        for grant in _meet(a, b)
-    ]
-    return compact(Policy((*denies, *grants)))
+    b_allows = [s for s in bound.statements if s.effect == "Allow"]
+    s_allows = [s for s in session.statements if s.effect == "Allow"]
+    s_identical = set(map(_bare, s_allows))
+    grants = [s for s in b_allows if not _plain_s3(s) and _bare(s) in s_identical]
+    b_regular = [s for s in b_allows if _regular(s)]
+    s_regular = [s for s in s_allows if _regular(s)]
+    for a in b_regular:
+        for b in s_regular:
+            grants.extend(_meet(a, b, work))
+    return compact(Policy((*denies, *grants)), work=work)
 
 
-def _minimal(patterns: frozenset[str] | None,
-             contains: Callable[[str, str], bool]) -> frozenset[str] | None:
+def _minimal(patterns: frozenset[str], contains: object, work: Work) -> frozenset[str]:
     """*patterns* without those another one contains (their union is unchanged)."""
-    if patterns is None:
-        return None
     kept = set(patterns)
     for p in sorted(patterns, key=lambda x: (-len(x), x)):  # of equivalents keep the shortest
-        if any(q != p and contains(q, p) for q in kept):
+        work.spend(len(kept))
+        if any(q != p and contains(q, p, work) for q in kept):  # type: ignore[operator]
             kept.discard(p)
     return frozenset(kept)
 
 
-def _reduce(s: Statement) -> Statement:
-    return replace(
-        s,
-        actions=_minimal(s.actions, _action_contains),
-        not_actions=_minimal(s.not_actions, _action_contains),
-        resources=_minimal(s.resources, pattern_contains),
-        not_resources=_minimal(s.not_resources, pattern_contains),
-    )
+def _reduce(s: Statement, work: Work) -> Statement:
+    return replace(s, actions=_minimal(s.actions, _action_contains, work),
+                   resources=_minimal(s.resources, _resource_contains, work))
 
 
 def _merge_along(statements: Iterable[Statement], field: str) -> set[Statement]:
-    """Union the positive *field* ("actions"/"resources") of statements equal in all else.
-
-    Not* sets are never unioned: the union of two complements is not the complement of
-    the union.  Actions are merged only within one service (see `_meet`).
-    """
-    groups: dict[tuple[Statement, frozenset[str]], frozenset[str]] = {}
-    result = set()
+    """Union the *field* ("actions"/"resources") of plain S3 Allows equal in all else."""
+    groups: dict[Statement, frozenset[str]] = {}
     for s in statements:
-        values: frozenset[str] = getattr(s, field)
-        if not values:
-            result.add(s)
-            continue
-        services = frozenset(map(_service, values)) if field == "actions" else frozenset()
-        key = (replace(s, **{field: frozenset({"*"})}), services)  # "*": placeholder
-        groups[key] = groups.get(key, frozenset()) | values
-    result.update(replace(s, **{field: values}) for (s, _), values in groups.items())
-    return result
+        key = replace(s, **{field: frozenset({"s3:*"})})  # placeholder, keeps s3: actions
+        groups[key] = groups.get(key, frozenset()) | getattr(s, field)
+    return {replace(s, **{field: values}) for s, values in groups.items()}
 
 
-def _subsumes(big: Statement, small: Statement) -> bool:
-    """Whether plain Allow *big* allows whenever plain Allow *small* does."""
+def _subsumes(big: Statement, small: Statement, work: Work) -> bool:
+    """Whether plain S3 Allow *big* allows whenever plain S3 Allow *small* does."""
     return (
         big.condition in (None, small.condition)
-        and all(any(_action_contains(b, x) for b in big.actions) for x in small.actions)
-        and all(any(pattern_contains(b, x) for b in big.resources) for x in small.resources)
+        and all(any(_action_contains(b, x, work) for b in big.actions) for x in small.actions)
+        and all(any(_resource_contains(b, x, work) for b in big.resources)
+                for x in small.resources)
     )
 
 
-def _prune_allows(statements: set[Statement]) -> set[Statement]:
-    plain = set(filter(_plain_allow, statements))
+def _prune(plain: set[Statement], work: Work) -> set[Statement]:
     for s in sorted(plain, key=_sort_key):
-        if any(o != s and _subsumes(o, s) for o in plain):
+        work.spend(len(plain))
+        if any(o != s and _subsumes(o, s, work) for o in plain):
             plain.discard(s)
-    return plain | {s for s in statements if not _plain_allow(s)}
+    return plain
 
 
-def compact(policy: Policy) -> Policy:
+def compact(policy: Policy, *, work: Work | None = None) -> Policy:
     """An equivalent, smaller policy in canonical order.
 
-    Drops Sids, duplicates, patterns contained in another of the same set, and Allows
-    another unconditioned (or equally conditioned) Allow covers; merges statements
-    that differ only in their actions or only in their resources.  A Deny is never
-    dropped for being covered by another.  Every step preserves what is allowed, under
-    any evaluation of the Conditions.
+    Drops Sids and duplicates.  Among plain S3 Allows only (rule 2): drops patterns
+    another of the same set contains, Allows another unconditioned (or equally
+    conditioned) one covers, and merges statements that differ only in their actions or
+    only in their resources.  Every other statement is kept as written (rules 3, 4).
+    Every step preserves what MinIO allows, under any evaluation of the Conditions.
     """
-    current = {_reduce(replace(s, sid=None)) for s in policy.statements}
+    work = work or Work()
+    statements = {_bare(s) for s in policy.statements}
+    kept = {s for s in statements if not _plain_s3(s)}
+    minimal: dict[Statement, Statement] = {}  # a reduced statement reduces to itself
+
+    def reduce(s: Statement) -> Statement:
+        if s not in minimal:
+            minimal[s] = _reduce(s, work)
+            minimal[minimal[s]] = minimal[s]
+        return minimal[s]
+
+    current = {reduce(s) for s in statements - kept}
     while True:
         merged = _merge_along(_merge_along(current, "resources"), "actions")
-        reduced = _prune_allows({_reduce(s) for s in merged})
+        reduced = _prune({reduce(s) for s in merged}, work)
         if reduced == current:  # each step only shrinks the policy, so this terminates
-            return Policy(tuple(sorted(current, key=_sort_key)), policy.version)
+            break
         current = reduced
+    return Policy(tuple(sorted(kept | current, key=_sort_key)), policy.version)
 
 
 def _one_or_list(values: Iterable[object]) -> object:
@@ -458,10 +780,10 @@ def _statement_json(s: Statement) -> dict[str, object]:
     out["Effect"] = s.effect
     for name, positive, negative in (("Action", s.actions, s.not_actions),
                                      ("Resource", s.resources, s.not_resources)):
-        if negative is None:
-            out[name] = _one_or_list(sorted(positive))
-        else:
+        if negative is not None:
             out["Not" + name] = _one_or_list(sorted(negative))
+        elif positive:
+            out[name] = _one_or_list(sorted(positive))
     if s.condition:
         condition: dict[str, dict[str, object]] = {}
         for operator, key, values in s.condition:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 from stsd import errors
-from stsd.policy import Policy, PolicyError, parse_policy
+from stsd.policy import Policy, PolicyError, check_session_limits, parse_policy
 
 STS_NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
 ACTION = "AssumeRoleWithWebIdentity"
@@ -185,6 +185,7 @@ def parse_request(
     if text:
         try:
             policy = parse_policy(text)
+            check_session_limits(policy)  # bounds the algebra's CPU per request
         except PolicyError as e:
             raise errors.malformed_policy(f"Policy is not a valid IAM policy: {e}") from None
     return AssumeRoleRequest(token=token, duration_seconds=duration, policy=policy,

@@ -187,6 +187,7 @@ async def test_add_user_decrypts_the_body_and_an_update_keeps_the_policies(minio
     user = minio.users["app-user"]
     assert (user.secret_key, user.enabled, user.policies) == ("app-secret-2", False, ("readonly",))
     assert "app-secret-2" not in repr(user)
+    assert minio.user_secrets == {"app-secret-1", "app-secret-2"}
     assert minio.count("add-user") == 2
 
 
@@ -373,10 +374,13 @@ async def test_a_user_may_assume_a_role_with_or_without_a_session_policy(minio, 
     resp, content = await assume(stub, key, secret, token=token)
     assert resp.code == 403 and b"<Code>AccessDenied</Code>" in content
     minio.add_user("app-user", "app-secret-1", ["readwrite"], enabled=False)
+    # MinIO's STS answers authentication failures AccessDenied (apiToSTSError)
     resp, content = await assume(stub, "app-user", "app-secret-1")
-    assert resp.code == 403 and b"InvalidAccessKeyId" in content
+    assert resp.code == 403 and b"<Code>AccessDenied</Code>" in content and b"disabled" in content
     resp, content = await assume(stub, "app-user", "wrong-secret")
-    assert resp.code == 403 and b"SignatureDoesNotMatch" in content
+    assert resp.code == 403 and b"<Code>AccessDenied</Code>" in content and b"signature" in content
+    resp, content = await assume(stub, "nobody", "app-secret-1")
+    assert resp.code == 403 and b"<Code>AccessDenied</Code>" in content and b"Access Key Id" in content
     assert len(minio.minted) == 3
 
 

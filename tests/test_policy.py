@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from collections.abc import Callable
 from random import Random
 
 import pytest
@@ -80,6 +82,22 @@ def deny(actions: object, resources: object, **extra: object) -> dict[str, objec
         '{"Statement": [{"Effect": "Allow", "Action": "\\ud800", "Resource": "*"}]}',
         '{"Statement": [{"Effect": "Allow", "Effect": "Deny", "Action": "s3:*", "Resource": "*"}]}',
         '{"Version": ["2012-10-17"], "Statement": []}',
+        # policy.go isValid: MinIO knows only 2012-10-17 (or none)
+        '{"Version": "2008-10-17", "Statement": []}',
+        # statement.go validateActionTypes: one service per statement ("*" is admin)
+        '{"Statement": [{"Effect": "Allow", "Action": ["s3:*", "admin:*"], "Resource": "*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": ["s3:*", "*"], "Resource": "*"}]}',
+        # resource.go ParseResource: a known ARN type or "*"
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "photos/*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "arn:aws:s3:::/x"}]}',
+        # an S3 statement needs a Resource; a NotAction statement is never admin
+        '{"Statement": [{"Effect": "Allow", "NotAction": "admin:*"}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*",'
+        ' "Condition": {"NumericEquals": {"k": 1.0}}}]}',
+        '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*",'
+        ' "Condition": {"NumericEquals": {"k": 9223372036854775808}}}]}',
+        '{"ID": 3, "Statement": []}',
+        '{"Statement": [], "statement": []}',
         "[" * 100_000 + "]" * 100_000,
         '{"Statement": ' + "[" * 50_000 + "]" * 50_000 + "}",
         '{"Statement": [], "Id": ' + "9" * 5000 + "}",
@@ -115,9 +133,24 @@ def test_parse_forms() -> None:
             ),
         )
     )
-    assert parse_policy('{"Version": "2008-10-17", "Statement": []}').version == "2008-10-17"
+    assert parse_policy('{"Version": "", "Statement": []}').version == "2012-10-17"
     empty = parse_policy('{"Statement": []}')
     assert empty.statements == () and not has_allow(empty)
+
+
+def test_issue9_parse_accepts_what_minio_accepts() -> None:
+    """Finding 2: MinIO stores policies stsd used to refuse (and then skipped, Denys
+    and all): top-level ID, field names in any case, admin/STS/KMS without Resource."""
+    guardrail = parse_policy(
+        '{"ID": "guard", "Version": "2012-10-17", "Statement": ['
+        '{"Effect": "Deny", "Action": ["admin:*"]},'
+        '{"effect": "Deny", "action": "s3:DeleteObject", "resource": "arn:aws:s3:::*"},'
+        '{"Effect": "Allow", "Action": "kms:*"}, {"Effect": "Allow", "Action": "sts:AssumeRole"}]}')
+    assert [s.resources for s in guardrail.statements] == [frozenset()] + [
+        frozenset({"arn:aws:s3:::*"})] + [frozenset()] * 2
+    assert b'{"Effect":"Deny","Action":"admin:*"}' in to_json(guardrail)
+    assert parse_policy(to_json(guardrail)) == guardrail
+    assert parse_policy('{"Id": "x", "Statement": []}').statements == ()
 
 
 def test_condition_values_keep_their_json_type() -> None:
@@ -195,7 +228,8 @@ def test_session_narrows_resources() -> None:
 
 def test_session_cannot_widen() -> None:
     bound = policy(allow("s3:GetObject", "arn:aws:s3:::photos/*"))
-    session = policy(allow(["s3:*", "admin:*"], ["*", "arn:aws:s3:::secret/*"]))
+    session = policy(allow("s3:*", ["*", "arn:aws:s3:::secret/*"]),
+                     allow("admin:*", ["*", "arn:aws:s3:::secret/*"]))
     result = intersect(bound, session)
     assert result == compact(bound)
     assert not allows(result, "s3:GetObject", "arn:aws:s3:::secret/x")
@@ -249,10 +283,12 @@ def test_full_session_policy_keeps_the_bound_allows() -> None:
     assert intersect(bound, ALL_S3) == compact(bound)
 
 
-def test_meet_splits_services() -> None:
-    # MinIO refuses one statement mixing admin: and s3: actions.
-    result = intersect(policy(allow("*", "*")), policy(allow(["s3:GetObject", "admin:Info"], "*")))
-    assert [sorted(s.actions) for s in result.statements] == [["admin:Info"], ["s3:GetObject"]]
+def test_meet_keeps_only_s3_actions() -> None:
+    # "*" is an admin statement to MinIO (with its Resource checked); its meet with an
+    # S3 Allow is that S3 Allow; an admin Allow is never narrowed out of it.
+    result = intersect(policy(allow("*", "*")),
+                       policy(allow("s3:GetObject", "*"), allow("admin:ServerInfo", "*")))
+    assert result == policy(allow("s3:GetObject", "*"))
 
 
 def test_action_case_must_match_for_minio() -> None:
@@ -342,6 +378,7 @@ def test_to_json_is_compact_and_deterministic() -> None:
 
 ACTIONS = ["s3:*", "s3:Get*", "s3:GetObject", "s3:PutObject", "s3:?etObject", "admin:*", "*",
            "s3:getobject"]
+ADMIN_LIKE = ("admin:*", "*")
 RESOURCES = ["arn:aws:s3:::*", "arn:aws:s3:::photos/*", "arn:aws:s3:::photos/a?c",
              "arn:aws:s3:::logs"]
 CONDITIONS = [
@@ -362,13 +399,15 @@ CONCRETE_RESOURCES = ["arn:aws:s3:::photos/abc", "arn:aws:s3:::photos/a", "arn:a
 
 FILL_CHAR = st.sampled_from(FILL) | st.characters()
 FILL_TEXT = st.text(FILL_CHAR, max_size=4)
+ASCII_CHAR = st.sampled_from(FILL[:-2]) | st.characters(max_codepoint=127)
 
 
 @st.composite
 def instances(draw: st.DrawFn, pattern: str) -> str:
     """A string that *pattern* matches: * and ? replaced by random text."""
+    # MinIO's "?" is one byte: an ASCII character.
     return "".join(
-        draw(FILL_TEXT) if char == "*" else draw(FILL_CHAR) if char == "?" else char
+        draw(FILL_TEXT) if char == "*" else draw(ASCII_CHAR) if char == "?" else char
         for char in pattern
     )
 
@@ -404,7 +443,10 @@ def statements(effects: tuple[str, ...] = ("Allow", "Allow", "Deny"), actions: l
     return st.builds(
         _statement,
         st.sampled_from(effects),
-        st.frozensets(st.sampled_from(actions), min_size=1, max_size=3),
+        # MinIO refuses a statement mixing services ("*" is an admin action to it).
+        st.sampled_from([[a for a in actions if a in ADMIN_LIKE],
+                         [a for a in actions if a not in ADMIN_LIKE]]).filter(bool).flatmap(
+            lambda group: st.frozensets(st.sampled_from(group), min_size=1, max_size=3)),
         st.frozensets(st.sampled_from(RESOURCES), min_size=1, max_size=3),
         rare,
         rare,
@@ -530,3 +572,155 @@ def test_pattern_contains_sees_generalizations(inner: str, data: st.DataObject) 
 def test_pattern_matches_agrees_with_a_regex(pattern: str, value: str) -> None:
     regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
     assert pattern_matches(pattern, value) == bool(re.fullmatch(regex, value, re.DOTALL))
+
+
+# -- regressions of issue 9: each widened (or stalled) on the algebra before it ------
+#
+# Checked with the MinIO-semantics evaluator: what the minted session policy allows
+# must be allowed by the bound policies and by the caller's Policy.
+
+S3 = "arn:aws:s3:::"
+MINIO_PROBES = [
+    ("admin:CreateUser", ""), ("admin:AttachUserOrGroupPolicy", ""), ("admin:ExportIAM", ""),
+    ("admin:SetBucketQuota", S3 + "team-a-1"), ("admin:CreateUser", S3 + "team-a-1"),
+    ("s3:GetObject", S3 + "b/k"), ("s3:GetObjectVersion", S3 + "b/k"), ("s3:PutObject", S3 + "b/k"),
+    ("s3:GetObject", S3 + "b/é"), ("s3:GetObject", S3 + "b/x/"), ("s3:GetObject", S3 + "b//x"),
+    ("s3:GetObject", S3 + "wh/t1/data"), ("s3:PutObject", S3 + "wh/t1/data"),
+]
+
+
+def minted(bound: Policy, caller: Policy) -> Policy:
+    """What exchange.py sends MinIO for these bound policies and this caller Policy."""
+    return compact(intersect(compact(merge([bound])), caller))
+
+
+def assert_within(bound: Policy, caller: Policy) -> Policy:
+    from stsd.testing.minio_policy import allowed
+
+    result = minted(bound, caller)
+    docs = [json.loads(to_json(p)) for p in (result, bound, caller)]
+    for action, resource in MINIO_PROBES:
+        if allowed([docs[0]], action, resource):
+            assert allowed([docs[1]], action, resource), (action, resource, to_json(result))
+            assert allowed([docs[2]], action, resource), (action, resource, to_json(result))
+    return result
+
+
+def test_issue9_bucket_scoped_admin_grant_is_not_made_global() -> None:
+    # Finding 1: MinIO checks admin:*'s Resource (admin:* covers admin:SetBucketQuota)
+    # but ignores it for a statement of only admin:CreateUser & co: tenant takeover.
+    bound = policy(allow("admin:*", S3 + "team-a-*"))
+    caller = policy(allow(["admin:CreateUser", "admin:AttachUserOrGroupPolicy"], S3 + "team-a-*"))
+    assert not has_allow(assert_within(bound, caller))
+
+
+def test_issue9_export_glob_does_not_become_export_iam() -> None:
+    # Finding 1: admin:Export* (bucket-scoped through ExportBucketMetadata) on b is not
+    # admin:ExportIAM anywhere.
+    bound = policy(allow("admin:Export*", S3 + "b"))
+    assert not has_allow(assert_within(bound, policy(allow("admin:ExportIAM", S3 + "b"))))
+
+
+def test_issue9_bound_admin_deny_is_not_merged_with_a_caller_deny() -> None:
+    # Finding 1: merged with the caller's Deny of a bucket-scoped action, the bound
+    # Deny of admin:CreateUser would have its Resource checked, and stop applying.
+    everything = allow("admin:*", S3 + "*")
+    bound = policy(everything, deny("admin:CreateUser", S3 + "x"))
+    caller = policy(everything, deny("admin:SetBucketQuota", S3 + "x"))
+    result = assert_within(bound, caller)
+    assert deny("admin:CreateUser", S3 + "x") in json.loads(to_json(result))["Statement"]
+
+
+def test_issue9_implied_action_literal_is_not_a_narrowing() -> None:
+    # Finding 3: s3:GetObjectVersion also allows s3:GetObject; s3:*Version does not.
+    bound = policy(allow("s3:*Version", S3 + "b/*"))
+    assert_within(bound, policy(allow("s3:GetObjectVersion", S3 + "b/*")))
+    # ... while under s3:Get* it is one, and it brings s3:GetObject with it
+    ok = assert_within(policy(allow("s3:Get*", S3 + "b/*")),
+                       policy(allow("s3:GetObjectVersion", S3 + "b/*")))
+    assert ok == policy(allow("s3:GetObjectVersion", S3 + "b/*"))
+
+
+def test_issue9_s3tables_literal_is_not_narrowed() -> None:
+    # Finding 3: s3tables:GetTableData allows s3:GetObject on the table's data;
+    # s3tables:Get* allows no S3 action.
+    tables = "arn:aws:s3tables:::bucket/wh/table/*"
+    bound = policy(allow("s3tables:Get*", tables))
+    assert not has_allow(assert_within(bound, policy(allow("s3tables:GetTableData", tables))))
+
+
+def test_issue9_compaction_keeps_deny_of_an_implying_literal() -> None:
+    # Finding 3: Deny s3:GetObjectVersion also denies s3:GetObject; s3:*ObjectVersion
+    # does not, so the literal must not be dropped as "contained".
+    from stsd.testing.minio_policy import allowed
+
+    p = policy(allow("s3:*", S3 + "*"), deny("s3:*ObjectVersion", S3 + "*"),
+               deny("s3:GetObjectVersion", S3 + "*"))
+    assert not allowed([json.loads(to_json(compact(p)))], "s3:GetObject", S3 + "b/k")
+
+
+def test_issue9_question_mark_is_one_byte() -> None:
+    # Finding 5: MinIO's ? matches one byte; é is two.
+    bound = policy(allow("s3:GetObject", S3 + "b/?"))
+    assert not has_allow(assert_within(bound, policy(allow("s3:GetObject", S3 + "b/é"))))
+
+
+def test_issue9_resource_containment_respects_path_clean() -> None:
+    # Finding 5: pattern b/x also matches the request b/x/ (path.Clean), which */x does
+    # not: b/x is not within */x for MinIO.
+    bound = policy(allow("s3:GetObject", S3 + "*/x"))
+    assert not has_allow(assert_within(bound, policy(allow("s3:GetObject", S3 + "b/x"))))
+    # A prefix glob ending in * covers every such variant.
+    kept = assert_within(policy(allow("s3:GetObject", S3 + "b/*")),
+                         policy(allow("s3:GetObject", S3 + "b/x")))
+    assert kept == policy(allow("s3:GetObject", S3 + "b/x"))
+
+
+def _python_lines(fn: Callable[[], object]) -> int:
+    """Python lines executed by *fn*: a count of work that does not depend on the
+    machine's speed or load (C-level work like str.find counts as one line)."""
+    count = 0
+
+    def tracer(frame: object, event: str, arg: object) -> object:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def _pathological_caller() -> str:
+    """A caller Policy under 2,048 characters, as hostile to glob containment as the
+    session limits let it be: patterns whose long runs of "a" nearly match each other,
+    so a matcher that compares character by character in Python retries at every one."""
+    inners = [S3 + ("a" * 7 + "b") * 8 + f"{i}z" for i in range(16)]
+    outers = [S3 + "*" + "a" * (8 + j) + "*z" for j in range(15)]
+    text = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": inners + outers}]})
+    assert len(text) <= 2048
+    return text
+
+
+def test_issue9_policy_work_per_request_is_bounded() -> None:
+    # Finding 4: the reactor runs this for every distinct caller Policy.  Checked as
+    # the daemon does it: wire.py parses and limits the caller's Policy, exchange.py
+    # intersects it with the (cached, compacted) bound policies.  Work is counted in
+    # Python lines executed, which neither the machine's load nor a warm cache changes
+    # (the old algebra: 389,536 lines; this one about 88,000; a typical Policy ~3,500).
+    import stsd.policy as algebra
+
+    bound = compact(policy(allow("s3:*", S3 + "*"), deny("s3:DeleteBucket", S3 + "*")))
+    text = _pathological_caller()
+
+    def request() -> None:
+        caller = parse_policy(text)
+        getattr(algebra, "check_session_limits", lambda p: None)(caller)
+        compact(intersect(bound, caller))
+
+    assert _python_lines(request) <= 150_000

@@ -309,6 +309,8 @@ class FakeMinIO:
         self.minted: list[Minted] = []
         self._temporary: dict[str, Minted] = {}
         self.users: dict[str, User] = {}
+        # Every secret key a user was ever given (the log scans look for them).
+        self.user_secrets: set[str] = set()
         self.s3 = S3Store()
         self.calls: Counter[str] = Counter()
         # S3 requests by (action, outcome Code or "OK"), e.g. ("s3:GetObject", "AccessDenied").
@@ -351,6 +353,7 @@ class FakeMinIO:
                  enabled: bool = True) -> None:
         """Create or update a user directly (as C{mc admin user add} and C{policy attach} would)."""
         self.users[access_key] = User(secret_key, enabled, tuple(policies), self._iso())
+        self.user_secrets.add(secret_key)
 
     def remove_user(self, access_key: str) -> None:
         """Remove a user and, as MinIO does, every temporary credential derived from it."""
@@ -480,10 +483,15 @@ class FakeMinIO:
                                secret_key=secret, now=self.clock.seconds(),
                                service="sts" if sts else "s3", region=self.region if sts else None)
         if problem is not None:
+            if sts:
+                # apiToSTSError (cmd/sts-handlers.go): every authentication
+                # failure is AccessDenied, with the S3 error's description.
+                return error(403, "AccessDenied", problem.message)
             return error(problem.status, problem.code, problem.message)
         signer = _credential_key(header)
         if kind == "user" and not self.users[signer].enabled:
-            return error(403, "InvalidAccessKeyId", "Your account is disabled; please contact your administrator.")
+            return error(403, "AccessDenied" if sts else "InvalidAccessKeyId",
+                         "Your account is disabled; please contact your administrator.")
         if sts:
             if kind == "temporary" or header("x-amz-security-token") is not None:
                 # Temporary credentials cannot mint more; nor may a request carry a token.
@@ -558,6 +566,7 @@ class FakeMinIO:
         # policy mapping is kept across an update.
         self.users[access_key] = User(secret_key, ureq.get("status") in ("enabled", "on"),
                                       previous.policies if previous else (), self._iso())
+        self.user_secrets.add(secret_key)
         return _send(request, 200, "application/json", b"")
 
     def _admin_remove_user(self, request, query: dict[str, str], body: bytes, error) -> bytes:

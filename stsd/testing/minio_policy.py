@@ -29,6 +29,7 @@ and in ``tests/test_minio_policy.py``.  The rules:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -281,8 +282,16 @@ def _conditions(raw: object, context: Mapping[str, Sequence[str]], effect: str) 
         return effect == "Deny"  # never allows: an Allow does not match, a Deny does
 
 
+@functools.lru_cache(maxsize=4096)
 def _admin_valid(pattern: str) -> bool:
+    # admin-action.go AdminAction.IsValid: the pattern matches some admin action
     return any(wildcard_match(pattern, a) for a in ADMIN_ACTIONS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _admin_has_resource(pattern: str) -> bool:
+    # admin-action.go AdminAction.HasResource
+    return any(wildcard_match(pattern, r) for r in ADMIN_ACTIONS_WITH_RESOURCE)
 
 
 def _actions_match(patterns: list[str], action: str) -> bool:
@@ -360,8 +369,7 @@ def _statement_matches(statement: Mapping[str, Any], action: str, bucket: str, o
         return _conditions(_field(statement, "Condition"), context, effect)
     is_sts = any(a in STS_ACTIONS for a in actions)
     is_admin = any(_admin_valid(a) for a in actions)
-    has_admin_resource = any(wildcard_match(a, r) for a in actions for r in ADMIN_ACTIONS_WITH_RESOURCE)
-    if not (is_sts or (is_admin and not has_admin_resource)):
+    if not (is_sts or (is_admin and not any(_admin_has_resource(a) for a in actions))):
         if resources and not any(_pattern_matches(r, resource, context) for r in resources):
             return False
         if not_resources and any(_pattern_matches(r, resource, context) for r in not_resources):

@@ -250,12 +250,13 @@ class World:
     def secrets(self) -> set[str]:
         """
         Every secret this world holds: the API client token, tokens minted,
-        tenant root secret keys, and the secret keys and session tokens MinIO
-        minted.
+        tenant root secret keys, MinIO users' secret keys, and the secret
+        keys and session tokens MinIO minted.
         """
         found = {self.client_token, *self.tokens}
         for tenant in self.tenants.values():
             found.add(tenant.minio.secret_key)
+            found.update(tenant.minio.user_secrets)
             for minted in tenant.minio.minted:
                 found.update((minted.secret_key, minted.session_token))
             # The parent users' secrets stsd derives (parent-user mode).
