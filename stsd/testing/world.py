@@ -259,8 +259,6 @@ class World:
             found.update(tenant.minio.user_secrets)
             for minted in tenant.minio.minted:
                 found.update((minted.secret_key, minted.session_token))
-            # The parent users' secrets stsd derives (parent-user mode).
-            found.update(user.secret_key for user in tenant.minio.users.values())
         return {s for s in found if s}
 
     def scan_logs(self) -> tuple[int, int, list[str]]:
