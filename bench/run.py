@@ -625,8 +625,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             servers["baseline"] = await start_baseline(world, args.daemon_core, directory)
         for verification in ("tokenreview", "jwks"):
             if any(m.startswith(verification) for m in modes):
-                servers[verification] = await start_stsd(world, verification, args.daemon_core,
-                                                         args=args.daemon_args.split())
+                servers[verification] = await start_stsd(
+                    world, verification, args.daemon_core, args=args.daemon_args.split(),
+                    tenants={"authorization": args.authorization})
         for name, server in servers.items():
             print(f"  {name}: pid {server.pid}, CPUs {','.join(sorted(_affinity(server.pid)))}, "
                   f"RSS {_rss_mib(server.pid):.0f} MiB", flush=True)
@@ -773,6 +774,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help=f"comma-separated subset of {','.join(MODES)}")
     p.add_argument("--daemon-args", default="",
                    help="extra arguments of `twistd stsd`, e.g. '--log-level=warn'")
+    p.add_argument("--authorization", choices=("session-policy", "parent-user"),
+                   default="session-policy",
+                   help="tenants.authorization of the daemon (session-policy: the figures of "
+                        "the README)")
     p.add_argument("--daemon-core", type=int, default=0)
     p.add_argument("--load-core", type=int, default=1)
     p.add_argument("--max-other", type=float, default=0.1,

@@ -43,6 +43,8 @@ def audit_event(
         "bindings": list(trail.grant.bindings) if trail.grant else [],
         "policies": list(trail.policies_used),
         "tenant": trail.tenant,
+        "authorization": trail.authorization,
+        "parent_user": trail.parent_user,
         "requested_duration_seconds": trail.requested_duration,
         "outcome": outcome,
         "status": status,

@@ -81,11 +81,45 @@ def _add_all(
         by_app.setdefault(b.app_key, {})[b.name] = b
 
 
+def _policies_of(group: Mapping[str, Binding] | None) -> frozenset[str]:
+    return frozenset(p for b in group.values() for p in b.policies) if group else frozenset()
+
+
+def _changed_keys(
+    old: Mapping[AppKey, Mapping[str, Binding]], new: Mapping[AppKey, Mapping[str, Binding]]
+) -> set[AppKey]:
+    # The ServiceAccounts whose set of bound policies differs between two indexes.
+    return {key for key in old.keys() | new.keys()
+            if _policies_of(old.get(key)) != _policies_of(new.get(key))}
+
+
 class BindingIndex:
     def __init__(self) -> None:
         self._objects: dict[ObjectKey, Binding] = {}
         self._by_app: dict[AppKey, dict[str, Binding]] = {}
         self._grants: dict[AppKey, Grant] = {}
+        self._listeners: list[Callable[[set[AppKey]], object]] = []
+
+    def add_listener(self, listener: Callable[[set[AppKey]], object]) -> None:
+        """
+        Call C{listener} with the app keys whose bound policies changed,
+        after each change (watch event or full list) is in place.
+        """
+        self._listeners.append(listener)
+
+    def _report(self, keys: set[AppKey]) -> None:
+        if not keys:
+            return
+        for listener in self._listeners:
+            try:
+                listener(keys)
+            except Exception:
+                # A listener's bug must not stop the index from following Kubernetes.
+                log.failure("a PolicyBinding change listener failed")
+
+    def app_keys(self) -> list[AppKey]:
+        """Every (tenant namespace, app namespace, ServiceAccount) with a binding."""
+        return list(self._by_app)
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -98,7 +132,10 @@ class BindingIndex:
         objects: dict[ObjectKey, Binding] = {}
         by_app: dict[AppKey, dict[str, Binding]] = {}
         _add_all(bindings, objects, by_app)
+        old = self._by_app
         self._objects, self._by_app, self._grants = objects, by_app, {}
+        if self._listeners:
+            self._report(_changed_keys(old, by_app))
 
     async def replace_gradually(
         self,
@@ -118,7 +155,10 @@ class BindingIndex:
             if start:
                 await pause()
             _add_all(bindings[start:start + chunk], objects, by_app)
+        old = self._by_app
         self._objects, self._by_app, self._grants = objects, by_app, {}
+        if self._listeners:
+            self._report(_changed_keys(old, by_app))
 
     def apply(self, event: str, binding: Binding) -> None:
         """
@@ -132,6 +172,12 @@ class BindingIndex:
             self._objects[key] = binding
             self._by_app.setdefault(binding.app_key, {})[binding.name] = binding
             self._grants.pop(binding.app_key, None)
+        if self._listeners:
+            # A deletion may name only the object (the watch's tombstones do).
+            keys = {old.app_key} if old is not None else set()
+            if event != "DELETED":
+                keys.add(binding.app_key)
+            self._report(keys)
 
     def _forget(self, binding: Binding) -> None:
         group = self._by_app.get(binding.app_key)

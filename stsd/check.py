@@ -23,7 +23,8 @@ from stsd import config as configuration
 from stsd import kube, tls
 from stsd.certreload import CertificateLoadError, load_certificate
 from stsd.keepalive import KeepAliveClient
-from stsd.minio_client import MinIOClient, TenantEndpoint
+from stsd.minio_client import MinIOClient, TenantEndpoint, ThreadedPayloadCrypto
+from stsd.parent_users import is_owned
 from stsd.rbac import PERMISSIONS
 from stsd.refresh import TENANTS_PATH
 from stsd.tap import tenant_trust
@@ -145,7 +146,10 @@ async def _check_cluster(
     if not await _step(report, "list Tenants", list_tenants):
         return
     rule = EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain)
-    minio = MinIOClient(minio_http, reactor, config.tenants.timeout_seconds)
+    parent_user = config.tenants.authorization == "parent-user"
+    minio = MinIOClient(minio_http, reactor, config.tenants.timeout_seconds,
+                        crypto=ThreadedPayloadCrypto(reactor, reactor.getThreadPool())
+                        if parent_user else None)
     for tenant in tenants:
         async def reach(t=tenant) -> str:
             env: dict[str, str] = {}
@@ -160,8 +164,14 @@ async def _check_cluster(
                     raise RuntimeError(f"Secret {t.secret_name} not found")
                 raise RuntimeError(f"no root credentials in Secret {t.secret_name}")
             url = rule.url(t)
-            region = await minio.region(TenantEndpoint(f"{t.namespace}/{t.name}", url, credentials))
-            return f"{url} region {region}"
+            endpoint = TenantEndpoint(f"{t.namespace}/{t.name}", url, credentials)
+            region = await minio.region(endpoint)
+            if not parent_user:
+                return f"{url} region {region}"
+            # Parent-user mode writes IAM users: at least reading them must work.
+            users = await minio.list_users(endpoint, region)
+            owned = sum(1 for name in users if is_owned(name))
+            return f"{url} region {region}, list-users ok ({owned} parent users)"
 
         await _step(report, f"tenant {tenant.namespace}/{tenant.name}", reach)
 

@@ -319,6 +319,9 @@ class TenantsConfig:
     timeout_seconds: float = field(default=10.0, metadata=_spec(_seconds))
     # Connections open or opening to one tenant host at a time; more calls wait.
     max_connections: int = field(default=64, metadata=_spec(_integer(1, 10_000)))
+    authorization: str = field(
+        default="parent-user", metadata=_spec(_choice("parent-user", "session-policy"))
+    )
 
 
 _DURATION = _integer(

@@ -25,6 +25,7 @@ from stsd.bindings import BindingIndex, Grant
 from stsd.cache import ByteLRU, TTLCache
 from stsd.identity import Identity
 from stsd.minio_client import MinIOClient, MinIOError, TenantEndpoint
+from stsd.parent_users import ParentUser, ParentUsers
 from stsd.policy import (
     Policy,
     PolicyError,
@@ -55,6 +56,12 @@ _PARSED_POLICY_FACTOR = 4
 # Refusals that feed the per-client failed-authentication budget.
 _AUTH_FAILURES = frozenset({"AccessDenied", "InvalidIdentityToken"})
 _MISSING = object()
+# MinIO's answers to AssumeRole signed as a parent user it does not know
+# (removed by another replica, or a secret derived from an older root secret).
+_UNKNOWN_SIGNER = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId",
+                             "AccessDenied"})
+SESSION_POLICY = "session-policy"
+PARENT_USER = "parent-user"
 
 
 class Authenticator(Protocol):
@@ -79,6 +86,8 @@ class Trail:
     policies_used: tuple[str, ...] = ()
     policy_bytes: int | None = None
     reused: bool = False
+    authorization: str = SESSION_POLICY
+    parent_user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,14 @@ class Exchange:
         limits: Limits = Limits(),
         reuse_seconds: float = 0.0,
         metrics: Any = None,
+        parent_users: ParentUsers | None = None,
     ) -> None:
+        """
+        @param parent_users: given, the exchange works in parent-user mode
+            (AssumeRole signed as the ServiceAccount's MinIO user); without
+            it, in session-policy mode (bound policies as a session policy).
+        """
+        self._parent_users = parent_users
         self._authenticator = authenticator
         self._bindings = bindings
         self._tenants = tenants
@@ -216,6 +232,9 @@ class Exchange:
         if region is _MISSING:
             region = await self._minio_call(self._regions.get(
                 region_key, lambda: self._minio.region(tenant)))
+        if self._parent_users is not None:
+            return await self._as_parent_user(
+                self._parent_users, namespace, request, trail, identity, grant, tenant, region)
         texts = await self._policy_texts(tenant, region, grant)
         effective = self._effective_policy(tenant, grant, texts, request.policy)
         trail.policies_used = effective.used
@@ -244,6 +263,97 @@ class Exchange:
         self._cache_metric("credentials", not minted_here)
         return Issued(credentials, identity, grant, tenant.name, effective.used,
                       len(effective.document))
+
+    # -- parent-user mode ---------------------------------------------------
+
+    async def _as_parent_user(
+        self,
+        parent_users: ParentUsers,
+        namespace: str,
+        request: AssumeRoleRequest,
+        trail: Trail,
+        identity: Identity,
+        grant: Grant,
+        tenant: TenantEndpoint,
+        region: str,
+    ) -> Issued:
+        """
+        AssumeRole signed as the ServiceAccount's parent user (brought in
+        step with its bindings first), with the caller's Policy, if any,
+        as the session policy: MinIO intersects the two, and evaluates the
+        parent's policies again on every S3 call.
+        """
+        trail.authorization = PARENT_USER
+        app = (namespace, identity.namespace, identity.serviceaccount)
+        document = b""
+        if request.policy_text is not None:
+            document = request.policy_text.encode("utf-8")
+            if len(document) > MINIO_POLICY_LIMIT:
+                raise errors.packed_policy_too_large(
+                    f"Policy is {len(document)} bytes; MinIO accepts at most {MINIO_POLICY_LIMIT}")
+        trail.policy_bytes = len(document)
+        for attempt in (1, 2):
+            parent = await self._parent_user(parent_users, app)
+            trail.parent_user = parent.name
+            trail.policies_used = parent.policies
+            try:
+                credentials, minted = await self._mint_as(
+                    parent, request, tenant, region, document)
+            except MinIOError as e:
+                if attempt == 1 and e.code in _UNKNOWN_SIGNER:
+                    # MinIO does not know the user as stsd set it up: set it
+                    # up again, then try once more.
+                    log.warn("MinIO refused AssumeRole as parent user {user} ({code}); "
+                             "reconciling it again", user=parent.name, code=e.code)
+                    parent_users.invalidate(*app)
+                    continue
+                log.warn("MinIO call failed: {reason}", reason=str(e))
+                raise errors.internal_error(
+                    "the tenant's MinIO failed or did not answer in time; retry later") from None
+            trail.reused = not minted
+            self._cache_metric("credentials", not minted)
+            return Issued(credentials, identity, grant, tenant.name, parent.policies,
+                          len(document))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _parent_user(self, parent_users: ParentUsers, app: tuple[str, str, str]) -> ParentUser:
+        parent = await self._minio_call(parent_users.ensure(*app))
+        if parent is None:
+            # The last binding went away while the request waited.
+            raise errors.access_denied("no PolicyBinding grants access to this ServiceAccount")
+        if not parent.policies:
+            raise errors.access_denied(
+                "none of the policies bound to this ServiceAccount exist in the tenant")
+        return parent
+
+    async def _mint_as(
+        self,
+        parent: ParentUser,
+        request: AssumeRoleRequest,
+        tenant: TenantEndpoint,
+        region: str,
+        document: bytes,
+    ) -> tuple[IssuedCredentials, bool]:
+        minted_here = False
+
+        async def mint() -> IssuedCredentials:
+            nonlocal minted_here
+            minted_here = True
+            return await self._minio.assume_role(
+                tenant, region, document, request.duration_seconds, as_user=parent.credentials)
+
+        # Keyed by the parent user and its epoch too: credentials of a user
+        # removed and created again were revoked with it.
+        # (The first four as in session-policy mode: the cache weighs them.)
+        key = (hashlib.sha256(request.token.encode()).digest(), tenant.url,
+               request.duration_seconds, document, parent.name, parent.epoch)
+        credentials = await self._minted.get(key, mint)
+        if credentials.expiration.timestamp() - self._clock.seconds() < MIN_REMAINING_SECONDS:
+            self._minted.invalidate(key)
+            credentials = await self._minted.get(key, mint)
+        return credentials, minted_here
+
+    # -- session-policy mode ------------------------------------------------
 
     async def _minio_call(self, awaitable):  # type: ignore[no-untyped-def]
         try:

@@ -10,15 +10,20 @@ L{stsd.upstream.TreqTransport}.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 from xml.etree import ElementTree
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from stsd.sigv4 import Signer
 from stsd.upstream import Response, Transport, UpstreamError
@@ -32,7 +37,121 @@ class MinIOError(Exception):
     """
     A MinIO call failed. The message names the tenant and what MinIO said,
     never a credential.
+
+    @ivar code: MinIO's error Code when it answered with one, else C{""}.
     """
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NoSuchPolicy(MinIOError):
+    """
+    MinIO refused to attach policies because one of them does not exist.
+    """
+
+
+T = TypeVar("T")
+
+
+class PayloadCrypto(Protocol):
+    """
+    MinIO's admin payload encryption (argon2id key derivation, then AES-GCM):
+    tens of milliseconds of CPU per call, so never on the reactor thread.
+    """
+
+    def encrypt(self, payload: bytes, password: str) -> Deferred[bytes]: ...
+
+    def decrypt(self, payload: bytes, password: str) -> Deferred[bytes]: ...
+
+    def decrypt_json(self, payload: bytes, password: str) -> Deferred[Any]:
+        """Decrypt and parse as JSON (a large answer is parsed off the reactor too)."""
+
+
+class _Body:
+    # What minio.crypto.decrypt reads from: a urllib3 response, here in memory.
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(size)
+
+    def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
+        pass
+
+
+def encrypt_payload(payload: bytes, password: str) -> bytes:
+    """
+    Encrypt an admin request body as C{madmin.EncryptData} does, with the
+    C{minio} package's own implementation. Blocking: call it in a thread.
+    """
+    from minio.crypto import encrypt  # noqa: PLC0415 - argon2 and pycryptodome load late
+
+    return encrypt(payload, password)
+
+
+def decrypt_payload(payload: bytes, password: str) -> bytes:
+    """
+    Decrypt an admin answer (C{madmin.DecryptData}). Blocking: call it in a
+    thread.
+
+    @raise ValueError: the payload is truncated or its tag does not verify.
+    """
+    from minio.crypto import decrypt  # noqa: PLC0415
+
+    try:
+        return decrypt(_Body(payload), password)  # type: ignore[arg-type]
+    except (OSError, KeyError, IndexError) as e:
+        raise ValueError(f"undecryptable payload: {type(e).__name__}") from None
+
+
+def decrypt_json_payload(payload: bytes, password: str) -> Any:
+    """
+    L{decrypt_payload}, then JSON.
+
+    @raise ValueError: undecryptable, or not JSON.
+    """
+    try:
+        return json.loads(decrypt_payload(payload, password))
+    except RecursionError:
+        raise ValueError("too deeply nested") from None
+
+
+class ThreadedPayloadCrypto:
+    """
+    L{PayloadCrypto} in a thread pool: the reactor thread only hands the
+    work over and receives the result.
+    """
+
+    def __init__(self, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
+        self._reactor = reactor
+        self._pool = pool
+
+    def _run(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def encrypt(self, payload: bytes, password: str) -> Deferred[bytes]:
+        return self._run(encrypt_payload, payload, password)
+
+    def decrypt(self, payload: bytes, password: str) -> Deferred[bytes]:
+        return self._run(decrypt_payload, payload, password)
+
+    def decrypt_json(self, payload: bytes, password: str) -> Deferred[Any]:
+        return self._run(decrypt_json_payload, payload, password)
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """
+    A MinIO user as list-users describes it.
+    """
+
+    policies: tuple[str, ...]  # sorted
+    status: str
 
 
 @dataclass(frozen=True)
@@ -68,8 +187,16 @@ class MinIOClient:
     The MinIO calls stsd makes, each bounded by C{timeout} seconds.
     """
 
-    def __init__(self, transport: Transport, clock: IReactorTime, timeout: float) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        clock: IReactorTime,
+        timeout: float,
+        crypto: PayloadCrypto | None = None,
+    ) -> None:
         self._transport = transport
+        # Only the user admin calls (parent-user mode) need it.
+        self._crypto = crypto
         self._clock = clock
         self._timeout = timeout
         self._signers: dict[RootCredentials, Signer] = {}
@@ -159,7 +286,8 @@ class MinIOClient:
             detail = f"{document.get('Code', '')}: {str(document.get('Message', ''))[:200]}"
         except (ValueError, AttributeError, RecursionError):
             pass
-        return MinIOError(f"{target} on tenant {tenant.name}: HTTP {response.status} {detail}")
+        return MinIOError(f"{target} on tenant {tenant.name}: HTTP {response.status} {detail}",
+                          _admin_code(response))
 
     async def region(self, tenant: TenantEndpoint) -> str:
         """
@@ -202,16 +330,113 @@ class MinIOClient:
             return ""
         return policy if isinstance(policy, str) else json.dumps(policy)
 
+    def _payloads(self) -> PayloadCrypto:
+        if self._crypto is None:
+            raise RuntimeError("this MinIO client has no payload crypto for the user admin API")
+        return self._crypto
+
+    async def add_user(
+        self, tenant: TenantEndpoint, region: str, access_key: str, secret_key: str
+    ) -> None:
+        """
+        Create the user C{access_key}, or set its secret and enable it if it
+        exists (C{add-user} is an upsert: calling it again converges). Its
+        policy mapping is kept.
+        """
+        body = json.dumps({"secretKey": secret_key, "status": "enabled"}).encode()
+        encrypted = await self._payloads().encrypt(body, tenant.credentials.secret_key)
+        response = await self._signed(
+            tenant, "PUT", "/minio/admin/v3/add-user", target=f"add user {access_key}",
+            metric="admin", service="s3", region=region, query=[("accessKey", access_key)],
+            body=encrypted, content_type="application/octet-stream",
+        )
+        if response.status != 200:
+            raise self._admin_error(tenant, f"add user {access_key}", response)
+
+    async def remove_user(self, tenant: TenantEndpoint, region: str, access_key: str) -> bool:
+        """
+        Remove the user C{access_key}; MinIO removes the credentials derived
+        from it with it. L{False} if there was no such user.
+        """
+        response = await self._signed(
+            tenant, "DELETE", "/minio/admin/v3/remove-user", target=f"remove user {access_key}",
+            metric="admin", service="s3", region=region, query=[("accessKey", access_key)],
+        )
+        if response.status == 200:
+            return True
+        if response.status == 404 and _admin_code(response) == "XMinioAdminNoSuchUser":
+            return False
+        raise self._admin_error(tenant, f"remove user {access_key}", response)
+
+    async def set_user_policies(
+        self, tenant: TenantEndpoint, region: str, access_key: str, policies: Sequence[str]
+    ) -> None:
+        """
+        Make C{policies} exactly the policies attached to user C{access_key}
+        (C{set-user-or-group-policy} replaces the whole mapping; none removes
+        it), so repeating the call, from any replica, converges.
+
+        @raise NoSuchPolicy: one of C{policies} does not exist.
+        """
+        response = await self._signed(
+            tenant, "PUT", "/minio/admin/v3/set-user-or-group-policy",
+            target=f"set policies of user {access_key}", metric="admin", service="s3",
+            region=region, query=[("policyName", ",".join(policies)),
+                                  ("userOrGroup", access_key), ("isGroup", "false")],
+        )
+        if response.status == 200:
+            return
+        error = self._admin_error(tenant, f"set policies of user {access_key}", response)
+        if response.status == 404 and _admin_code(response) == "XMinioAdminNoSuchPolicy":
+            raise NoSuchPolicy(str(error), error.code)
+        raise error
+
+    async def list_users(self, tenant: TenantEndpoint, region: str) -> dict[str, UserInfo]:
+        """
+        Every user of the tenant with its attached policies (the answer is
+        encrypted with the root secret key).
+        """
+        response = await self._signed(
+            tenant, "GET", "/minio/admin/v3/list-users", target="list users",
+            metric="admin", service="s3", region=region,
+        )
+        if response.status != 200:
+            raise self._admin_error(tenant, "list users", response)
+        try:
+            document = await self._payloads().decrypt_json(
+                response.body, tenant.credentials.secret_key)
+        except ValueError:
+            raise MinIOError(f"list users on tenant {tenant.name}: answer does not decrypt "
+                             "to JSON") from None
+        if not isinstance(document, dict):
+            raise MinIOError(f"list users on tenant {tenant.name}: answer is not a JSON object")
+        users = {}
+        for name, info in document.items():
+            if not isinstance(info, Mapping):
+                continue
+            names = info.get("policyName")
+            status = info.get("status")
+            users[name] = UserInfo(
+                tuple(sorted({p for p in names.split(",") if p}))
+                if isinstance(names, str) else (),
+                status if isinstance(status, str) else "")
+        return users
+
     async def assume_role(
-        self, tenant: TenantEndpoint, region: str, policy: bytes, duration: int
+        self, tenant: TenantEndpoint, region: str, policy: bytes, duration: int,
+        *, as_user: RootCredentials | None = None,
     ) -> IssuedCredentials:
         """
-        Mint credentials limited by the session C{policy}. There is no
-        variant without a policy: that would hand out root's rights.
+        Mint credentials. Signed with the root credentials they are limited
+        by the session C{policy}, and there is no variant without one: that
+        would hand out root's rights. Signed C{as_user} (a parent user whose
+        attached policies MinIO evaluates), C{policy} may be empty.
         """
-        if not policy:
-            raise ValueError("AssumeRole needs a session policy")
+        if not policy and as_user is None:
+            raise ValueError("AssumeRole as root needs a session policy")
         body, digest = self._form(policy, duration)
+        if as_user is not None:
+            tenant = TenantEndpoint(tenant.name, tenant.url, as_user)
         response = await self._signed(
             tenant, "POST", "/", target="AssumeRole", metric="assumerole",
             service="sts", region=region, body=body, content_sha256=digest,
@@ -234,12 +459,14 @@ class MinIOClient:
         key = (policy, duration)
         form = self._forms.get(key)
         if form is None:
-            body = urlencode({
+            fields = {
                 "Action": "AssumeRole",
                 "Version": "2011-06-15",
                 "DurationSeconds": str(duration),
-                "Policy": policy.decode("utf-8"),
-            }).encode()
+            }
+            if policy:
+                fields["Policy"] = policy.decode("utf-8")
+            body = urlencode(fields).encode()
             form = self._forms[key] = (body, hashlib.sha256(body).hexdigest())
             if len(self._forms) > _FORM_CACHE_SIZE:
                 self._forms.popitem(last=False)
@@ -260,7 +487,8 @@ class MinIOClient:
             code = root.findtext(".//sts:Error/sts:Code", "", _NS)
             message = root.findtext(".//sts:Error/sts:Message", "", _NS)[:200]
             raise MinIOError(
-                f"AssumeRole on tenant {tenant.name}: HTTP {response.status} {code}: {message}"
+                f"AssumeRole on tenant {tenant.name}: HTTP {response.status} {code}: {message}",
+                code,
             )
         found = root.find(".//sts:AssumeRoleResult/sts:Credentials", _NS)
         fields = {}
@@ -270,6 +498,14 @@ class MinIOClient:
         if not all(fields.get(k) for k in ("AccessKeyId", "SecretAccessKey", "Expiration")):
             raise MinIOError(f"AssumeRole on tenant {tenant.name}: no credentials in the answer")
         return fields
+
+
+def _admin_code(response: Response) -> str:
+    try:
+        code = json.loads(response.body).get("Code")
+    except (ValueError, AttributeError, RecursionError):
+        return ""
+    return code if isinstance(code, str) else ""
 
 
 _FIELDS = ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")

@@ -31,6 +31,8 @@ PERMISSIONS: tuple[Permission, ...] = (
     # Tenants (spec.configuration.name) and are not known in advance.
     Permission("", "secrets", ("get",),
                "read the root credentials of the tenants (config.env)"),
+    Permission("", "serviceaccounts", ("list", "watch"),
+               "revoke the credentials of deleted ServiceAccounts (parent-user mode)"),
 )
 
 # The service-account issuer discovery documents: the cluster's token

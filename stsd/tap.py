@@ -15,11 +15,12 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 
 from stsd import config as configuration
 from stsd import kube, logs, tls
@@ -36,10 +37,12 @@ from stsd.metrics import (
     kubernetes_target,
     metrics_site_root,
 )
-from stsd.minio_client import MinIOClient
+from stsd.minio_client import MinIOClient, ThreadedPayloadCrypto
+from stsd.parent_users import ParentUsers
 from stsd.ratelimit import Rate, RateLimiter
 from stsd.refresh import Refresher
 from stsd.server import MetricsSite, STSResource, STSSite
+from stsd.serviceaccounts import ServiceAccountIndex
 from stsd.tenants import EndpointRule, TenantIndex
 from stsd.tokencache import CachingAuthenticator
 from stsd.upstream import make_client
@@ -181,11 +184,23 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     minio_http = KeepAliveClient(reactor, tls.VerifiedHTTPS(tenant_trust(config, access)),
                                  observe=metrics.observe_upstream,
                                  max_connections=config.tenants.max_connections)
-    minio = MinIOClient(minio_http, reactor, config.tenants.timeout_seconds)
+    crypto_pool = _crypto_pool()
+    minio = MinIOClient(minio_http, reactor, config.tenants.timeout_seconds,
+                        crypto=ThreadedPayloadCrypto(reactor, crypto_pool))
     bindings = BindingIndex()
     tenants = TenantIndex(EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain))
     sync: Refresher | WatchSync = (WatchSync if config.kubernetes.watch else Refresher)(
         kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
+    parent_users = serviceaccounts = None
+    if config.tenants.authorization == "parent-user":
+        if config.kubernetes.watch:
+            # A deleted ServiceAccount's credentials are revoked with its users.
+            serviceaccounts = ServiceAccountIndex(
+                kubernetes, reactor, config.kubernetes.resync_seconds)
+        parent_users = ParentUsers(
+            bindings=bindings, tenants=tenants, minio=minio, clock=reactor,
+            is_ready=lambda: sync.ready, resync_seconds=config.kubernetes.resync_seconds,
+            serviceaccounts=serviceaccounts)
     keys = KeySet(kubernetes, reactor)
     # The top service: on SIGTERM it drains the STS port before the rest stops.
     top = _Daemon(reactor, delay=config.server.shutdown_delay_seconds,
@@ -207,6 +222,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         limits=_limits(config.limits, reactor),
         reuse_seconds=config.sts.reuse_seconds,
         metrics=metrics,
+        parent_users=parent_users,
     )
     resource = STSResource(
         exchange,
@@ -238,6 +254,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     metrics.ready.set_function(lambda: 1 if sync.ready else 0)
 
     sync.setServiceParent(top)
+    if serviceaccounts is not None:
+        serviceaccounts.setServiceParent(top)
+    if parent_users is not None:
+        parent_users.setServiceParent(top)
+    _ThreadPoolService(crypto_pool).setServiceParent(top)
     _freeze_heap_when_ready(sync, reactor).setServiceParent(top)
     keys.setServiceParent(top)
     credentials = TimerService(CREDENTIAL_REFRESH_SECONDS, _refresh_credentials, access)
@@ -256,6 +277,30 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     _listen(StreamServerEndpointService(TCP4ServerEndpoint(
         reactor, config.metrics.port, interface=config.metrics.interface), metrics_site), top)
     return top
+
+
+#: Threads for MinIO's admin payload encryption: each argon2id derivation
+#: takes 64 MiB for tens of milliseconds, so one at a time bounds the memory.
+CRYPTO_THREADS = 1
+
+
+def _crypto_pool() -> ThreadPool:
+    return ThreadPool(minthreads=0, maxthreads=CRYPTO_THREADS, name="stsd-crypto")
+
+
+class _ThreadPoolService(Service):
+    """Starts a thread pool with the service tree and stops it with it."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self._pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._pool.stop()
 
 
 GC_YOUNG_THRESHOLD = 20_000

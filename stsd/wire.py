@@ -45,6 +45,9 @@ class AssumeRoleRequest:
     token: str
     duration_seconds: int
     policy: Policy | None
+    #: The caller's Policy exactly as sent (parent-user mode passes it to
+    #: MinIO whole, for MinIO to intersect with the parent user's policies).
+    policy_text: str | None = None
 
     def __repr__(self) -> str:
         # The token is a bearer credential: keep it out of every repr.
@@ -185,7 +188,8 @@ def parse_request(
             check_session_limits(policy)  # bounds the algebra's CPU per request
         except PolicyError as e:
             raise errors.malformed_policy(f"Policy is not a valid IAM policy: {e}") from None
-    return AssumeRoleRequest(token=token, duration_seconds=duration, policy=policy)
+    return AssumeRoleRequest(token=token, duration_seconds=duration, policy=policy,
+                             policy_text=text or None)
 
 
 @functools.lru_cache(maxsize=256)

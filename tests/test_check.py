@@ -82,6 +82,27 @@ async def test_check_asks_only_for_get_on_secrets(world: World, tmp_path: Path) 
 
 
 @pytest_twisted.ensureDeferred
+async def test_check_reads_the_users_in_parent_user_mode(world: World, tmp_path: Path) -> None:
+    minio = world.tenants["tenant-1"].minio
+    minio.add_user("stsd-aaaaaaaaaaaaaaa", "s" * 40, ["readonly"])
+    minio.add_user("alice", "a" * 40)
+    try:
+        out = StringIO()
+        path = write_config(world, tmp_path / "c.yaml", tenants={"authorization": "parent-user"})
+        assert await run_check(reactor, path, out)
+        table = rows(out.getvalue())
+        assert table["tenant tenant-1/storage"].endswith("list-users ok (1 parent users)")
+        minio.fail("list-users", "500", times=1)
+        out = StringIO()
+        assert not await run_check(reactor, path, out)
+        assert rows(out.getvalue())["tenant tenant-1/storage"].startswith("FAIL")
+    finally:
+        minio.remove_user("stsd-aaaaaaaaaaaaaaa")
+        minio.remove_user("alice")
+        minio.clear_faults()
+
+
+@pytest_twisted.ensureDeferred
 async def test_check_reports_an_unreachable_tenant(world: World, tmp_path: Path) -> None:
     world.tenants["tenant-2"].minio.fail("info", "500")
     try:

@@ -96,8 +96,9 @@ def test_options_valid(tmp_path: Path, pki: TestPKI, kubeconfig: Path) -> None:
 
 
 @pytest.mark.parametrize("watch, sync_type, calls", [
-    # bindings and tenants listed at once, plus the signing keys' discovery
-    (True, WatchSync, 3),
+    # bindings, tenants and (parent-user mode, the default) ServiceAccounts
+    # listed at once, plus the signing keys' discovery
+    (True, WatchSync, 4),
     # the refresher lists bindings first, then tenants; plus discovery
     (False, Refresher, 2),
 ])
@@ -307,3 +308,22 @@ def test_make_service_wires_the_drain_and_the_bounds(
         service.stopService()
     assert sts_site.draining, "the STS site drains from the stop on"
     reactor.advance(3)
+@pytest.mark.parametrize("authorization, parent_mode", [
+    (None, True),  # the default
+    ("parent-user", True),
+    ("session-policy", False),
+])
+def test_authorization_mode_wiring(tmp_path: Path, pki: TestPKI, kubeconfig: Path,
+                                   authorization: str | None, parent_mode: bool) -> None:
+    from stsd.parent_users import ParentUsers
+
+    tenants = {} if authorization is None else {"authorization": authorization}
+    options = parse(write_config(tmp_path, config_document(pki, kubeconfig, tenants=tenants)))
+    reactor = MemoryReactorClock()
+    service = tap.makeService(options, reactor=reactor)
+    reconcilers = [s for s in service if isinstance(s, ParentUsers)]
+    assert len(reconcilers) == (1 if parent_mode else 0)
+    service.startService()
+    service.stopService()
+    reactor.advance(60)  # past the drain's delay and grace
+    assert not any(s.running for s in service)

@@ -36,6 +36,7 @@ _KINDS = {  # plural -> (path prefix, apiVersion, kind)
     "policybindings": ("/apis/sts.min.io/v1beta1", "sts.min.io/v1beta1", "PolicyBinding"),
     "tenants": ("/apis/minio.min.io/v2", "minio.min.io/v2", "Tenant"),
     "secrets": ("/api/v1", "v1", "Secret"),
+    "serviceaccounts": ("/api/v1", "v1", "ServiceAccount"),
 }
 _ROUTES = [
     (re.compile(rf"^{re.escape(prefix)}(?:/namespaces/(?P<ns>[^/]+))?/{plural}"
@@ -185,14 +186,20 @@ class FakeKubernetes:
     def create_serviceaccount(self, namespace: str, name: str) -> str:
         uid = self.issuer.uid(namespace, name)
         self._serviceaccounts[(namespace, name)] = uid
+        # Also an object of the API (list, watch).
+        if (namespace, name) not in self._objects["serviceaccounts"]:
+            self._put("serviceaccounts", namespace, name, {}, create=True)
         return uid
 
     def delete_serviceaccount(self, namespace: str, name: str) -> None:
         del self._serviceaccounts[(namespace, name)]
+        self._delete("serviceaccounts", namespace, name)
 
     def recreate_serviceaccount(self, namespace: str, name: str) -> str:
         """Delete and recreate: same name, new uid, old tokens stop working."""
         self._serviceaccounts.pop((namespace, name), None)
+        if (namespace, name) in self._objects["serviceaccounts"]:
+            self._delete("serviceaccounts", namespace, name)
         self.issuer.rotate_uid(namespace, name)
         return self.create_serviceaccount(namespace, name)
 

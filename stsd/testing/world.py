@@ -324,8 +324,11 @@ class World:
             "kubernetes": {"kubeconfig": str(self.kubeconfig_path), "audience": "sts.min.io",
                            "resync_seconds": 10, "timeout_seconds": 2,
                            "token_cache_seconds": 2},
+            # Session-policy mode unless a test asks for parent-user mode
+            # (the default of a real deployment).
             "tenants": {"endpoint": self.minio_url + "/{namespace}",
-                        "ca_file": str(self.pki.ca_path), "timeout_seconds": 2},
+                        "ca_file": str(self.pki.ca_path), "timeout_seconds": 2,
+                        "authorization": "session-policy"},
             "sts": {"default_duration_seconds": 3600, "max_duration_seconds": 43200},
             "metrics": {"interface": "127.0.0.1", "port": free_port()},
         }
