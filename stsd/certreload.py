@@ -39,11 +39,11 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.ssl import CertificateOptions
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from stsd import tls
+from stsd.periodic import timer_service
 
 if TYPE_CHECKING:
     from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -166,9 +166,8 @@ class CertificateReloader(Service):
         self.cert_path = cert_path
         self.key_path = key_path
         self._clock = clock
-        self._interval = interval
-        self._loop: LoopingCall | None = None
-        self._loop_done: Deferred[LoopingCall] | None = None
+        self._timer = timer_service(interval, clock, self.check,
+                                    f"checking the server certificate {cert_path}")
         self._current = load_certificate(cert_path, key_path)
         self.options = ReloadingServerOptions(self._current.options)
         self.loaded_at = clock.seconds()
@@ -188,20 +187,16 @@ class CertificateReloader(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = self._clock
-        self._loop_done = self._loop.start(self._interval, now=True)
+        self._timer.startService()
 
-    def stopService(self) -> Deferred[LoopingCall] | None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        return self._loop_done
+        return self._timer.stopService()
 
     def check(self) -> bool:
         """
-        One poll: load the files if their contents changed.  Never raises
-        (an exception escaping a LoopingCall would stop it for good).
+        One poll: load the files if their contents changed.  Never raises:
+        a failure is counted in L{failures} as well as logged.
 
         @return: whether a new pair was swapped in.
         """

@@ -50,13 +50,13 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from stsd import errors
+from stsd.cache import SingleFlight
 from stsd.identity import Identity, parse_serviceaccount
 from stsd.kube import KubernetesError
+from stsd.periodic import timer_service
 
 __all__ = [
     "DISCOVERY_PATH",
@@ -212,10 +212,10 @@ class KeySet(Service):
         self._keys: dict[str, VerificationKey] = {}
         self._healthy = False
         self._last_refetch: float | None = None
-        self._fetching: Deferred[None] | None = None
-        self._waiters: list[Deferred[None]] = []
-        self._loop: LoopingCall | None = None
-        self._loop_done: Deferred[object] | None = None
+        # One fetch at a time, shared by its callers (key: None).
+        self._fetching: SingleFlight[None, None] = SingleFlight()
+        self._timer = timer_service(refresh_interval, clock, self.refresh,
+                                    "refreshing the cluster's token signing keys")
         self._stopping = False
         self.fetches = 0
         self.fetched_at: float | None = None
@@ -251,28 +251,16 @@ class KeySet(Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._loop_done = self._loop.start(self._refresh_interval, now=True)
+        self._timer.startService()
 
-    def stopService(self) -> Deferred[object] | None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         self._stopping = True
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        if self._fetching is not None:
-            # Shutdown must not wait out the API server timeout of a fetch in
-            # flight: give it up (its waiters are released, keys unchanged).
-            self._fetching.cancel()
-        return self._loop_done
-
-    def _tick(self) -> Deferred[None]:
-        # Never raises: an exception would stop the LoopingCall for good.
-        try:
-            return self.refresh()
-        except Exception:
-            log.failure("refreshing the cluster's token signing keys failed")
-            return succeed(None)
+        stopped: Deferred[None] = self._timer.stopService()
+        # Shutdown must not wait out the API server timeout of a fetch in
+        # flight: give it up (its waiters are released, keys unchanged).
+        self._fetching.cancel(None)
+        return stopped
 
     # -- fetching ---------------------------------------------------------------------
 
@@ -281,9 +269,7 @@ class KeySet(Service):
         Fetch now (or join the fetch in flight). Never fails; see L{known}
         and L{healthy} for the outcome.
         """
-        if self._fetching is None:
-            self._start_fetch()
-        return self._join()
+        return self._fetching.join(None) or self._start_fetch()
 
     def refetch(self) -> Deferred[None]:
         """
@@ -291,44 +277,23 @@ class KeySet(Service):
         C{min_refetch_interval} seconds ago; join the fetch in flight, if
         any. Never fails.
         """
-        if self._fetching is None:
-            # Only on-demand fetches count: a periodic fetch just before a
-            # key rotation must not delay picking up the new key.
-            now = self._clock.seconds()
-            recent = (self._last_refetch is not None
-                      and now - self._last_refetch < self._min_refetch_interval)
-            if recent:
-                return succeed(None)
-            self._last_refetch = now
-            self._start_fetch()
-        return self._join()
-
-    def _start_fetch(self) -> None:
-        self.fetches += 1
-        fetching = Deferred.fromCoroutine(self._fetch())
-        self._fetching = fetching
-        fetching.addBoth(self._fetched)  # may run at once: the fetch may be synchronous
-
-    def _join(self) -> Deferred[None]:
-        if self._fetching is None:
+        joined = self._fetching.join(None)
+        if joined is not None:
+            return joined
+        # Only on-demand fetches count: a periodic fetch just before a
+        # key rotation must not delay picking up the new key.
+        now = self._clock.seconds()
+        if self._last_refetch is not None and now - self._last_refetch < self._min_refetch_interval:
             return succeed(None)
-        # Each caller waits on its own Deferred: a caller going away (Klein
-        # cancels the request of a client that disconnected) cancels neither
-        # the fetch nor the others.
-        waiter: Deferred[None] = Deferred()
-        self._waiters.append(waiter)
-        return waiter
+        self._last_refetch = now
+        return self._start_fetch()
 
-    def _fetched(self, result: None | Failure) -> None:
-        if isinstance(result, Failure):  # _fetch catches everything; just in case
-            log.failure("fetching the cluster's token signing keys failed", result)
-        self._fetching = None
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.called:
-                waiter.callback(None)
+    def _start_fetch(self) -> Deferred[None]:
+        self.fetches += 1
+        return self._fetching.start(None, self._fetch)
 
     async def _fetch(self) -> None:
+        # Never fails: every caller, and the timer, is told "done".
         try:
             issuer, keys = await self._download()
         except Exception as e:
@@ -340,6 +305,12 @@ class KeySet(Service):
             log.failure("fetching the cluster's token signing keys failed")
             self._failed("unexpected error")
             return
+        try:
+            self._update(issuer, keys)
+        except Exception:  # never expected; the keys are kept as they were
+            log.failure("fetching the cluster's token signing keys failed")
+
+    def _update(self, issuer: str, keys: dict[str, VerificationKey]) -> None:
         if self._issuer is not None and issuer != self._issuer:
             log.warn("the ServiceAccount issuer changed from {old} to {new}",
                      old=self._issuer, new=issuer)

@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.application.internet import TimerService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -49,6 +48,7 @@ from stsd.minio_client import (
     RootCredentials,
     TenantEndpoint,
 )
+from stsd.periodic import timer_service
 from stsd.serviceaccounts import SAKey, ServiceAccountIndex
 from stsd.tenants import TenantIndex
 
@@ -203,8 +203,8 @@ class ParentUsers(Service):
         self._listed: set[str] = set()
         self._reconciling: set[str] = set()
         self._failed_lists: dict[str, int] = {}
-        self._timer = TimerService(TICK_SECONDS, self._tick)
-        self._timer.clock = clock
+        self._timer = timer_service(TICK_SECONDS, clock, self._tick,
+                                    "scheduling the full reconcile of parent users")
         bindings.add_listener(self._changed)
         if serviceaccounts is not None:
             serviceaccounts.add_listener(self._serviceaccounts_changed)
@@ -221,7 +221,7 @@ class ParentUsers(Service):
             if user.retry is not None and user.retry.active():
                 user.retry.cancel()
             user.retry = None
-        return self._timer.stopService()  # type: ignore[no-any-return]
+        return self._timer.stopService()
 
     # -- the request path ---------------------------------------------------
 
@@ -443,22 +443,18 @@ class ParentUsers(Service):
     # -- the full reconcile -------------------------------------------------
 
     def _tick(self) -> None:
-        # A TimerService stops for good on an exception: nothing escapes.
-        try:
-            if not self._is_ready():
-                return
-            now = self._clock.seconds()
-            due = [t.namespace for t in self._tenants.tenants()
-                   if t.namespace not in self._reconciling
-                   and self._due.get(t.namespace, 0.0) <= now]
-            if not due:
-                return
-            wanted = self._wanted(set(due))
-            for namespace in due:
-                self._reconciling.add(namespace)
-                Deferred.fromCoroutine(self._reconcile(namespace, wanted.get(namespace, {})))
-        except Exception:
-            log.failure("scheduling the full reconcile of parent users failed")
+        if not self._is_ready():
+            return
+        now = self._clock.seconds()
+        due = [t.namespace for t in self._tenants.tenants()
+               if t.namespace not in self._reconciling
+               and self._due.get(t.namespace, 0.0) <= now]
+        if not due:
+            return
+        wanted = self._wanted(set(due))
+        for namespace in due:
+            self._reconciling.add(namespace)
+            Deferred.fromCoroutine(self._reconcile(namespace, wanted.get(namespace, {})))
 
     def _wanted(self, namespaces: set[str]) -> dict[str, dict[str, tuple[AppKey, tuple[str, ...]]]]:
         # One pass over the index for every tenant due.

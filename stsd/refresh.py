@@ -5,8 +5,7 @@ a full list every C{resync_seconds}, in the background, and a C{get} of
 each Tenant's Secret by name (stsd may not list or watch Secrets).
 
 A failed refresh keeps the last good state and is logged; it never stops
-the loop (an exception escaping a LoopingCall would stop it for good while
-the service still reports itself running).
+the timer (L{stsd.periodic}).
 """
 
 from __future__ import annotations
@@ -16,11 +15,12 @@ from typing import Any, Protocol
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from stsd.bindings import BindingIndex, parse_binding
 from stsd.kube import KubernetesError
+from stsd.periodic import timer_service
 from stsd.tenants import TenantIndex, parse_tenant, root_credentials, secret_config_env
 
 log = Logger()
@@ -56,9 +56,7 @@ class Refresher(Service):
         self._bindings = bindings
         self._tenants = tenants
         self._clock = clock
-        self._interval = interval
-        self._loop: LoopingCall | None = None
-        self._loop_done: Deferred[object] | None = None
+        self._timer = timer_service(interval, clock, self.refresh, "refreshing PolicyBindings and Tenants")
         self._refreshing: Deferred[None] | None = None
         self._stopping = False
         self.synced_at: dict[str, float] = {}
@@ -75,20 +73,17 @@ class Refresher(Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
-        self._loop = LoopingCall(self.refresh)
-        self._loop.clock = self._clock
-        self._loop_done = self._loop.start(self._interval, now=True)
+        self._timer.startService()
 
-    def stopService(self) -> Deferred[object] | None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         self._stopping = True
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        stopped = self._timer.stopService()
         if self._refreshing is not None:
             # Shutdown must not wait out the upstream timeouts of a refresh in
             # flight (one per list and per Secret): give it up.
             self._refreshing.cancel()
-        return self._loop_done
+        return stopped
 
     def refresh(self) -> Deferred[None]:
         self._refreshing = Deferred.fromCoroutine(self._refresh())
