@@ -33,11 +33,7 @@ clock, not a wall clock.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import json
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,7 +48,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from stsd import errors
+from stsd import errors, jose
 from stsd.cache import SingleFlight
 from stsd.identity import Identity, parse_serviceaccount
 from stsd.kube import KubernetesError
@@ -381,17 +377,22 @@ def _signature_valid(key: VerificationKey, signing_input: bytes, signature: byte
 
 def _segment(text: str) -> bytes:
     """
-    Decode one base64url JWT segment, refusing any encoding but the
-    canonical one (no padding, no stray characters, zero trailing bits):
-    a token has exactly one spelling, so no altered string is accepted.
+    One segment, decoded canonically (L{jose.segment}).
     """
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        return jose.segment(text)
+    except ValueError:
         raise errors.access_denied("the token is malformed") from None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=") != text.encode("ascii", "replace"):
-        raise errors.access_denied("the token is malformed")
-    return raw
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """
+    The header or the claims, decoded canonically (L{jose.json_segment}).
+    """
+    try:
+        return jose.json_segment(text)
+    except ValueError:
+        raise errors.access_denied("the token is malformed") from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -401,27 +402,7 @@ def _header(segment: str) -> dict[str, Any]:
     headers (one per signing key), so they are decoded once; a refused
     header raises and is not remembered. Callers only read the result.
     """
-    return _json_object(_segment(segment))
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, too deep, too long a number
-        raise errors.access_denied("the token is malformed") from None
-    if not isinstance(value, dict):
-        raise errors.access_denied("the token is malformed")
-    return value
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
+    return _json_object(segment)
 
 
 class JWKSAuthenticator:
@@ -471,7 +452,7 @@ class JWKSAuthenticator:
         if len(parts) != 3 or not token.isascii():
             raise errors.access_denied("the token is malformed")
         header = _header(parts[0])
-        claims = _json_object(_segment(parts[1]))
+        claims = _json_object(parts[1])
         signature = _segment(parts[2])
 
         if not self._keys.known:
@@ -529,12 +510,12 @@ class JWKSAuthenticator:
         self._check_times(claims)
         identity = self._identity(claims)
         return Identity(identity.namespace, identity.serviceaccount, identity.pod,
-                        _number(claims["exp"]))
+                        jose.number(claims["exp"]))
 
     def _check_times(self, claims: dict[str, Any]) -> None:
         now = self._clock.seconds()
         leeway = self._leeway
-        expires = _number(claims.get("exp"))
+        expires = jose.number(claims.get("exp"))
         if expires is None:
             raise errors.access_denied("the token has no valid expiry (exp)")
         if now >= expires + leeway:
@@ -542,7 +523,7 @@ class JWKSAuthenticator:
         for claim in ("nbf", "iat"):
             if claim not in claims:
                 continue
-            value = _number(claims[claim])
+            value = jose.number(claims[claim])
             if value is None:
                 raise errors.access_denied(f"the token's {claim} claim is not a time")
             if value > now + leeway:

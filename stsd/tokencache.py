@@ -10,10 +10,7 @@ token outlives the call that carried it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable
@@ -23,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from stsd.cache import SingleFlight
 from stsd.identity import Identity
+from stsd.jose import json_segment, number
 
 __all__ = ["Authenticator", "CachingAuthenticator"]
 
@@ -42,23 +40,11 @@ def _expiry(token: str) -> float | None:
     parts = token.split(".")
     if len(parts) != 3:
         return None
-    segment = parts[1]
     try:
-        payload = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, binascii.Error, RecursionError):
-        # ValueError covers bad JSON and bad UTF-8; RecursionError a payload
-        # of deeply nested brackets.
+        payload = json_segment(parts[1], canonical=False)
+    except ValueError:
         return None
-    if not isinstance(payload, dict):
-        return None
-    exp = payload.get("exp")
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-        return None
-    try:
-        exp = float(exp)
-    except OverflowError:
-        return None
-    return exp if math.isfinite(exp) else None
+    return number(payload.get("exp"))
 
 
 class CachingAuthenticator:
