@@ -44,6 +44,7 @@ from stsd.cache import TTLCache
 from stsd.minio_client import (
     MinIOClient,
     MinIOError,
+    REGION_TTL,
     NoSuchPolicy,
     RootCredentials,
     TenantEndpoint,
@@ -62,7 +63,6 @@ _OWNED = re.compile(r"stsd-[a-z2-7]{15}\Z")
 SECRET_LENGTH = 40
 _SECRET_CONTEXT = b"stsd parent-user secret v1\x00"
 
-REGION_TTL = 300.0
 TICK_SECONDS = 1.0
 FIRST_RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 30.0

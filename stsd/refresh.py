@@ -18,15 +18,21 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from stsd.bindings import BindingIndex, parse_binding
+from stsd.bindings import BINDINGS_PATH, BindingIndex, parse_binding
 from stsd.kube import KubernetesError
 from stsd.periodic import timer_service
-from stsd.tenants import TenantIndex, parse_tenant, root_credentials, secret_config_env
+from stsd.tenants import (
+    TENANTS_PATH,
+    TenantIndex,
+    parse_tenant,
+    root_credentials,
+    secret_config_env,
+)
+
+__all__ = ["BINDINGS_PATH", "TENANTS_PATH", "Lister", "Refresher"]
 
 log = Logger()
 
-BINDINGS_PATH = "/apis/sts.min.io/v1beta1/policybindings"
-TENANTS_PATH = "/apis/minio.min.io/v2/tenants"
 
 
 class Lister(Protocol):
@@ -56,7 +62,8 @@ class Refresher(Service):
         self._bindings = bindings
         self._tenants = tenants
         self._clock = clock
-        self._timer = timer_service(interval, clock, self.refresh, "refreshing PolicyBindings and Tenants")
+        self._timer = timer_service(interval, clock, self.refresh,
+                                    "refreshing PolicyBindings and Tenants")
         self._refreshing: Deferred[None] | None = None
         self._stopping = False
         self.synced_at: dict[str, float] = {}

@@ -33,11 +33,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from stsd.bindings import Binding, BindingIndex, parse_binding
+from stsd.bindings import BINDINGS_PATH, Binding, BindingIndex, parse_binding
 from stsd.kube import KubernetesError, WatchExpired
 from stsd.minio_client import RootCredentials
 from stsd.periodic import timer_service
 from stsd.tenants import (
+    TENANTS_PATH,
     Tenant,
     TenantIndex,
     parse_tenant,
@@ -46,9 +47,6 @@ from stsd.tenants import (
 )
 
 log = Logger()
-
-BINDINGS_PATH = "/apis/sts.min.io/v1beta1/policybindings"
-TENANTS_PATH = "/apis/minio.min.io/v2/tenants"
 
 WATCH_SECONDS = 300  # timeoutSeconds asked of the API server per watch request
 BACKOFF_BASE_SECONDS = 0.5

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 from stsd import errors
+from stsd.config import MIN_DURATION_SECONDS
 from stsd.jose import json_segment
 from stsd.policy import Policy, PolicyError, check_session_limits, parse_policy
 
@@ -25,7 +26,6 @@ ACTION = "AssumeRoleWithWebIdentity"
 VERSION = "2011-06-15"
 MAX_BODY_BYTES = 64 * 1024
 MAX_TOKEN_CHARS = 20_000  # AWS's limit for WebIdentityToken
-MIN_DURATION_SECONDS = 900
 MINIO_POLICY_LIMIT = 2048  # MinIO refuses longer session policies
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
