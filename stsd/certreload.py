@@ -31,8 +31,6 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
@@ -43,7 +41,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from stsd import tls
-from stsd.periodic import timer_service
+from stsd.periodic import PeriodicService, timer_service
 
 if TYPE_CHECKING:
     from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -137,7 +135,7 @@ def load_certificate(cert_path: str, key_path: str) -> LoadedCertificate:
     return _load(cert_path, key_path, cert_pem, key_pem, _fingerprint(cert_pem, key_pem))
 
 
-class CertificateReloader(Service):
+class CertificateReloader(PeriodicService):
     """
     Polls the server certificate and key files every C{interval} seconds
     and swaps new options into L{options} when their contents change.
@@ -184,14 +182,6 @@ class CertificateReloader(Service):
     def not_after(self) -> datetime.datetime:
         """When the leaf being served expires (UTC)."""
         return self._current.not_after
-
-    def startService(self) -> None:
-        super().startService()
-        self._timer.startService()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return self._timer.stopService()
 
     def check(self) -> bool:
         """

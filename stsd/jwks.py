@@ -43,7 +43,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -52,7 +51,7 @@ from stsd import errors, jose
 from stsd.cache import SingleFlight
 from stsd.identity import Identity, parse_serviceaccount
 from stsd.kube import KubernetesError
-from stsd.periodic import timer_service
+from stsd.periodic import PeriodicService, timer_service
 
 __all__ = [
     "DISCOVERY_PATH",
@@ -173,7 +172,7 @@ def _parse_jwk(jwk: object) -> VerificationKey:
     return VerificationKey(kid, algorithm, public)
 
 
-class KeySet(Service):
+class KeySet(PeriodicService):
     """
     The cluster's ServiceAccount issuer and signing keys, from the API
     server's service-account issuer discovery (RBAC: C{get} on the
@@ -212,7 +211,6 @@ class KeySet(Service):
         self._fetching: SingleFlight[None, None] = SingleFlight()
         self._timer = timer_service(refresh_interval, clock, self.refresh,
                                     "refreshing the cluster's token signing keys")
-        self._stopping = False
         self.fetches = 0
         self.fetched_at: float | None = None
 
@@ -244,19 +242,10 @@ class KeySet(Service):
 
     # -- service ----------------------------------------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
-        self._stopping = False
-        self._timer.startService()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        self._stopping = True
-        stopped: Deferred[None] = self._timer.stopService()
+    def _give_up(self) -> None:
         # Shutdown must not wait out the API server timeout of a fetch in
         # flight: give it up (its waiters are released, keys unchanged).
         self._fetching.cancel(None)
-        return stopped
 
     # -- fetching ---------------------------------------------------------------------
 

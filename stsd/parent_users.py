@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -49,7 +48,7 @@ from stsd.minio_client import (
     RootCredentials,
     TenantEndpoint,
 )
-from stsd.periodic import timer_service
+from stsd.periodic import PeriodicService, timer_service
 from stsd.serviceaccounts import SAKey, ServiceAccountIndex
 from stsd.tenants import TenantIndex
 
@@ -161,7 +160,7 @@ class _User:
     applied_at: float = float("-inf")
 
 
-class ParentUsers(Service):
+class ParentUsers(PeriodicService):
     """
     Keeps one MinIO user per bound ServiceAccount in step with the binding
     index. Call L{ensure} from a request; the rest runs by itself once
@@ -211,17 +210,11 @@ class ParentUsers(Service):
 
     # -- the service --------------------------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
-        self._timer.startService()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
+    def _give_up(self) -> None:
         for user in self._users.values():
             if user.retry is not None and user.retry.active():
                 user.retry.cancel()
             user.retry = None
-        return self._timer.stopService()
 
     # -- the request path ---------------------------------------------------
 

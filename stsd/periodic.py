@@ -6,11 +6,10 @@ escape. An exception, or a failed Deferred, would stop the L{LoopingCall}
 under it for good while the service still reported itself running
 (twisted/twisted#3627).
 
-The services owning one start it in their C{startService} and return its
-C{stopService}: the first tick runs at start, the next ones every
-C{seconds}; stopping waits for a tick in flight (a Deferred the tick
-returned) to finish, so a service that must not wait out an upstream
-timeout cancels its own work as it stops.
+A L{PeriodicService} owns one, started and stopped with it: the first
+tick runs at start, the next ones every C{seconds}; stopping waits for a
+tick in flight (a Deferred the tick returned) to finish, so a service that
+must not wait out an upstream timeout gives its work up as it stops.
 """
 
 from __future__ import annotations
@@ -18,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.application.internet import TimerService
+from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["timer_service"]
+__all__ = ["PeriodicService", "timer_service"]
 
 log = Logger()
 
@@ -66,3 +66,35 @@ class _Timer(TimerService):
             return succeed(None)
         stopped: Deferred[None] = super().stopService()
         return stopped
+
+
+class PeriodicService(Service):
+    """
+    A service doing its work on a timer: C{_timer}, a L{timer_service} the
+    subclass makes in its C{__init__}, starts and stops with it. From
+    L{stopService} on C{_stopping} is true, and L{_give_up} cancels the
+    work in flight: a shutdown must not wait out an upstream timeout.
+    L{stopService}'s Deferred fires once the tick in flight, if any, has
+    ended.
+    """
+
+    _timer: TimerService
+    _stopping = False
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self._timer.startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        stopped: Deferred[None] = self._timer.stopService()
+        self._give_up()
+        return stopped
+
+    def _give_up(self) -> None:
+        """
+        Cancel the work in flight, if any; by default there is none to
+        cancel.
+        """

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -20,7 +19,7 @@ from twisted.logger import Logger
 
 from stsd.bindings import BINDINGS_PATH, BindingIndex, parse_binding
 from stsd.kube import KubernetesError
-from stsd.periodic import timer_service
+from stsd.periodic import PeriodicService, timer_service
 from stsd.tenants import (
     TENANTS_PATH,
     TenantIndex,
@@ -42,7 +41,7 @@ class Lister(Protocol):
     async def get(self, path: str, what: str) -> dict[str, Any] | None: ...
 
 
-class Refresher(Service):
+class Refresher(PeriodicService):
     """
     Lists bindings and tenants (and gets each tenant's Secret) every
     C{interval} seconds into the given indexes.
@@ -65,7 +64,6 @@ class Refresher(Service):
         self._timer = timer_service(interval, clock, self.refresh,
                                     "refreshing PolicyBindings and Tenants")
         self._refreshing: Deferred[None] | None = None
-        self._stopping = False
         self.synced_at: dict[str, float] = {}
         self._warned: dict[tuple[str, str], str] = {}  # tenant: credential problem logged
 
@@ -77,20 +75,11 @@ class Refresher(Service):
         """
         return "bindings" in self.synced_at and "tenants" in self.synced_at
 
-    def startService(self) -> None:
-        super().startService()
-        self._stopping = False
-        self._timer.startService()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        self._stopping = True
-        stopped = self._timer.stopService()
+    def _give_up(self) -> None:
         if self._refreshing is not None:
             # Shutdown must not wait out the upstream timeouts of a refresh in
             # flight (one per list and per Secret): give it up.
             self._refreshing.cancel()
-        return stopped
 
     def refresh(self) -> Deferred[None]:
         self._refreshing = Deferred.fromCoroutine(self._refresh())
