@@ -22,6 +22,8 @@ log = Logger()
 AppKey = tuple[str, str, str]  # (tenant namespace, app namespace, serviceaccount)
 ObjectKey = tuple[str, str]  # (namespace, name) of the PolicyBinding
 REPLACE_CHUNK = 5_000
+#: Where the API server serves PolicyBindings (listed and watched).
+BINDINGS_PATH = "/apis/sts.min.io/v1beta1/policybindings"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_cache -*-
 """
-A small time-bounded cache with single flight: concurrent misses for one
-key share a single upstream fetch, and failures are not cached; and a
-least-recently-used map bounded by the bytes its entries weigh.
+Single flight (concurrent calls for one key share one run of the work),
+the one implementation stsd has; a small time-bounded cache built on it,
+whose failures are not cached; and a least-recently-used map bounded by
+the bytes its entries weigh.
 
 Caches holding documents a caller chooses (policies) are bounded in bytes:
 a count bound lets a few thousand large documents fill a pod's memory.
@@ -11,11 +12,12 @@ a count bound lets a few thousand large documents fill a pod's memory.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterator
+from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -23,6 +25,102 @@ V = TypeVar("V")
 # What a cache entry costs beyond the bytes it is weighed at (the tuple,
 # the dict slot, small objects): a rough CPython figure.
 ENTRY_OVERHEAD = 200
+
+
+class _Flight(Generic[V]):
+    __slots__ = ("waiters", "work")
+
+    def __init__(self, first: Deferred[V]) -> None:
+        self.waiters = [first]
+        self.work: Deferred[V] | None = None
+
+
+class SingleFlight(Generic[K, V]):
+    """
+    Concurrent calls for one key share one run of the work: the first
+    L{start}s it, the others L{join} it, and all get its outcome, failure
+    included (nothing is remembered once it has landed: caching is the
+    work's own business, done before the callers hear of it).
+
+    Each caller waits on its own Deferred, and the work runs detached from
+    them: a caller going away (Klein cancels the request of a client that
+    disconnected) cancels neither the work nor the other callers. Only
+    L{cancel} stops the work itself (a service shutting down).
+
+    A hit on a cache in front of this costs nothing here: callers look
+    there first, and come here only on a miss.
+    """
+
+    def __init__(self) -> None:
+        self._flights: dict[K, _Flight[V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._flights)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._flights
+
+    def join(self, key: K) -> Deferred[V] | None:
+        """
+        A Deferred of the outcome of the work in flight for C{key}, or
+        L{None} when none is.
+        """
+        flight = self._flights.get(key)
+        if flight is None:
+            return None
+        waiter: Deferred[V] = Deferred()
+        flight.waiters.append(waiter)
+        return waiter
+
+    def start(self, key: K, work: Callable[[], Coroutine[Any, Any, V]]) -> Deferred[V]:
+        """
+        Run C{work()} for C{key}, which has none in flight, and return a
+        Deferred of its outcome. The work may finish at once (then so does
+        the Deferred); the key is free again before any caller hears of it.
+        """
+        first: Deferred[V] = Deferred()
+        flight = _Flight(first)
+        self._flights[key] = flight
+        try:
+            work_done = Deferred.fromCoroutine(work())
+        except BaseException:
+            del self._flights[key]
+            raise
+        if not work_done.called:
+            flight.work = work_done
+        work_done.addBoth(self._landed, key, flight)
+        return first
+
+    def run(self, key: K, work: Callable[[], Coroutine[Any, Any, V]]) -> Deferred[V]:
+        """
+        Join the work in flight for C{key}, or start C{work} for it.
+        """
+        joined = self.join(key)
+        return joined if joined is not None else self.start(key, work)
+
+    def cancel(self, key: K) -> None:
+        """
+        Cancel the work in flight for C{key}, if any: its callers get what
+        the work makes of the cancellation.
+        """
+        flight = self._flights.get(key)
+        if flight is not None and flight.work is not None:
+            flight.work.cancel()
+
+    def _landed(self, result: V | Failure, key: K, flight: _Flight[V]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.work = None
+        for waiter in flight.waiters:
+            if waiter.called:  # cancelled by its caller
+                continue
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
 
 
 class ByteLRU(Generic[K, V]):
@@ -86,7 +184,7 @@ class TTLCache(Generic[V]):
         self._weigh = weigh
         self._entries: ByteLRU[Hashable, tuple[float, V]] = ByteLRU(
             max_bytes if max_bytes is not None else 1 << 62, max_entries)
-        self._inflight: dict[Hashable, list[Deferred[V]]] = {}
+        self._inflight: SingleFlight[Hashable, V] = SingleFlight()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -111,32 +209,10 @@ class TTLCache(Generic[V]):
         entry = self._entries.get(key)
         if entry is not None and entry[0] > self._clock.seconds():
             return entry[1]
-        waiters = self._inflight.get(key)
-        if waiters is not None:
-            d: Deferred[V] = Deferred()
-            waiters.append(d)
-            return await d
-        self._inflight[key] = waiters = []
-        first: Deferred[V] = Deferred()
-        waiters.append(first)
-        # The fetch runs detached from its callers: the first one going away
-        # (Klein cancels a request whose client disconnected) must not cancel
-        # the fetch, nor fail the others with its CancelledError.
-        Deferred.fromCoroutine(self._fill(key, fetch, waiters))
-        return await first
+        return await self._inflight.run(key, lambda: self._fill(key, fetch))
 
-    async def _fill(
-        self, key: Hashable, fetch: Callable[[], Awaitable[V]], waiters: list[Deferred[V]]
-    ) -> None:
-        try:
-            value = await fetch()
-        except Exception as e:  # not GeneratorExit: a collected fetch has no waiters left
-            del self._inflight[key]
-            for w in waiters:
-                w.errback(e)
-            return
-        del self._inflight[key]
+    async def _fill(self, key: Hashable, fetch: Callable[[], Awaitable[V]]) -> V:
+        value = await fetch()
         weight = self._weigh(key, value) if self._weigh is not None else 0
         self._entries.put(key, (self._clock.seconds() + self._ttl, value), weight)
-        for w in waiters:
-            w.callback(value)
+        return value

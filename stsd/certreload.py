@@ -31,19 +31,17 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
     IReactorTime,
 )
 from twisted.internet.ssl import CertificateOptions
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from stsd import tls
+from stsd.periodic import PeriodicService, timer_service
 
 if TYPE_CHECKING:
     from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -137,7 +135,7 @@ def load_certificate(cert_path: str, key_path: str) -> LoadedCertificate:
     return _load(cert_path, key_path, cert_pem, key_pem, _fingerprint(cert_pem, key_pem))
 
 
-class CertificateReloader(Service):
+class CertificateReloader(PeriodicService):
     """
     Polls the server certificate and key files every C{interval} seconds
     and swaps new options into L{options} when their contents change.
@@ -166,9 +164,8 @@ class CertificateReloader(Service):
         self.cert_path = cert_path
         self.key_path = key_path
         self._clock = clock
-        self._interval = interval
-        self._loop: LoopingCall | None = None
-        self._loop_done: Deferred[LoopingCall] | None = None
+        self._timer = timer_service(interval, clock, self.check,
+                                    f"checking the server certificate {cert_path}")
         self._current = load_certificate(cert_path, key_path)
         self.options = ReloadingServerOptions(self._current.options)
         self.loaded_at = clock.seconds()
@@ -186,22 +183,10 @@ class CertificateReloader(Service):
         """When the leaf being served expires (UTC)."""
         return self._current.not_after
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = self._clock
-        self._loop_done = self._loop.start(self._interval, now=True)
-
-    def stopService(self) -> Deferred[LoopingCall] | None:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        return self._loop_done
-
     def check(self) -> bool:
         """
-        One poll: load the files if their contents changed.  Never raises
-        (an exception escaping a LoopingCall would stop it for good).
+        One poll: load the files if their contents changed.  Never raises:
+        a failure is counted in L{failures} as well as logged.
 
         @return: whether a new pair was swapped in.
         """

@@ -26,7 +26,7 @@ from stsd.keepalive import KeepAliveClient
 from stsd.minio_client import MinIOClient, TenantEndpoint, ThreadedPayloadCrypto
 from stsd.parent_users import is_owned
 from stsd.rbac import PERMISSIONS
-from stsd.refresh import TENANTS_PATH
+from stsd.tenants import TENANTS_PATH
 from stsd.tap import tenant_trust
 from stsd.tenants import EndpointRule, parse_tenant, root_credentials, secret_config_env
 from stsd.upstream import make_client

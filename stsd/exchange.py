@@ -24,7 +24,7 @@ from stsd import errors
 from stsd.bindings import BindingIndex, Grant
 from stsd.cache import ByteLRU, TTLCache
 from stsd.identity import Identity
-from stsd.minio_client import MinIOClient, MinIOError, TenantEndpoint
+from stsd.minio_client import REGION_TTL, MinIOClient, MinIOError, TenantEndpoint
 from stsd.parent_users import ParentUser, ParentUsers
 from stsd.policy import (
     Policy,
@@ -43,7 +43,6 @@ from stsd.wire import MINIO_POLICY_LIMIT, AssumeRoleRequest, IssuedCredentials
 log = Logger()
 
 POLICY_TTL = 30.0  # DESIGN: policy edits visible within 30 s
-REGION_TTL = 300.0
 # Reused credentials must leave the client time to use them.
 MIN_REMAINING_SECONDS = 300.0
 # Byte bounds of the caches holding policy documents (a caller picks its

@@ -33,11 +33,7 @@ clock, not a wall clock.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import json
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,16 +43,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from stsd import errors
+from stsd import errors, jose
+from stsd.cache import SingleFlight
 from stsd.identity import Identity, parse_serviceaccount
 from stsd.kube import KubernetesError
+from stsd.periodic import PeriodicService, timer_service
 
 __all__ = [
     "DISCOVERY_PATH",
@@ -177,7 +172,7 @@ def _parse_jwk(jwk: object) -> VerificationKey:
     return VerificationKey(kid, algorithm, public)
 
 
-class KeySet(Service):
+class KeySet(PeriodicService):
     """
     The cluster's ServiceAccount issuer and signing keys, from the API
     server's service-account issuer discovery (RBAC: C{get} on the
@@ -212,11 +207,10 @@ class KeySet(Service):
         self._keys: dict[str, VerificationKey] = {}
         self._healthy = False
         self._last_refetch: float | None = None
-        self._fetching: Deferred[None] | None = None
-        self._waiters: list[Deferred[None]] = []
-        self._loop: LoopingCall | None = None
-        self._loop_done: Deferred[object] | None = None
-        self._stopping = False
+        # One fetch at a time, shared by its callers (key: None).
+        self._fetching: SingleFlight[None, None] = SingleFlight()
+        self._timer = timer_service(refresh_interval, clock, self.refresh,
+                                    "refreshing the cluster's token signing keys")
         self.fetches = 0
         self.fetched_at: float | None = None
 
@@ -248,31 +242,10 @@ class KeySet(Service):
 
     # -- service ----------------------------------------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
-        self._stopping = False
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._loop_done = self._loop.start(self._refresh_interval, now=True)
-
-    def stopService(self) -> Deferred[object] | None:
-        super().stopService()
-        self._stopping = True
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        if self._fetching is not None:
-            # Shutdown must not wait out the API server timeout of a fetch in
-            # flight: give it up (its waiters are released, keys unchanged).
-            self._fetching.cancel()
-        return self._loop_done
-
-    def _tick(self) -> Deferred[None]:
-        # Never raises: an exception would stop the LoopingCall for good.
-        try:
-            return self.refresh()
-        except Exception:
-            log.failure("refreshing the cluster's token signing keys failed")
-            return succeed(None)
+    def _give_up(self) -> None:
+        # Shutdown must not wait out the API server timeout of a fetch in
+        # flight: give it up (its waiters are released, keys unchanged).
+        self._fetching.cancel(None)
 
     # -- fetching ---------------------------------------------------------------------
 
@@ -281,9 +254,7 @@ class KeySet(Service):
         Fetch now (or join the fetch in flight). Never fails; see L{known}
         and L{healthy} for the outcome.
         """
-        if self._fetching is None:
-            self._start_fetch()
-        return self._join()
+        return self._fetching.join(None) or self._start_fetch()
 
     def refetch(self) -> Deferred[None]:
         """
@@ -291,44 +262,23 @@ class KeySet(Service):
         C{min_refetch_interval} seconds ago; join the fetch in flight, if
         any. Never fails.
         """
-        if self._fetching is None:
-            # Only on-demand fetches count: a periodic fetch just before a
-            # key rotation must not delay picking up the new key.
-            now = self._clock.seconds()
-            recent = (self._last_refetch is not None
-                      and now - self._last_refetch < self._min_refetch_interval)
-            if recent:
-                return succeed(None)
-            self._last_refetch = now
-            self._start_fetch()
-        return self._join()
-
-    def _start_fetch(self) -> None:
-        self.fetches += 1
-        fetching = Deferred.fromCoroutine(self._fetch())
-        self._fetching = fetching
-        fetching.addBoth(self._fetched)  # may run at once: the fetch may be synchronous
-
-    def _join(self) -> Deferred[None]:
-        if self._fetching is None:
+        joined = self._fetching.join(None)
+        if joined is not None:
+            return joined
+        # Only on-demand fetches count: a periodic fetch just before a
+        # key rotation must not delay picking up the new key.
+        now = self._clock.seconds()
+        if self._last_refetch is not None and now - self._last_refetch < self._min_refetch_interval:
             return succeed(None)
-        # Each caller waits on its own Deferred: a caller going away (Klein
-        # cancels the request of a client that disconnected) cancels neither
-        # the fetch nor the others.
-        waiter: Deferred[None] = Deferred()
-        self._waiters.append(waiter)
-        return waiter
+        self._last_refetch = now
+        return self._start_fetch()
 
-    def _fetched(self, result: None | Failure) -> None:
-        if isinstance(result, Failure):  # _fetch catches everything; just in case
-            log.failure("fetching the cluster's token signing keys failed", result)
-        self._fetching = None
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.called:
-                waiter.callback(None)
+    def _start_fetch(self) -> Deferred[None]:
+        self.fetches += 1
+        return self._fetching.start(None, self._fetch)
 
     async def _fetch(self) -> None:
+        # Never fails: every caller, and the timer, is told "done".
         try:
             issuer, keys = await self._download()
         except Exception as e:
@@ -340,6 +290,12 @@ class KeySet(Service):
             log.failure("fetching the cluster's token signing keys failed")
             self._failed("unexpected error")
             return
+        try:
+            self._update(issuer, keys)
+        except Exception:  # never expected; the keys are kept as they were
+            log.failure("fetching the cluster's token signing keys failed")
+
+    def _update(self, issuer: str, keys: dict[str, VerificationKey]) -> None:
         if self._issuer is not None and issuer != self._issuer:
             log.warn("the ServiceAccount issuer changed from {old} to {new}",
                      old=self._issuer, new=issuer)
@@ -410,17 +366,22 @@ def _signature_valid(key: VerificationKey, signing_input: bytes, signature: byte
 
 def _segment(text: str) -> bytes:
     """
-    Decode one base64url JWT segment, refusing any encoding but the
-    canonical one (no padding, no stray characters, zero trailing bits):
-    a token has exactly one spelling, so no altered string is accepted.
+    One segment, decoded canonically (L{jose.segment}).
     """
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        return jose.segment(text)
+    except ValueError:
         raise errors.access_denied("the token is malformed") from None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=") != text.encode("ascii", "replace"):
-        raise errors.access_denied("the token is malformed")
-    return raw
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """
+    The header or the claims, decoded canonically (L{jose.json_segment}).
+    """
+    try:
+        return jose.json_segment(text)
+    except ValueError:
+        raise errors.access_denied("the token is malformed") from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -430,27 +391,7 @@ def _header(segment: str) -> dict[str, Any]:
     headers (one per signing key), so they are decoded once; a refused
     header raises and is not remembered. Callers only read the result.
     """
-    return _json_object(_segment(segment))
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, too deep, too long a number
-        raise errors.access_denied("the token is malformed") from None
-    if not isinstance(value, dict):
-        raise errors.access_denied("the token is malformed")
-    return value
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
+    return _json_object(segment)
 
 
 class JWKSAuthenticator:
@@ -500,7 +441,7 @@ class JWKSAuthenticator:
         if len(parts) != 3 or not token.isascii():
             raise errors.access_denied("the token is malformed")
         header = _header(parts[0])
-        claims = _json_object(_segment(parts[1]))
+        claims = _json_object(parts[1])
         signature = _segment(parts[2])
 
         if not self._keys.known:
@@ -558,12 +499,12 @@ class JWKSAuthenticator:
         self._check_times(claims)
         identity = self._identity(claims)
         return Identity(identity.namespace, identity.serviceaccount, identity.pod,
-                        _number(claims["exp"]))
+                        jose.number(claims["exp"]))
 
     def _check_times(self, claims: dict[str, Any]) -> None:
         now = self._clock.seconds()
         leeway = self._leeway
-        expires = _number(claims.get("exp"))
+        expires = jose.number(claims.get("exp"))
         if expires is None:
             raise errors.access_denied("the token has no valid expiry (exp)")
         if now >= expires + leeway:
@@ -571,7 +512,7 @@ class JWKSAuthenticator:
         for claim in ("nbf", "iat"):
             if claim not in claims:
                 continue
-            value = _number(claims[claim])
+            value = jose.number(claims[claim])
             if value is None:
                 raise errors.access_denied(f"the token's {claim} claim is not a time")
             if value > now + leeway:

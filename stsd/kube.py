@@ -35,7 +35,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from stsd import tls
-from stsd.upstream import UpstreamError, request
+from stsd.upstream import CappedBody, UpstreamError, describe, request, timed_out
 
 log = Logger()
 
@@ -346,11 +346,6 @@ class KubernetesClient:
         idle = idle_seconds if idle_seconds is not None else timeout_seconds + self._timeout
         headers = {k: [v] for k, v in self._headers().items()}
 
-        def timed_out(result: object, timeout: float) -> object:
-            if isinstance(result, Failure):
-                raise TimeoutError(timeout, target)
-            return result
-
         requested = self._http.request("GET", url, headers=headers, unbuffered=True)
         requested.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
         try:
@@ -361,10 +356,10 @@ class KubernetesClient:
             raise
         except Exception as e:
             # Name the kind of failure only: exception texts can quote the request.
-            raise KubernetesError(f"{target}: {_failure_kind(e)}") from None
+            raise KubernetesError(f"{target}: {describe(e, text=False)}") from None
 
         if response.code != 200:
-            reader = _CappedBody(MAX_WATCH_ERROR_BYTES)
+            reader = CappedBody(MAX_WATCH_ERROR_BYTES)
             response.deliverBody(reader)
             reader.done.addTimeout(self._timeout, self._clock)
             try:
@@ -381,15 +376,6 @@ class KubernetesClient:
         stream = _EventStream(target, on_event, self._clock, idle, MAX_WATCH_LINE_BYTES)
         response.deliverBody(stream)
         await stream.done
-
-
-def _failure_kind(error: BaseException) -> str:
-    name = type(error).__name__
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        # twisted.web's ResponseNeverReceived / ResponseFailed wrap the cause.
-        return f"{name} ({type(reasons[0].value).__name__})"
-    return name
 
 
 class _EventStream(Protocol):
@@ -511,35 +497,6 @@ class _EventStream(Protocol):
             else:
                 self.done.callback(None)
         else:
+            kind = describe(reason.value, text=False)
             self.done.errback(KubernetesError(
-                f"{self._target}: connection lost mid-stream ({_failure_kind(reason.value)})"))
-
-
-class _CappedBody(Protocol):
-    """
-    Collect at most C{limit} bytes of a (small, error) body; the rest is
-    abandoned with the connection. Cancelling L{done} closes it too.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.done: Deferred[bytes] = Deferred(lambda _: self._close())
-
-    def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.done.called:
-            return
-        self._chunks.append(data[: self._limit - self._size])
-        self._size += len(data)
-        if self._size >= self._limit:
-            self._close()
-            self.done.callback(b"".join(self._chunks))
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.done.called:
-            self.done.callback(b"".join(self._chunks))
+                f"{self._target}: connection lost mid-stream ({kind})"))

@@ -31,6 +31,8 @@ from stsd.wire import STS_NAMESPACE, IssuedCredentials
 
 _NS = {"sts": STS_NAMESPACE}
 _FORM_CACHE_SIZE = 1024
+#: How long a tenant's region (L{MinIOClient.region}) is remembered.
+REGION_TTL = 300.0
 
 
 class MinIOError(Exception):

@@ -33,8 +33,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.application.internet import TimerService
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -45,10 +43,12 @@ from stsd.cache import TTLCache
 from stsd.minio_client import (
     MinIOClient,
     MinIOError,
+    REGION_TTL,
     NoSuchPolicy,
     RootCredentials,
     TenantEndpoint,
 )
+from stsd.periodic import PeriodicService, timer_service
 from stsd.serviceaccounts import SAKey, ServiceAccountIndex
 from stsd.tenants import TenantIndex
 
@@ -62,7 +62,6 @@ _OWNED = re.compile(r"stsd-[a-z2-7]{15}\Z")
 SECRET_LENGTH = 40
 _SECRET_CONTEXT = b"stsd parent-user secret v1\x00"
 
-REGION_TTL = 300.0
 TICK_SECONDS = 1.0
 FIRST_RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 30.0
@@ -161,7 +160,7 @@ class _User:
     applied_at: float = float("-inf")
 
 
-class ParentUsers(Service):
+class ParentUsers(PeriodicService):
     """
     Keeps one MinIO user per bound ServiceAccount in step with the binding
     index. Call L{ensure} from a request; the rest runs by itself once
@@ -203,25 +202,19 @@ class ParentUsers(Service):
         self._listed: set[str] = set()
         self._reconciling: set[str] = set()
         self._failed_lists: dict[str, int] = {}
-        self._timer = TimerService(TICK_SECONDS, self._tick)
-        self._timer.clock = clock
+        self._timer = timer_service(TICK_SECONDS, clock, self._tick,
+                                    "scheduling the full reconcile of parent users")
         bindings.add_listener(self._changed)
         if serviceaccounts is not None:
             serviceaccounts.add_listener(self._serviceaccounts_changed)
 
     # -- the service --------------------------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
-        self._timer.startService()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
+    def _give_up(self) -> None:
         for user in self._users.values():
             if user.retry is not None and user.retry.active():
                 user.retry.cancel()
             user.retry = None
-        return self._timer.stopService()  # type: ignore[no-any-return]
 
     # -- the request path ---------------------------------------------------
 
@@ -443,22 +436,18 @@ class ParentUsers(Service):
     # -- the full reconcile -------------------------------------------------
 
     def _tick(self) -> None:
-        # A TimerService stops for good on an exception: nothing escapes.
-        try:
-            if not self._is_ready():
-                return
-            now = self._clock.seconds()
-            due = [t.namespace for t in self._tenants.tenants()
-                   if t.namespace not in self._reconciling
-                   and self._due.get(t.namespace, 0.0) <= now]
-            if not due:
-                return
-            wanted = self._wanted(set(due))
-            for namespace in due:
-                self._reconciling.add(namespace)
-                Deferred.fromCoroutine(self._reconcile(namespace, wanted.get(namespace, {})))
-        except Exception:
-            log.failure("scheduling the full reconcile of parent users failed")
+        if not self._is_ready():
+            return
+        now = self._clock.seconds()
+        due = [t.namespace for t in self._tenants.tenants()
+               if t.namespace not in self._reconciling
+               and self._due.get(t.namespace, 0.0) <= now]
+        if not due:
+            return
+        wanted = self._wanted(set(due))
+        for namespace in due:
+            self._reconciling.add(namespace)
+            Deferred.fromCoroutine(self._reconcile(namespace, wanted.get(namespace, {})))
 
     def _wanted(self, namespaces: set[str]) -> dict[str, dict[str, tuple[AppKey, tuple[str, ...]]]]:
         # One pass over the index for every tenant due.

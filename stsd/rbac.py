@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stsd.jwks import DISCOVERY_PATH, JWKS_PATH
+
 
 @dataclass(frozen=True)
 class Permission:
@@ -37,4 +39,4 @@ PERMISSIONS: tuple[Permission, ...] = (
 
 # The service-account issuer discovery documents: the cluster's token
 # signing keys, for refusing forged tokens locally (and for jwks mode).
-DISCOVERY_URLS: tuple[str, ...] = ("/.well-known/openid-configuration", "/openid/v1/jwks")
+DISCOVERY_URLS: tuple[str, ...] = (DISCOVERY_PATH, JWKS_PATH)

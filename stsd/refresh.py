@@ -5,28 +5,33 @@ a full list every C{resync_seconds}, in the background, and a C{get} of
 each Tenant's Secret by name (stsd may not list or watch Secrets).
 
 A failed refresh keeps the last good state and is logged; it never stops
-the loop (an exception escaping a LoopingCall would stop it for good while
-the service still reports itself running).
+the timer (L{stsd.periodic}).
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from stsd.bindings import BindingIndex, parse_binding
+from stsd.bindings import BINDINGS_PATH, BindingIndex, parse_binding
 from stsd.kube import KubernetesError
-from stsd.tenants import TenantIndex, parse_tenant, root_credentials, secret_config_env
+from stsd.periodic import PeriodicService, timer_service
+from stsd.tenants import (
+    TENANTS_PATH,
+    TenantIndex,
+    parse_tenant,
+    root_credentials,
+    secret_config_env,
+)
+
+__all__ = ["BINDINGS_PATH", "TENANTS_PATH", "Lister", "Refresher"]
 
 log = Logger()
 
-BINDINGS_PATH = "/apis/sts.min.io/v1beta1/policybindings"
-TENANTS_PATH = "/apis/minio.min.io/v2/tenants"
 
 
 class Lister(Protocol):
@@ -36,7 +41,7 @@ class Lister(Protocol):
     async def get(self, path: str, what: str) -> dict[str, Any] | None: ...
 
 
-class Refresher(Service):
+class Refresher(PeriodicService):
     """
     Lists bindings and tenants (and gets each tenant's Secret) every
     C{interval} seconds into the given indexes.
@@ -56,11 +61,9 @@ class Refresher(Service):
         self._bindings = bindings
         self._tenants = tenants
         self._clock = clock
-        self._interval = interval
-        self._loop: LoopingCall | None = None
-        self._loop_done: Deferred[object] | None = None
+        self._timer = timer_service(interval, clock, self.refresh,
+                                    "refreshing PolicyBindings and Tenants")
         self._refreshing: Deferred[None] | None = None
-        self._stopping = False
         self.synced_at: dict[str, float] = {}
         self._warned: dict[tuple[str, str], str] = {}  # tenant: credential problem logged
 
@@ -72,23 +75,11 @@ class Refresher(Service):
         """
         return "bindings" in self.synced_at and "tenants" in self.synced_at
 
-    def startService(self) -> None:
-        super().startService()
-        self._stopping = False
-        self._loop = LoopingCall(self.refresh)
-        self._loop.clock = self._clock
-        self._loop_done = self._loop.start(self._interval, now=True)
-
-    def stopService(self) -> Deferred[object] | None:
-        super().stopService()
-        self._stopping = True
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+    def _give_up(self) -> None:
         if self._refreshing is not None:
             # Shutdown must not wait out the upstream timeouts of a refresh in
             # flight (one per list and per Secret): give it up.
             self._refreshing.cancel()
-        return self._loop_done
 
     def refresh(self) -> Deferred[None]:
         self._refreshing = Deferred.fromCoroutine(self._refresh())

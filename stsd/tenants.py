@@ -24,6 +24,9 @@ from stsd.minio_client import RootCredentials, TenantEndpoint
 
 log = Logger()
 
+#: Where the API server serves Tenants (listed and watched).
+TENANTS_PATH = "/apis/minio.min.io/v2/tenants"
+
 _USER_KEYS = ("MINIO_ROOT_USER", "MINIO_ACCESS_KEY")
 _PASSWORD_KEYS = ("MINIO_ROOT_PASSWORD", "MINIO_SECRET_KEY")
 

@@ -10,20 +10,17 @@ token outlives the call that carried it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Protocol
 
-from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
+from stsd.cache import SingleFlight
 from stsd.identity import Identity
+from stsd.jose import json_segment, number
 
 __all__ = ["Authenticator", "CachingAuthenticator"]
 
@@ -43,23 +40,11 @@ def _expiry(token: str) -> float | None:
     parts = token.split(".")
     if len(parts) != 3:
         return None
-    segment = parts[1]
     try:
-        payload = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, binascii.Error, RecursionError):
-        # ValueError covers bad JSON and bad UTF-8; RecursionError a payload
-        # of deeply nested brackets.
+        payload = json_segment(parts[1], canonical=False)
+    except ValueError:
         return None
-    if not isinstance(payload, dict):
-        return None
-    exp = payload.get("exp")
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-        return None
-    try:
-        exp = float(exp)
-    except OverflowError:
-        return None
-    return exp if math.isfinite(exp) else None
+    return number(payload.get("exp"))
 
 
 class CachingAuthenticator:
@@ -93,8 +78,8 @@ class CachingAuthenticator:
         self._max_entries = max_entries
         # digest -> (valid until, identity); least recently used first.
         self._entries: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
-        # digest -> callers waiting for the review in flight.
-        self._inflight: dict[bytes, list[Deferred[Identity]]] = {}
+        # digest -> the review in flight, shared by its callers.
+        self._inflight: SingleFlight[bytes, Identity] = SingleFlight()
         self.hits = 0
         self.misses = 0
         self.coalesced = 0
@@ -121,43 +106,26 @@ class CachingAuthenticator:
                 return entry[1]
             del self._entries[key]
 
-        # Each caller waits on its own Deferred, so a caller that goes away
-        # (Klein cancels on disconnect) cancels neither the review nor the
-        # other callers waiting on it.
-        mine: Deferred[Identity] = Deferred()
-        waiters = self._inflight.get(key)
-        if waiters is not None:
+        waiter = self._inflight.join(key)
+        if waiter is not None:
             self.coalesced += 1
-            waiters.append(mine)
-            return await mine
+            return await waiter
         self.misses += 1
-        self._inflight[key] = [mine]
         # Measured from before the review, so an entry is never fresher
         # than the review it records.
-        upstream: Deferred[Identity] = ensureDeferred(self._inner.authenticate(token))
-        upstream.addBoth(self._settle, key, now + self._ttl, token)
-        return await mine
+        return await self._inflight.start(key, lambda: self._review(key, token, now + self._ttl))
 
-    def _settle(
-        self, result: Identity | Failure, key: bytes, deadline: float, token: str
-    ) -> None:
-        waiters = self._inflight.pop(key)
-        if not isinstance(result, Failure):
-            exp = result.expires if result.expires is not None else _expiry(token)
-            if exp is not None:
-                deadline = min(deadline, exp)
-            if self._clock.seconds() < deadline:
-                self._entries[key] = (deadline, result)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self._max_entries:
-                    self._entries.popitem(last=False)
-        for waiter in waiters:
-            if waiter.called:  # cancelled by its caller
-                continue
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+    async def _review(self, key: bytes, token: str, deadline: float) -> Identity:
+        identity = await self._inner.authenticate(token)
+        exp = identity.expires if identity.expires is not None else _expiry(token)
+        if exp is not None:
+            deadline = min(deadline, exp)
+        if self._clock.seconds() < deadline:
+            self._entries[key] = (deadline, identity)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return identity
 
     def _drop_oldest_if_expired(self, now: float) -> None:
         # One look per call reclaims expired entries in O(1), without a timer.

@@ -10,7 +10,7 @@ forever, so the deadline here covers reading the body too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol as Interface
 
@@ -132,10 +132,11 @@ async def request(
             method, url, headers={k: [v] for k, v in (headers or {}).items()}, data=data,
             # Never follow a redirect: a TokenReview body carries a token, and
             # an upstream has no business sending it elsewhere. The body is
-            # read by _BodyReader (bounded), not buffered by treq first.
+            # read by CappedBody (bounded), not buffered by treq first.
             allow_redirects=False, unbuffered=True,
         )
-        reader = _BodyReader(target)
+        reader = CappedBody(MAX_RESPONSE_BYTES, too_large=lambda: UpstreamError(
+            f"{target}: response larger than {MAX_RESPONSE_BYTES} bytes"))
         response.deliverBody(reader)
         body = await reader.done
         flat = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
@@ -145,7 +146,7 @@ async def request(
     d = Deferred.fromCoroutine(call())
     # Whatever the cancelled call failed with (the HTTP client turns a
     # cancellation into ResponseNeverReceived), a timed-out call is a timeout.
-    d.addTimeout(timeout, clock, onTimeoutCancel=_timed_out)
+    d.addTimeout(timeout, clock, onTimeoutCancel=timed_out)
     try:
         return await d
     except (TimeoutError, CancelledError):
@@ -158,22 +159,35 @@ async def request(
         raise UpstreamError(f"{target}: {describe(e)}") from None
 
 
-def _timed_out(result: object, timeout: float) -> object:
+def timed_out(result: object, timeout: float) -> object:
+    """
+    C{onTimeoutCancel} for L{Deferred.addTimeout}: whatever the cancelled
+    call failed with (the HTTP client turns a cancellation into
+    C{ResponseNeverReceived}), a timed-out call is a L{TimeoutError}.
+    """
     if isinstance(result, Failure):
         raise TimeoutError(timeout, "upstream call")
     return result
 
 
-class _BodyReader(Protocol):
+class CappedBody(Protocol):
     """
-    Collect a response body, at most L{MAX_RESPONSE_BYTES} of it. Cancelling
-    L{done} (the deadline) closes the connection: a server trickling a body
-    must not keep it open after the call has given up (treq's C{content}
-    cannot be cancelled, and the connection stayed open).
+    Collect a response body, at most C{limit} bytes of it; past that the
+    rest is abandoned with the connection. Cancelling L{done} (a deadline)
+    closes the connection too: a server trickling a body must not keep it
+    open after the call has given up (treq's C{content} cannot be
+    cancelled, and the connection stayed open).
+
+    With C{too_large}, the body is wanted whole: one larger than C{limit},
+    or a connection cut before its end, fails L{done} (with C{too_large()},
+    or the reason). Without it, reading is best effort (a short error
+    document): L{done} fires with the first C{limit} bytes, or with what
+    arrived before the connection closed, however it closed.
     """
 
-    def __init__(self, target: str) -> None:
-        self._target = target
+    def __init__(self, limit: int, *, too_large: Callable[[], Exception] | None = None) -> None:
+        self._limit = limit
+        self._too_large = too_large
         self._chunks: list[bytes] = []
         self._size = 0
         self.done: Deferred[bytes] = Deferred(lambda _: self._close())
@@ -187,31 +201,45 @@ class _BodyReader(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
             return
+        room = self._limit - self._size
         self._size += len(data)
-        if self._size > MAX_RESPONSE_BYTES:
+        if self._too_large is not None:
+            if len(data) > room:
+                self._close()
+                self.done.errback(self._too_large())
+                return
+        elif len(data) >= room:  # best effort: enough read
+            self._chunks.append(data[:room])
             self._close()
-            self.done.errback(UpstreamError(
-                f"{self._target}: response larger than {MAX_RESPONSE_BYTES} bytes"))
+            self.done.callback(b"".join(self._chunks))
             return
         self._chunks.append(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
-        if reason.check(ResponseDone, PotentialDataLoss):
+        if self._too_large is None or reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(b"".join(self._chunks))
         else:
             self.done.errback(reason)
 
 
-def describe(error: Exception) -> str:
+def describe(error: BaseException, *, text: bool = True) -> str:
+    """
+    What kind of failure C{error} is, for an error message: its type, the
+    type of the cause twisted.web wraps, and (with C{text}) the first
+    characters of their texts. Without C{text} it names the kinds only:
+    exception texts can quote request details.
+    """
     name = type(error).__name__
     reasons = getattr(error, "reasons", None)
     if reasons:
         # twisted.web's ResponseNeverReceived / RequestTransmissionFailed wrap the cause.
         inner = reasons[0].value
+        if not text:
+            return f"{name} ({type(inner).__name__})"
         return f"{name} ({type(inner).__name__}: {_safe_text(inner)})"
-    return f"{name}: {_safe_text(error)}"
+    return f"{name}: {_safe_text(error)}" if text else name
 
 
 def _safe_text(error: BaseException) -> str:

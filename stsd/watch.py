@@ -10,7 +10,7 @@ resourceVersion (with bookmarks); a watch that ends normally is resumed
 from the last version seen; a 410 or other C{ERROR} event, a failed or cut
 connection, a silent stream or a failing list start over with a new list,
 after a backoff with full jitter when something failed. A safety-net
-C{LoopingCall} re-lists every C{resync_seconds} whatever the watch says, so
+timer (L{stsd.periodic}) re-lists every C{resync_seconds} whatever the watch says, so
 a watch that stalls silently cannot leave the state stale for longer.
 
 L{WatchSync} is the drop-in counterpart of L{stsd.refresh.Refresher}: the
@@ -30,13 +30,15 @@ from typing import Any, Protocol
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from stsd.bindings import Binding, BindingIndex, parse_binding
+from stsd.bindings import BINDINGS_PATH, Binding, BindingIndex, parse_binding
 from stsd.kube import KubernetesError, WatchExpired
 from stsd.minio_client import RootCredentials
+from stsd.periodic import timer_service
 from stsd.tenants import (
+    TENANTS_PATH,
     Tenant,
     TenantIndex,
     parse_tenant,
@@ -45,9 +47,6 @@ from stsd.tenants import (
 )
 
 log = Logger()
-
-BINDINGS_PATH = "/apis/sts.min.io/v1beta1/policybindings"
-TENANTS_PATH = "/apis/minio.min.io/v2/tenants"
 
 WATCH_SECONDS = 300  # timeoutSeconds asked of the API server per watch request
 BACKOFF_BASE_SECONDS = 0.5
@@ -165,7 +164,6 @@ class ListWatch(Service):
         self._on_event = on_event
         self._transform = transform
         self._clock = clock
-        self._resync_seconds = resync_seconds
         self._watch_seconds = watch_seconds
         self._random = random
         self._backoff_base = backoff_base
@@ -185,7 +183,8 @@ class ListWatch(Service):
         self._delivered = False  # the current watch delivered an event
         self._watch_started = 0.0
         self._pending: Deferred[Any] | None = None
-        self._safety: LoopingCall | None = None
+        self._safety = timer_service(resync_seconds, clock, self.resync,
+                                     f"{what}: the periodic re-list")
         self._waiters: list[Deferred[None]] = []
 
     # -- the service ------------------------------------------------------------
@@ -197,17 +196,15 @@ class ListWatch(Service):
         self._stopping = False
         self._must_list = True
         self._phase = "listing"
+        # The safety net ticks at once, while the first list is due anyway
+        # (a tick then does nothing), and every resync_seconds after.
+        self._safety.startService()
         Deferred.fromCoroutine(self._run())
-        self._safety = LoopingCall(self.resync)
-        self._safety.clock = self._clock
-        self._safety.start(self._resync_seconds, now=False)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._stopping = True
-        if self._safety is not None and self._safety.running:
-            self._safety.stop()
-        self._safety = None
+        self._safety.stopService()  # resync never returns a Deferred: stopped at once
         if self._phase == "stopped":
             return succeed(None)
         stopped: Deferred[None] = Deferred()
@@ -221,16 +218,13 @@ class ListWatch(Service):
         The safety net: list again now and restart the watch from the new
         version. A list or backoff in flight already leads to a list.
         """
-        try:
-            if self._stopping:
-                return
-            if self._phase == "watching" and self._pending is not None:
-                self._resync_requested = True
-                self._pending.cancel()
-            elif self._phase == "backoff":
-                self._must_list = True
-        except Exception:
-            log.failure("{what}: starting the periodic re-list failed", what=self.what)
+        if self._stopping:
+            return
+        if self._phase == "watching" and self._pending is not None:
+            self._resync_requested = True
+            self._pending.cancel()
+        elif self._phase == "backoff":
+            self._must_list = True
 
     # -- the loop ---------------------------------------------------------------
 

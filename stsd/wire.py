@@ -9,10 +9,7 @@ bindings and tenants are judged later by L{stsd.exchange}.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,6 +17,8 @@ from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 from stsd import errors
+from stsd.config import MIN_DURATION_SECONDS
+from stsd.jose import json_segment
 from stsd.policy import Policy, PolicyError, check_session_limits, parse_policy
 
 STS_NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
@@ -27,7 +26,6 @@ ACTION = "AssumeRoleWithWebIdentity"
 VERSION = "2011-06-15"
 MAX_BODY_BYTES = 64 * 1024
 MAX_TOKEN_CHARS = 20_000  # AWS's limit for WebIdentityToken
-MIN_DURATION_SECONDS = 900
 MINIO_POLICY_LIMIT = 2048  # MinIO refuses longer session policies
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
@@ -116,10 +114,10 @@ def _jwt_header(segment: str) -> bool:
     # Whether a token's header decodes to an object naming an alg. Tokens of
     # one cluster share a few headers: each is decoded once.
     try:
-        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError, RecursionError):
+        header = json_segment(segment, canonical=False)
+    except ValueError:
         return False
-    return isinstance(header, dict) and isinstance(header.get("alg"), str)
+    return isinstance(header.get("alg"), str)
 
 
 def _parse_duration(value: str | None, default: int, maximum: int) -> int:

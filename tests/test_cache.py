@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.cache}: the byte-bounded LRU and the TTL cache's byte
+Tests for L{stsd.cache}: single flight, the byte-bounded LRU and the TTL cache's byte
 bound, and that the exchange's caches of policy documents stay within
 their bytes whatever callers send (issue 9, finding 4).
 """
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 
-from stsd.cache import ENTRY_OVERHEAD, ByteLRU, TTLCache
+from stsd.cache import ENTRY_OVERHEAD, ByteLRU, SingleFlight, TTLCache
 
 
 def test_byte_lru_evicts_least_recently_used_by_weight() -> None:
@@ -94,3 +94,45 @@ def test_exchange_caches_stay_within_their_bytes(monkeypatch) -> None:
     assert h.minio.count("assumerole") == 60
     h.run(policy=policy)
     assert h.minio.count("assumerole") == 60
+
+
+def test_single_flight_shares_one_run_and_frees_the_key_before_callers_hear() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    started: list[Deferred[int]] = []
+
+    async def work() -> int:
+        started.append(Deferred())
+        return await started[-1]
+
+    first = flights.start("k", work)
+    second, third = flights.join("k"), flights.run("k", work)
+    assert second is not None and len(started) == 1 and "k" in flights and len(flights) == 1
+    third.cancel()  # a caller going away cancels neither the work nor the others
+    seen: list[bool] = []
+    first.addCallback(lambda v: seen.append("k" in flights) or v)
+    started[0].callback(7)
+    assert seen == [False] and len(flights) == 0
+    assert [first.result, second.result] == [7, 7]
+    third.addErrback(lambda f: f.trap(CancelledError))
+    assert flights.join("k") is None
+
+    # A failure reaches every caller and is not remembered; cancel stops the work.
+    failing = flights.start("k", work)
+    joined = flights.join("k")
+    assert joined is not None
+    flights.cancel("k")
+    for d in (failing, joined):
+        errors: list[object] = []
+        d.addErrback(lambda f: errors.append(f.check(CancelledError)))
+        assert errors == [CancelledError]
+    assert len(flights) == 0 and len(started) == 2
+
+
+def test_single_flight_work_that_finishes_at_once() -> None:
+    flights: SingleFlight[str, str] = SingleFlight()
+
+    async def work() -> str:
+        return "now"
+
+    d = flights.start("k", work)
+    assert d.called and d.result == "now" and len(flights) == 0

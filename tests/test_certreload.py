@@ -305,7 +305,7 @@ def test_missing_files_keep_the_current_one_and_the_loop_running(
     clock.advance(INTERVAL)
     assert reloader.options.current is before
     assert reloader.last_error is not None and "cannot read" in reloader.last_error
-    assert reloader._loop is not None and reloader._loop.running
+    assert reloader._timer._loop.running
 
     secret.write(*new_leaf(pki))
     clock.advance(INTERVAL)
@@ -328,7 +328,7 @@ def test_an_unexpected_error_is_logged_and_the_loop_keeps_running(
         clock.advance(INTERVAL)
     assert reloader.failures == 1
     assert any("log_failure" in e for e in events)
-    assert reloader._loop is not None and reloader._loop.running
+    assert reloader._timer._loop.running
 
     monkeypatch.undo()
     clock.advance(INTERVAL)
