@@ -1,0 +1,76 @@
+# -*- test-case-name: tests.test_testing_kit -*-
+"""
+The public test kit (C{stsd.testing}): its pytest plugin is installed with
+stsd and stays out of the way of suites that do not ask for it, and the two
+example tests of the README (C{examples/}) pass when run as an application
+would run them, each by its own runner in a subprocess.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from importlib.metadata import distributions
+from pathlib import Path
+
+import pytest
+
+from stsd.testing import pytest_plugin
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def plugin_fixtures() -> dict[str, object]:
+    return {name: value for name, value in vars(pytest_plugin).items()
+            if hasattr(value, "_fixture_function_marker") or hasattr(value, "_pytestfixturefunction")
+            or type(value).__name__ == "FixtureFunctionDefinition"}
+
+
+def test_the_plugin_is_a_pytest11_entry_point() -> None:
+    # Every stsd distribution found, as pytest (pluggy) looks: a stale stsd.egg-info in the
+    # source tree may come first on sys.path.
+    installed = {ep.value for dist in distributions() if dist.metadata["Name"] == "stsd"
+                 for ep in dist.entry_points if ep.group == "pytest11" and ep.name == "stsd"}
+    assert installed == {"stsd.testing.pytest_plugin"}, "reinstall: pip install -e ."
+    setup = (ROOT / "setup.py").read_text()
+    assert '"pytest11": ["stsd = stsd.testing.pytest_plugin"]' in setup
+
+
+def test_the_plugin_is_loaded_here_and_its_fixtures_are_opt_in(
+        request: pytest.FixtureRequest) -> None:
+    manager = request.config.pluginmanager
+    assert manager.get_plugin("stsd") is pytest_plugin
+    fixtures = plugin_fixtures()
+    assert set(fixtures) == {"stsd_config", "stsd_cluster", "stsd_world", "stsd_daemon"}
+    # None is autouse: this test names none, and none is among its fixtures.
+    assert not set(fixtures) & set(request.fixturenames)
+    # No clash with this suite's own fixtures (tests/conftest.py).
+    conftest = ast.parse((ROOT / "tests" / "conftest.py").read_text())
+    ours = {node.name for node in conftest.body if isinstance(node, ast.FunctionDef)}
+    assert {"world", "daemon", "http"} <= ours
+    assert not ours & set(fixtures)
+
+
+def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, env=dict(os.environ), capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, check=False)
+
+
+def test_the_pytest_example_passes(tmp_path: Path) -> None:
+    """As an application runs it: plain pytest, the plugin found by its entry point."""
+    done = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                "--basetemp", str(tmp_path / "base"), str(EXAMPLES / "test_app_pytest.py")],
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout, done.stdout
+
+
+def test_the_trial_example_passes(tmp_path: Path) -> None:
+    """As an application runs it: trial, with a clean reactor after the cluster's cleanup."""
+    done = run([sys.executable, "-m", "twisted.trial", "--temp-directory",
+                str(tmp_path / "_trial_temp"), "test_app_trial"], cwd=EXAMPLES)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASSED (successes=1)" in done.stdout, done.stdout
