@@ -15,9 +15,14 @@ import sys
 from importlib.metadata import distributions
 from pathlib import Path
 
+from typing import Any
+
 import pytest
+import pytest_twisted
+import yaml
 
 from stsd.testing import pytest_plugin
+from stsd.testing.cluster import ROLE_ARN
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -74,3 +79,53 @@ def test_the_trial_example_passes(tmp_path: Path) -> None:
                 str(tmp_path / "_trial_temp"), "test_app_trial"], cwd=EXAMPLES)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASSED (successes=1)" in done.stdout, done.stdout
+
+
+# -- the fixtures, used here as an application would use them ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def stsd_config():  # type: ignore[no-untyped-def]
+    """Overridden as the plugin's docstring says: the kit's defaults plus a shorter cap."""
+    from stsd.testing.cluster import DEFAULT_CONFIG
+
+    return {**DEFAULT_CONFIG, "sts": {"max_duration_seconds": 7200}}
+
+
+async def exchange_code(cluster: Any, token: str, **extra: Any) -> str:
+    """C{"ok"} or the STS error Code of boto3's AssumeRoleWithWebIdentity (in a thread)."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+    from twisted.internet.threads import deferToThread
+
+    def call() -> str:
+        sts = boto3.client("sts", endpoint_url=cluster.sts_url(), region_name=cluster.region(),
+                           verify=cluster.ca_file,
+                           config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}))
+        try:
+            sts.assume_role_with_web_identity(RoleArn=ROLE_ARN, RoleSessionName="kit",
+                                              WebIdentityToken=token, **extra)
+        except ClientError as e:
+            return str(e.response["Error"]["Code"])
+        return "ok"
+
+    return await deferToThread(call)  # type: ignore[no-any-return]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cluster_fixture_binds_unbinds_and_takes_the_config(stsd_cluster: Any) -> None:
+    config = yaml.safe_load(stsd_cluster.daemon.config_path.read_text())
+    assert config["tenants"]["authorization"] == "parent-user"
+    assert config["sts"]["max_duration_seconds"] == 7200
+    assert stsd_cluster.world is not None and stsd_cluster.daemon.url.startswith("https://127.0.0.1:")
+
+    token = stsd_cluster.token("kit", "kit-sa")
+    assert await exchange_code(stsd_cluster, token) == "AccessDenied"
+    await stsd_cluster.bind("kit", policies=["readonly"], namespace="kit", serviceaccount="kit-sa")
+    assert await exchange_code(stsd_cluster, token) == "ok"
+    assert await exchange_code(stsd_cluster, token, DurationSeconds=7201) == "InvalidParameterValue"
+    await stsd_cluster.unbind("kit")
+    assert await exchange_code(stsd_cluster, token) == "AccessDenied"
+    assert stsd_cluster.leaked_secrets() == []
