@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from stsd.testing.fake_minio import FakeMinIO
@@ -64,19 +63,22 @@ class Cluster:
 
     @classmethod
     async def start(cls, directory: Path, reactor: Any = None,
-                    config: Mapping[str, Mapping[str, Any]] = DEFAULT_CONFIG) -> Cluster:
+                    config: Mapping[str, Mapping[str, Any]] = {}) -> Cluster:
         """
         Start the fakes on loopback and the daemon against them, and wait
         until the daemon answers C{/readyz}.
 
         @param directory: where the throwaway CA, the kubeconfig, the
             daemon's configuration and its log are written.
-        @param config: configuration sections merged over L{World.config}'s
-            (e.g. C{{"sts": {"max_duration_seconds": 3600}}}).
+        @param config: configuration sections merged key by key over the
+            kit's (L{DEFAULT_CONFIG} over L{World.config}), e.g.
+            C{{"sts": {"max_duration_seconds": 3600}}}.
         """
+        sections = {name: {**DEFAULT_CONFIG.get(name, {}), **config.get(name, {})}
+                    for name in {*DEFAULT_CONFIG, *config}}
         world = World.start(directory, reactor)
         try:
-            daemon = await world.start_daemon("stsd", **dict(config))
+            daemon = await world.start_daemon("stsd", **sections)
         except BaseException:
             await world.stop()
             raise
@@ -187,8 +189,3 @@ class Cluster:
         """Names of the daemon logs in which a token or a secret key of this cluster appears."""
         return self.world.scan_logs()[2]
 
-
-def start(directory: Path, reactor: Any = None,
-          config: Mapping[str, Mapping[str, Any]] = DEFAULT_CONFIG) -> Deferred[Cluster]:
-    """L{Cluster.start} as a Deferred, for code without coroutines."""
-    return Deferred.fromCoroutine(Cluster.start(directory, reactor, config))

@@ -39,14 +39,12 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="module")
 def stsd_config() -> Mapping[str, Mapping[str, Any]]:
     """
-    Configuration sections merged over the simulated cluster's own (see
-    C{World.config}); the default runs parent-user mode, a real
-    deployment's default. Override it to run another configuration, e.g.
-    C{{"tenants": {"authorization": "session-policy"}}}.
+    Configuration sections merged key by key over the kit's, which run
+    parent-user mode (a real deployment's default). Override it to run
+    another configuration, e.g. C{{"tenants": {"authorization":
+    "session-policy"}}} or C{{"sts": {"max_duration_seconds": 3600}}}.
     """
-    from stsd.testing.cluster import DEFAULT_CONFIG
-
-    return DEFAULT_CONFIG
+    return {}
 
 
 @pytest.fixture(scope="module")

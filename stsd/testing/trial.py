@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from stsd.testing.cluster import DEFAULT_CONFIG, Cluster
+from stsd.testing.cluster import Cluster
 
 __all__ = ["ClusterMixin", "ClusterTestCase"]
 
@@ -29,12 +29,12 @@ class ClusterMixin:
     return its Deferred. The cluster is stopped (daemon and fakes) by a
     cleanup, after the test whatever its outcome.
 
-    @cvar stsd_config: configuration sections merged over the simulated
-        cluster's own (default: parent-user mode).
+    @cvar stsd_config: configuration sections merged key by key over the
+        kit's (which run parent-user mode).
     @ivar cluster: the started L{Cluster}.
     """
 
-    stsd_config: ClassVar[Mapping[str, Mapping[str, Any]]] = DEFAULT_CONFIG
+    stsd_config: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     cluster: Cluster
 
     # Provided by TestCase.
