@@ -74,7 +74,7 @@ class Cluster:
             kit's (L{DEFAULT_CONFIG} over L{World.config}), e.g.
             C{{"sts": {"max_duration_seconds": 3600}}}.
         """
-        sections = {name: {**DEFAULT_CONFIG.get(name, {}), **config.get(name, {})}
+        sections: dict[str, Any] = {name: {**DEFAULT_CONFIG.get(name, {}), **config.get(name, {})}
                     for name in {*DEFAULT_CONFIG, *config}}
         world = World.start(directory, reactor)
         try:

@@ -58,5 +58,6 @@ class ClusterMixin:
 class ClusterTestCase(ClusterMixin, TestCase):
     """A trial C{TestCase} whose every test has its own L{Cluster} (C{self.cluster})."""
 
-    def setUp(self) -> Deferred[Cluster]:
+    # trial waits for the Deferred setUp returns (unittest's stubs say None).
+    def setUp(self) -> Deferred[Cluster]:  # type: ignore[override]
         return self.startCluster()
