@@ -34,7 +34,12 @@ setup(
         "idna>=3",
         "prometheus-client>=0.20",
     ],
-    entry_points={"console_scripts": ["stsd = stsd.check:main"]},
+    entry_points={
+        "console_scripts": ["stsd = stsd.check:main"],
+        # The test kit's fixtures for applications' own suites (stsd.testing.pytest_plugin:
+        # opt-in, all named stsd_*).
+        "pytest11": ["stsd = stsd.testing.pytest_plugin"],
+    },
     extras_require={
         "test": [
             "pytest>=8",

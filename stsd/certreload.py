@@ -57,7 +57,8 @@ __all__ = [
 
 log = Logger()
 
-# DESIGN.md: the server certificate is fresh <= 10 s after the files change.
+# The server certificate is fresh <= 10 s after the files change (docs/design.md,
+# "Freshness bounds").
 DEFAULT_INTERVAL = 5.0
 
 # A Secret's files are read twice over if they change while being read

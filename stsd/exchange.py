@@ -42,7 +42,7 @@ from stsd.wire import MINIO_POLICY_LIMIT, AssumeRoleRequest, IssuedCredentials
 
 log = Logger()
 
-POLICY_TTL = 30.0  # DESIGN: policy edits visible within 30 s
+POLICY_TTL = 30.0  # policy edits visible within 30 s (docs/design.md, "Freshness bounds")
 # Reused credentials must leave the client time to use them.
 MIN_REMAINING_SECONDS = 300.0
 # Byte bounds of the caches holding policy documents (a caller picks its

@@ -39,8 +39,9 @@ _STS_PREFIX = b"/sts/"
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
 # The request line and the headers together. Twisted's default is 16 KiB, but
-# minio-py sends WebIdentityToken (up to 20,000 characters: DESIGN) and Policy
-# in the query string, so the request line alone may be over 20 KiB.
+# minio-py sends WebIdentityToken (up to 20,000 characters: docs/design.md, "Wire
+# contract (what clients see)") and Policy in the query string, so the request line
+# alone may be over 20 KiB.
 MAX_HEADER_BYTES = 32 * 1024
 # Connections closed at a site's max_connections are logged at most this often.
 BOUND_WARNING_SECONDS = 60.0

@@ -148,7 +148,7 @@ def parse_request(
     (boto3, minio-go); the body wins when both carry one.
 
     @raise STSError: for every malformed request, in the order of the
-        DESIGN error table.
+        error table (docs/design.md, "Wire contract (what clients see)").
     """
     if len(body) > MAX_BODY_BYTES:
         raise errors.invalid_parameter(f"the request body is larger than {MAX_BODY_BYTES} bytes")

@@ -191,6 +191,13 @@ class FakeKubernetes:
             self._put("serviceaccounts", namespace, name, {}, create=True)
         return uid
 
+    def has_serviceaccount(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self._serviceaccounts
+
+    def object_count(self, plural: str) -> int:
+        """How many objects of a kind (e.g. C{policybindings}) the API server holds."""
+        return len(self._objects[plural])
+
     def delete_serviceaccount(self, namespace: str, name: str) -> None:
         del self._serviceaccounts[(namespace, name)]
         self._delete("serviceaccounts", namespace, name)

@@ -411,6 +411,24 @@ class World:
         finally:
             await client._agent._pool.closeCachedConnections()
 
+    async def close_connections(self, timeout: float = 10.0) -> None:
+        """
+        Abort the connections the fakes still hold (an SDK's keep-alive
+        connections), and wait until they are gone: after L{stop} and this,
+        nothing of the world is left in the reactor (what trial checks).
+        """
+        ports = set(self._ports)
+
+        def held() -> list[Any]:
+            selectables = {*self.reactor.getReaders(), *self.reactor.getWriters()}
+            return [s for s in selectables if getattr(s, "server", None) in ports]
+
+        for connection in held():
+            connection.abortConnection()
+        deadline = self.reactor.seconds() + timeout
+        while held() and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.01, lambda: None)
+
     async def stop(self) -> None:
         for daemon in self._daemons:
             await daemon.stop()
