@@ -25,7 +25,6 @@ from kubernetes.config.incluster_config import (
     SERVICE_TOKEN_FILENAME,
     InClusterConfigLoader,
 )
-from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -35,7 +34,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from stsd import tls
-from stsd.upstream import UpstreamError, request
+from stsd.upstream import TreqClient, TreqHeaders, UpstreamError, request
 
 log = Logger()
 
@@ -169,7 +168,7 @@ class KubernetesClient:
     """
 
     def __init__(
-        self, access: KubeAccess, http: HTTPClient, clock: IReactorTime, timeout: float
+        self, access: KubeAccess, http: TreqClient, clock: IReactorTime, timeout: float
     ) -> None:
         self._access = access
         self._http = http
@@ -344,7 +343,7 @@ class KubernetesClient:
         url = self._access.host + path + ("&" if "?" in path else "?") + urlencode(params)
         target = f"watch {what}"
         idle = idle_seconds if idle_seconds is not None else timeout_seconds + self._timeout
-        headers = {k: [v] for k, v in self._headers().items()}
+        headers: TreqHeaders = {k: [v] for k, v in self._headers().items()}
 
         def timed_out(result: object, timeout: float) -> object:
             if isinstance(result, Failure):
@@ -383,7 +382,7 @@ class KubernetesClient:
         await stream.done
 
 
-def _failure_kind(error: BaseException) -> str:
+def _failure_kind(error: BaseException | None) -> str:
     name = type(error).__name__
     reasons = getattr(error, "reasons", None)
     if reasons:
@@ -484,7 +483,8 @@ class _EventStream(Protocol):
         # IResponse.deliverBody: stopProducing abandons the body and closes
         # the connection.
         if self.transport is not None:
-            self.transport.stopProducing()
+            # deliverBody's transport is an IPushProducer; Protocol declares ITransport.
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def _fail(self, failure: Failure) -> None:
         if self._settled:
@@ -529,7 +529,8 @@ class _CappedBody(Protocol):
 
     def _close(self) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            # deliverBody's transport is an IPushProducer; Protocol declares ITransport.
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:

@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol as Interface
+from typing import TypeAlias
 
 from treq.client import HTTPClient
+from treq.response import _Response as TreqResponse
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -65,10 +67,33 @@ class Transport(Interface):
     ) -> Deferred[Response]: ...
 
 
+#: Request headers as treq takes them: each name with its values.
+TreqHeaders: TypeAlias = dict[bytes | str, list[bytes | str]]
+
+
+class TreqClient(Interface):
+    """
+    What stsd's callers use of treq's L{HTTPClient}: C{request}, with the
+    arguments they pass. An L{HTTPClient} is one, and so is
+    L{stsd.metrics.ObservedHTTPClient}, which wraps one.
+    """
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: TreqHeaders | None = None,
+        data: bytes | None = None,
+        allow_redirects: bool = True,
+        unbuffered: bool = False,
+    ) -> Deferred[TreqResponse]: ...
+
+
 class TreqTransport:
     """L{Transport} over a treq client (C{StubTreq} in memory)."""
 
-    def __init__(self, client: HTTPClient, clock: IReactorTime) -> None:
+    def __init__(self, client: TreqClient, clock: IReactorTime) -> None:
         self._client = client
         self._clock = clock
 
@@ -109,7 +134,7 @@ def make_client(
 
 
 async def request(
-    client: HTTPClient,
+    client: TreqClient,
     clock: IReactorTime,
     method: str,
     url: str,
@@ -128,8 +153,9 @@ async def request(
     """
 
     async def call() -> Response:
+        treq_headers: TreqHeaders = {k: [v] for k, v in (headers or {}).items()}
         response = await client.request(
-            method, url, headers={k: [v] for k, v in (headers or {}).items()}, data=data,
+            method, url, headers=treq_headers, data=data,
             # Never follow a redirect: a TokenReview body carries a token, and
             # an upstream has no business sending it elsewhere. The body is
             # read by _BodyReader (bounded), not buffered by treq first.
@@ -182,7 +208,8 @@ class _BodyReader(Protocol):
         # IResponse.deliverBody: stopProducing abandons the body and closes the
         # connection (under TLS without waiting for the server's close_notify).
         if self.transport is not None:
-            self.transport.stopProducing()
+            # deliverBody's transport is an IPushProducer; Protocol declares ITransport.
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
