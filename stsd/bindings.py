@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from sys import intern
-from typing import Any
+from typing import Any, TypeGuard
 
 from twisted.logger import Logger
 
@@ -65,10 +65,14 @@ def parse_binding(obj: Mapping[str, Any]) -> Binding | None:
     # Interned: with 10^5 bindings the same few namespaces, ServiceAccount
     # and policy names repeat, and the index keys compare by identity first.
     names = tuple(intern(p) for p in policies if isinstance(p, str) and p)
-    if not all(isinstance(v, str) and v for v in (namespace, name, app_ns, sa)):
+    if not (_name(namespace) and _name(name) and _name(app_ns) and _name(sa)):
         log.warn("ignoring malformed PolicyBinding {namespace}/{name}", namespace=namespace, name=name)
         return None
     return Binding(intern(namespace), name, intern(app_ns), intern(sa), names)
+
+
+def _name(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and bool(value)
 
 
 def _add_all(

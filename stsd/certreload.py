@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -326,7 +327,7 @@ def _load(
     return LoadedCertificate(options=options, leaf=chain[0], fingerprint=fingerprint)
 
 
-def _public_key_der(public_key: object) -> bytes:
-    return public_key.public_bytes(  # type: ignore[attr-defined,no-any-return]
+def _public_key_der(public_key: PublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

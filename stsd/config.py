@@ -100,7 +100,7 @@ def _shown(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _integer(low: int, high: int, why: str = "") -> _Check:
+def _integer(low: int, high: int, why: str = "") -> Callable[[str, object, str | None], int]:
     def check(key: str, value: object, base_dir: str | None) -> int:
         # bool is an int subclass, and YAML 1.1 reads "yes"/"on" as True.
         if (
@@ -200,7 +200,7 @@ def _choice(*allowed: str) -> _Check:
             raise ConfigError(
                 key, f"expected one of {', '.join(allowed)}, got {_shown(value)}"
             )
-        return value  # type: ignore[return-value]
+        return value
 
     return check
 

@@ -215,7 +215,7 @@ class KeySet(Service):
         self._fetching: Deferred[None] | None = None
         self._waiters: list[Deferred[None]] = []
         self._loop: LoopingCall | None = None
-        self._loop_done: Deferred[object] | None = None
+        self._loop_done: Deferred[LoopingCall] | None = None
         self._stopping = False
         self.fetches = 0
         self.fetched_at: float | None = None
@@ -255,7 +255,7 @@ class KeySet(Service):
         self._loop.clock = self._clock
         self._loop_done = self._loop.start(self._refresh_interval, now=True)
 
-    def stopService(self) -> Deferred[object] | None:
+    def stopService(self) -> Deferred[LoopingCall] | None:
         super().stopService()
         self._stopping = True
         if self._loop is not None and self._loop.running:

@@ -221,7 +221,7 @@ class ParentUsers(Service):
             if user.retry is not None and user.retry.active():
                 user.retry.cancel()
             user.retry = None
-        return self._timer.stopService()  # type: ignore[no-any-return]
+        return self._timer.stopService()
 
     # -- the request path ---------------------------------------------------
 
@@ -279,9 +279,9 @@ class ParentUsers(Service):
             return
         for key in keys:
             for user_key in list(self._by_sa.get(key, ())):
-                user = self._users.get(user_key)
-                if user is not None:
-                    self._kick(user)
+                affected = self._users.get(user_key)
+                if affected is not None:
+                    self._kick(affected)
 
     def _user(self, tenant_namespace: str, name: str, app: AppKey | None) -> _User:
         key = (tenant_namespace, name)
@@ -348,8 +348,7 @@ class ParentUsers(Service):
                     user.stale, user.applied = False, None
                 desired = self._desired(user)
                 if not desired.satisfied_by(user.applied):
-                    user.applied = await self._slots.run(
-                        lambda d=desired: Deferred.fromCoroutine(self._apply(user, d)))
+                    user.applied = await self._slots.run(self._apply, user, desired)
                     user.applied_at = self._clock.seconds()
                 if not user.again:
                     break

@@ -285,7 +285,7 @@ def _no_constant(name: str) -> object:
     raise PolicyError(f"{name} is not valid JSON")
 
 
-def _fields(raw: Mapping[object, object], known: Mapping[str, str], what: str) -> dict[str, object]:
+def _fields(raw: Mapping[str, object] | Mapping[object, object], known: Mapping[str, str], what: str) -> dict[str, object]:
     """*raw*'s keys read as encoding/json does (case-insensitively); unknown refused."""
     out: dict[str, object] = {}
     for key, value in raw.items():
@@ -346,6 +346,8 @@ def _parse_statement(raw: object) -> Statement:
     sid = fields.get("Sid")
     if sid is not None and not isinstance(sid, str):
         raise PolicyError("Sid must be a string")
+    # Unchecked JSON values on purpose: Statement.__post_init__ checks and normalizes
+    # Effect, the action and resource lists and Condition.
     return Statement(fields["Effect"], condition=fields.get("Condition"), sid=sid,  # type: ignore[arg-type]
                      **sides)  # type: ignore[arg-type]
 
@@ -761,6 +763,7 @@ def _covers(patterns: Iterable[str], kind: str, work: Work) -> Callable[[str, st
             return all(x.startswith(head) for x in IMPLIED_ACTIONS.get(p, ()))
         return len(head) <= _keep(inner)
 
+    # An attribute of the function: _minimal needs the outers it was built from.
     covers.outers = heads  # type: ignore[attr-defined]
     return covers
 
@@ -771,7 +774,7 @@ def _minimal(patterns: frozenset[str], kind: str, work: Work) -> frozenset[str]:
     A ``P*`` outer is looked up by the prefixes of each pattern (linear in its length),
     any other outer tried in turn (few: see `check_session_limits`)."""
     covers = _covers(patterns, kind, work)
-    outers: dict[str, str | None] = covers.outers  # type: ignore[attr-defined]
+    outers: dict[str, str | None] = covers.outers  # type: ignore[attr-defined]  # see _covers
     by_head: dict[str, list[str]] = {}
     for q, head in outers.items():
         if head is not None:
@@ -799,9 +802,16 @@ def _merge_along(statements: Iterable[Statement], field: str) -> set[Statement]:
     """Union the *field* ("actions"/"resources") of plain S3 Allows equal in all else."""
     groups: dict[Statement, frozenset[str]] = {}
     for s in statements:
-        key = replace(s, **{field: frozenset({"s3:*"})})  # placeholder, keeps s3: actions
+        key = _with(s, field, frozenset({"s3:*"}))  # placeholder, keeps s3: actions
         groups[key] = groups.get(key, frozenset()) | getattr(s, field)
-    return {replace(s, **{field: values}) for s, values in groups.items()}
+    return {_with(s, field, values) for s, values in groups.items()}
+
+
+def _with(s: Statement, field: str, values: frozenset[str]) -> Statement:
+    """*s* with its *field* ("actions"/"resources") replaced by *values*."""
+    if field == "actions":
+        return replace(s, actions=values)
+    return replace(s, resources=values)
 
 
 def _subsumes(big: Statement, small: Statement, work: Work) -> bool:

@@ -58,7 +58,7 @@ class Refresher(Service):
         self._clock = clock
         self._interval = interval
         self._loop: LoopingCall | None = None
-        self._loop_done: Deferred[object] | None = None
+        self._loop_done: Deferred[LoopingCall] | None = None
         self._refreshing: Deferred[None] | None = None
         self._stopping = False
         self.synced_at: dict[str, float] = {}
@@ -79,7 +79,7 @@ class Refresher(Service):
         self._loop.clock = self._clock
         self._loop_done = self._loop.start(self._interval, now=True)
 
-    def stopService(self) -> Deferred[object] | None:
+    def stopService(self) -> Deferred[LoopingCall] | None:
         super().stopService()
         self._stopping = True
         if self._loop is not None and self._loop.running:

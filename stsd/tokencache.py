@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -31,7 +30,7 @@ __all__ = ["Authenticator", "CachingAuthenticator"]
 class Authenticator(Protocol):
     audience: str
 
-    def authenticate(self, token: str) -> Awaitable[Identity]: ...
+    async def authenticate(self, token: str) -> Identity: ...
 
 
 def _expiry(token: str) -> float | None:

@@ -231,7 +231,7 @@ class _BodyReader(Protocol):
             self.done.errback(reason)
 
 
-def describe(error: Exception) -> str:
+def describe(error: BaseException | None) -> str:
     name = type(error).__name__
     reasons = getattr(error, "reasons", None)
     if reasons:
@@ -241,7 +241,7 @@ def describe(error: Exception) -> str:
     return f"{name}: {_safe_text(error)}"
 
 
-def _safe_text(error: BaseException) -> str:
+def _safe_text(error: BaseException | None) -> str:
     # Connection errors say "Connection refused" or name an SSL alert; cap the
     # length so a chatty library cannot push request data into our messages.
     return str(error)[:160]
