@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
 
 from stsd.minio_actions import (
     ADMIN_ACTIONS,
@@ -155,7 +155,7 @@ def _string_list(value: object) -> list[str]:
         return []
     if isinstance(value, str):
         return [value]
-    return [v for v in value]  # type: ignore[union-attr]
+    return [v for v in cast("Iterable[str]", value)]  # a JSON list of strings
 
 
 def _field(statement: Mapping[str, Any], name: str) -> Any:
@@ -168,19 +168,22 @@ def _field(statement: Mapping[str, Any], name: str) -> Any:
     return None
 
 
-def _values(raw: object) -> list[object]:
+def _values(raw: object) -> list[str | int]:
     items = raw if isinstance(raw, (list, tuple)) else [raw]
+    values: list[str | int] = []
     for item in items:
         if not isinstance(item, (str, int)):  # bool is an int; floats MinIO refuses
             raise _Unsupported
-    return list(items)
+        values.append(item)
+    return values
 
 
 def _strings(raw: object) -> list[str]:
     items = _values(raw)
-    if not all(isinstance(v, str) for v in items):
+    strings = [v for v in items if isinstance(v, str)]
+    if len(strings) != len(items):
         raise _Unsupported  # condition/stringfunc.go valuesToStringSlice refuses
-    return items  # type: ignore[return-value]
+    return strings
 
 
 def _bool_text(value: object) -> str:
@@ -240,11 +243,11 @@ def _one_condition(operator: str, key: str, raw: object,
         values = _values(raw)
         if len(values) != 1:
             raise _Unsupported
-        value = values[0]
-        if isinstance(value, bool):
+        bound = values[0]
+        if isinstance(bound, bool):
             raise _Unsupported
         try:
-            limit = int(value) if isinstance(value, str) else value
+            limit = int(bound) if isinstance(bound, str) else bound
         except ValueError:
             raise _Unsupported from None
         compare = {

@@ -8,11 +8,16 @@ import os
 import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+    from twisted.internet.ssl import CertificateOptions
 
 __all__ = ["TestPKI"]
 
@@ -119,19 +124,20 @@ class TestPKI:
         cert, key = _leaf(self.ca_cert, self.ca_key, hostnames, ips)
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
-    def server_options(self):
+    def server_options(self) -> CertificateOptions:
         """TLS >= 1.2 server options for ``reactor.listenSSL`` with the leaf."""
         from twisted.internet.ssl import CertificateOptions, TLSVersion
 
         # pyOpenSSL >= 24.3 takes cryptography objects directly (and warns on
         # its own deprecated X509/PKey), so no conversion is needed.
+        # (Twisted annotates pyOpenSSL's types only: see stsd.tls.server_options_for.)
         return CertificateOptions(
-            privateKey=self.key,
-            certificate=self.cert,
+            privateKey=self.key,  # type: ignore[arg-type]
+            certificate=self.cert,  # type: ignore[arg-type]
             raiseMinimumTo=TLSVersion.TLSv1_2,
         )
 
-    def client_options(self, hostname: str = "localhost"):
+    def client_options(self, hostname: str = "localhost") -> IOpenSSLClientConnectionCreator:
         """Client TLS options trusting only this CA (for tests talking to fakes)."""
         from twisted.internet.ssl import Certificate, optionsForClientTLS
 

@@ -89,7 +89,7 @@ class TokenIssuer:
         if self._clock is None:
             from twisted.internet import reactor
 
-            return reactor.seconds()  # type: ignore[attr-defined]
+            return reactor.seconds()
         return self._clock.seconds()
 
     def mint(
