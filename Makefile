@@ -6,13 +6,17 @@ PYTHON ?= .venv/bin/python
 BENCH_OUT ?= build/bench
 BENCH_ARGS ?=
 
-.PHONY: demo test bench bench-throughput bench-scale
+.PHONY: demo test typecheck bench bench-throughput bench-scale
 
 demo:
 	.venv/bin/python -m stsd.demo
 
 test:
 	.venv/bin/python -m pytest -q
+
+# What .ci/run checks before the tests (configuration: mypy.ini).
+typecheck:
+	.venv/bin/mypy
 
 # About three minutes on two cores; needs wrk (apt-get install -y wrk) and,
 # for the profile of the daemon, py-spy (pip install py-spy) -- without it

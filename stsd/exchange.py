@@ -67,7 +67,8 @@ PARENT_USER = "parent-user"
 
 
 class Authenticator(Protocol):
-    audience: str
+    @property
+    def audience(self) -> str: ...
 
     async def authenticate(self, token: str) -> Identity: ...
 

@@ -28,7 +28,8 @@ __all__ = ["Authenticator", "CachingAuthenticator"]
 
 
 class Authenticator(Protocol):
-    audience: str
+    @property
+    def audience(self) -> str: ...
 
     async def authenticate(self, token: str) -> Identity: ...
 
