@@ -527,7 +527,7 @@ def load_config(path: str) -> Config:
 
 def _plain(value: object) -> object:
     # Nested records (a RateConfig) become mappings, as they were written.
-    return asdict(value) if is_dataclass(value) else value  # type: ignore[arg-type]
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
 def redacted(config: Config) -> dict[str, dict[str, object]]:

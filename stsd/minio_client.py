@@ -104,6 +104,7 @@ def decrypt_payload(payload: bytes, password: str) -> bytes:
     from minio.crypto import decrypt  # noqa: PLC0415
 
     try:
+        # minio declares a urllib3 response, of which it uses what _Body has.
         return decrypt(_Body(payload), password)  # type: ignore[arg-type]
     except (OSError, KeyError, IndexError) as e:
         raise ValueError(f"undecryptable payload: {type(e).__name__}") from None
