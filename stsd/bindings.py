@@ -49,7 +49,7 @@ class Grant:
 
 def parse_binding(obj: Mapping[str, Any]) -> Binding | None:
     """
-    A PolicyBinding object as the API server returns it; L{None} (and a
+    A PolicyBinding object as the API server returns it; C{None} (and a
     warning) when it lacks what a binding needs.
     """
     metadata = obj.get("metadata") or {}
@@ -193,7 +193,7 @@ class BindingIndex:
 
     def lookup(self, tenant_namespace: str, app_namespace: str, serviceaccount: str) -> Grant | None:
         """
-        The grant of a ServiceAccount in a tenant namespace, or L{None}.
+        The grant of a ServiceAccount in a tenant namespace, or C{None}.
         """
         key = (tenant_namespace, app_namespace, serviceaccount)
         grant = self._grants.get(key)

@@ -1,7 +1,6 @@
 """
-The demo: a credential exchange end to end on a simulated cluster.
-
-    python -m stsd.demo [LOG]
+The demo: a credential exchange end to end on a simulated cluster, run as
+C{python -m stsd.demo [LOG]}.
 
 Brings up a fake Kubernetes API server and two fake MinIO tenants on
 loopback TLS (throwaway CA and token-signing key), starts the real

@@ -471,7 +471,7 @@ class Exchange:
 
 
 def _first_error(failure: Failure) -> NoReturn:
-    """Raise the error inside a failed gatherResults (its L{FirstError})."""
+    """Raise the error inside a failed gatherResults (its C{FirstError})."""
     error = failure.value
     assert isinstance(error, FirstError)  # gatherResults fails with nothing else
     error.subFailure.raiseException()

@@ -250,7 +250,7 @@ class KubernetesClient:
         reactor for a second and more than doubling the memory it takes.
 
         @param transform: applied to each item as its page arrives (items it
-            maps to L{None} are dropped), so that only the parsed records
+            maps to C{None} are dropped), so that only the parsed records
             accumulate.
         @return: the items and the list's resourceVersion.
         """
@@ -284,7 +284,7 @@ class KubernetesClient:
 
     async def get(self, path: str, what: str) -> dict[str, Any] | None:
         """
-        Get one object; L{None} when it does not exist.
+        Get one object; C{None} when it does not exist.
         """
         status, document = await self._call("GET", path, f"get {what}")
         if status == 404:

@@ -33,7 +33,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class Metrics:
     """
     The collectors stsd updates. Gauges that mirror state (index sizes,
-    sync age, certificate expiry) read it when scraped, via L{watch_*}.
+    sync age, certificate expiry) read it when scraped, via C{watch_*}.
     """
 
     def __init__(self) -> None:

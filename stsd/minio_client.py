@@ -310,7 +310,7 @@ class MinIOClient:
 
     async def canned_policy(self, tenant: TenantEndpoint, region: str, name: str) -> str | None:
         """
-        The text of the canned policy C{name}, or L{None} if MinIO has none
+        The text of the canned policy C{name}, or C{None} if MinIO has none
         (C{""} if MinIO's answer is unreadable).
         """
         response = await self._signed(
@@ -357,7 +357,7 @@ class MinIOClient:
     async def remove_user(self, tenant: TenantEndpoint, region: str, access_key: str) -> bool:
         """
         Remove the user C{access_key}; MinIO removes the credentials derived
-        from it with it. L{False} if there was no such user.
+        from it with it. C{False} if there was no such user.
         """
         response = await self._signed(
             tenant, "DELETE", "/minio/admin/v3/remove-user", target=f"remove user {access_key}",
@@ -518,7 +518,7 @@ def _plain_credentials(response: Response) -> dict[str, str] | None:
     """
     The credentials of an answer in the plain shape MinIO writes (each
     field once, no entities, no comments or CDATA), read without building a
-    tree; L{None} for any other shape, which the XML parser then reads.
+    tree; C{None} for any other shape, which the XML parser then reads.
     """
     body = response.body
     start = body.find(b"<Credentials>")

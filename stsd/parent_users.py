@@ -231,7 +231,7 @@ class ParentUsers(Service):
         """
         The ServiceAccount's parent user, in step with its bindings: at once
         when it is, else once its reconcile (started now if none is
-        pending) has run. L{None} when no binding wants the user.
+        pending) has run. C{None} when no binding wants the user.
 
         @raise MinIOError: MinIO refused or failed the reconcile (it is
             retried in the background).

@@ -139,7 +139,7 @@ class _DeadlineChannel(HTTPChannel):
     or header, headers or a line over the limit) are STS XML too.
 
     The timer runs on the site's reactor (C{callLater}, set by
-    L{HTTPFactory.buildProtocol}).
+    C{HTTPFactory.buildProtocol}).
     """
 
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
@@ -311,7 +311,7 @@ class DeadlineSite(Site):
     arrive within C{request_timeout} seconds, its request line and headers
     within C{max_header_bytes}, its body is kept in memory up to
     L{wire.MAX_BODY_BYTES} (L{BoundedRequest}); at most C{max_connections}
-    connections are held at once (L{None}: no bound), one more is closed as
+    connections are held at once (C{None}: no bound), one more is closed as
     soon as it is accepted (with a warning at most every
     L{BOUND_WARNING_SECONDS}).
 

@@ -4,7 +4,7 @@ C{twistd stsd}: command-line options and the wiring of the service.
 
 Nothing here does work of its own: it reads the configuration, builds the
 clients, indexes, background refresher and Klein resource, and returns
-them as one L{MultiService}.
+them as one C{MultiService}.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def _expiry(token: str) -> float | None:
     """
     The token's C{exp} claim, read WITHOUT verifying the signature: only
     used once the inner authenticator has accepted this very token (the
-    cache key covers the signed payload). L{None} if there is none.
+    cache key covers the signed payload). C{None} if there is none.
     """
     parts = token.split(".")
     if len(parts) != 3:

@@ -73,8 +73,8 @@ TreqHeaders: TypeAlias = dict[bytes | str, list[bytes | str]]
 
 class TreqClient(Interface):
     """
-    What stsd's callers use of treq's L{HTTPClient}: C{request}, with the
-    arguments they pass. An L{HTTPClient} is one, and so is
+    What stsd's callers use of treq's C{HTTPClient}: C{request}, with the
+    arguments they pass. An C{HTTPClient} is one, and so is
     L{stsd.metrics.ObservedHTTPClient}, which wraps one.
     """
 

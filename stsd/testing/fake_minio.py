@@ -1,17 +1,17 @@
 """A strict in-process fake of the MinIO APIs stsd and its tests call.
 
 Every request is checked with an independent AWS SigV4 verifier (not the
-``minio`` package's signer, so the fake does not share the daemon's bugs).
+C{minio} package's signer, so the fake does not share the daemon's bugs).
 Served, as MinIO (minio/minio cmd/) does:
 
-- admin (root only): server info, canned policies, users (add, remove,
-  list, info) and their policy mappings (set, attach, detach), with
-  madmin-encrypted bodies opened by the fake's own decryptor;
-- STS AssumeRole, signed by root (a session policy required: without one
-  MinIO would hand out root's rights) or by a user (the credentials' parent);
-- a small path-style S3 API authorized like MinIO's IAM: a temporary
-  credential may do what its parent user's policies, as attached NOW, and
-  its session policy both allow; removing the user removes its credentials.
+ - admin (root only): server info, canned policies, users (add, remove,
+   list, info) and their policy mappings (set, attach, detach), with
+   madmin-encrypted bodies opened by the fake's own decryptor;
+ - STS AssumeRole, signed by root (a session policy required: without one
+   MinIO would hand out root's rights) or by a user (the credentials' parent);
+ - a small path-style S3 API authorized like MinIO's IAM: a temporary
+   credential may do what its parent user's policies, as attached NOW, and
+   its session policy both allow; removing the user removes its credentials.
 """
 
 from __future__ import annotations
@@ -138,13 +138,13 @@ def verify_sigv4(
     region: str | None,
     unsigned_payload: bool = False,
 ) -> SigV4Error | None:
-    """Check an AWS SigV4 ``Authorization`` header; ``region=None`` accepts any region.
+    """Check an AWS SigV4 C{Authorization} header; C{region=None} accepts any region.
 
-    ``unsigned_payload`` accepts ``UNSIGNED-PAYLOAD`` and
-    ``STREAMING-UNSIGNED-PAYLOAD-TRAILER`` for any method, as MinIO's S3 API does.
+    C{unsigned_payload} accepts C{UNSIGNED-PAYLOAD} and
+    C{STREAMING-UNSIGNED-PAYLOAD-TRAILER} for any method, as MinIO's S3 API does.
 
-    ``raw_path`` is the path exactly as sent (still percent-encoded);
-    ``header(name)`` returns all values of a request header or None.
+    C{raw_path} is the path exactly as sent (still percent-encoded);
+    C{header(name)} returns all values of a request header or None.
     """
     auth = (header("authorization") or [""])[0]
     if not auth.startswith("AWS4-HMAC-SHA256 "):
@@ -976,11 +976,11 @@ class _TenantResource(Resource):
 
 class FakeMinIORouter(Resource):
     """
-    Several tenants on one port: ``/{namespace}/minio/admin/...``, ``POST
-    /{namespace}/`` and path-style S3 ``/{namespace}/{bucket}/{key}`` (boto3
+    Several tenants on one port: C{/{namespace}/minio/admin/...}, C{POST
+    /{namespace}/} and path-style S3 C{/{namespace}/{bucket}/{key}} (boto3
     keeps a path in its endpoint URL). A client that cannot put a path in
-    its endpoint (minio-py's Minio and MinioAdmin) sends ``/{bucket}/{key}``
-    or ``/minio/admin/...``: when the first path segment is no namespace,
+    its endpoint (minio-py's Minio and MinioAdmin) sends C{/{bucket}/{key}}
+    or C{/minio/admin/...}: when the first path segment is no namespace,
     the tenant that knows the request's access key serves it (a namespace
     wins over a bucket of the same name).
     """

@@ -57,7 +57,7 @@ class Faults:
     def connection(self, request: Any, mode: str | None) -> int | None:
         """
         Carry out a connection-level fault ("close", "hang"): the value to
-        return from C{render}, or L{None} for any other mode.
+        return from C{render}, or C{None} for any other mode.
         """
         if mode == "close":
             abort(request)

@@ -49,7 +49,7 @@ def _write(path: pathlib.Path, data: bytes, mode: int = 0o644) -> None:
 
 @dataclass(frozen=True)
 class TestPKI:
-    """A CA plus one server certificate written as ``ca.pem``/``tls.crt``/``tls.key``."""
+    """A CA plus one server certificate written as C{ca.pem}/C{tls.crt}/C{tls.key}."""
 
     __test__ = False  # not a pytest test class despite the name
 
@@ -120,12 +120,12 @@ class TestPKI:
     def issue(
         self, hostnames: Sequence[str] = (), ips: Sequence[str] = ()
     ) -> tuple[bytes, bytes]:
-        """Another leaf from this CA, e.g. for the wrong host: ``(cert_pem, key_pem)``."""
+        """Another leaf from this CA, e.g. for the wrong host: C{(cert_pem, key_pem)}."""
         cert, key = _leaf(self.ca_cert, self.ca_key, hostnames, ips)
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
     def server_options(self) -> CertificateOptions:
-        """TLS >= 1.2 server options for ``reactor.listenSSL`` with the leaf."""
+        """TLS >= 1.2 server options for C{reactor.listenSSL} with the leaf."""
         from twisted.internet.ssl import CertificateOptions, TLSVersion
 
         # pyOpenSSL >= 24.3 takes cryptography objects directly (and warns on
