@@ -33,6 +33,12 @@ def test_demo_runs_and_keeps_its_log(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert "refused: " in done.stdout and "AccessDenied" in done.stdout
+    # The default mode, its credentials used against S3, narrowed, then revoked.
+    assert "tenants.authorization: parent-user" in done.stdout
+    assert "PutObject photos/dog.jpg: allowed; GetObject photos/cat.jpg: allowed" in done.stdout
+    assert ("PutObject photos/bird.jpg: refused (AccessDenied); GetObject photos/cat.jpg: allowed"
+            in done.stdout)
+    assert "the credentials of step 1 stopped working" in done.stdout
     assert lines[-1].startswith("stsd stopped cleanly"), done.stdout
     assert lines[-1].endswith(f"; its log: {log}")
     assert "exit code -15" not in done.stdout
