@@ -103,7 +103,7 @@ def _s3_outcome(call: Any) -> str:
 
 
 async def _poll_until_refused(reactor: Any, call: Any, timeout: float = 30.0) -> float | None:
-    """Seconds until C{call} is refused, or L{None} if it never was within C{timeout}."""
+    """Seconds until C{call} is refused, or C{None} if it never was within C{timeout}."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if (await deferToThread(_s3_outcome, call)) != "allowed":
