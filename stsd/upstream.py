@@ -16,7 +16,7 @@ from typing import Protocol as Interface
 from typing import TypeAlias
 
 from treq.client import HTTPClient
-from treq.response import _Response as TreqResponse
+from treq.response import _Response
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -66,6 +66,9 @@ class Transport(Interface):
         metric: str = "",
     ) -> Deferred[Response]: ...
 
+
+#: What treq's C{request} answers with (an C{IResponse}).
+TreqResponse: TypeAlias = _Response
 
 #: Request headers as treq takes them: each name with its values.
 TreqHeaders: TypeAlias = dict[bytes | str, list[bytes | str]]
