@@ -737,11 +737,19 @@ def _keep(rest: str) -> int:
 
 
 def _covers(patterns: Iterable[str], kind: str, work: Work) -> Callable[[str, str], bool]:
+    """Containment among I{patterns} (C{covers(q, p)}: q contains p): L{_covers_outers}'s."""
+    return _covers_outers(patterns, kind, work)[0]
+
+
+def _covers_outers(
+    patterns: Iterable[str], kind: str, work: Work
+) -> tuple[Callable[[str, str], bool], dict[str, str | None]]:
     """Containment among I{patterns} (C{covers(q, p)}: q contains p), each pattern
     prepared once.  Only a pattern with a wildcard (or implied actions) contains another
     than its equal; the common C{P*} with a literal P is decided by a prefix test in C;
     any other goes through the general containment, which L{check_session_limits} keeps
-    to a few patterns of a caller's Policy."""
+    to a few patterns of a caller's Policy.  With it, the patterns that may contain
+    another (the outers), each with its literal head (C{None}: no prefix test)."""
     actions = kind == "actions"
     contains = _action_contains if actions else _resource_contains
     may_contain = _action_may_contain if actions else _resource_may_contain
@@ -763,9 +771,7 @@ def _covers(patterns: Iterable[str], kind: str, work: Work) -> Callable[[str, st
             return all(x.startswith(head) for x in IMPLIED_ACTIONS.get(p, ()))
         return len(head) <= _keep(inner)
 
-    # An attribute of the function: _minimal needs the outers it was built from.
-    covers.outers = heads  # type: ignore[attr-defined]
-    return covers
+    return covers, heads
 
 
 def _minimal(patterns: frozenset[str], kind: str, work: Work) -> frozenset[str]:
@@ -773,8 +779,7 @@ def _minimal(patterns: frozenset[str], kind: str, work: Work) -> frozenset[str]:
 
     A C{P*} outer is looked up by the prefixes of each pattern (linear in its length),
     any other outer tried in turn (few: see L{check_session_limits})."""
-    covers = _covers(patterns, kind, work)
-    outers: dict[str, str | None] = covers.outers  # type: ignore[attr-defined]  # see _covers
+    covers, outers = _covers_outers(patterns, kind, work)
     by_head: dict[str, list[str]] = {}
     for q, head in outers.items():
         if head is not None:
