@@ -6,13 +6,22 @@ PYTHON ?= .venv/bin/python
 BENCH_OUT ?= build/bench
 BENCH_ARGS ?=
 
-.PHONY: demo test bench bench-throughput bench-scale
+.PHONY: demo test typecheck apidocs bench bench-throughput bench-scale
 
 demo:
 	.venv/bin/python -m stsd.demo
 
 test:
 	.venv/bin/python -m pytest -q
+
+# What .ci/run checks before the tests (configuration: mypy.ini).
+typecheck:
+	.venv/bin/mypy
+
+# The API documentation from the epytext docstrings, into build/apidocs (.ci/run
+# builds it too, and fails on any warning).
+apidocs:
+	.venv/bin/pydoctor --docformat=epytext --warnings-as-errors -q --html-output=build/apidocs stsd
 
 # About three minutes on two cores; needs wrk (apt-get install -y wrk) and,
 # for the profile of the daemon, py-spy (pip install py-spy) -- without it

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from sys import intern
-from typing import Any
+from typing import Any, TypeGuard
 
 from twisted.logger import Logger
 
@@ -51,7 +51,7 @@ class Grant:
 
 def parse_binding(obj: Mapping[str, Any]) -> Binding | None:
     """
-    A PolicyBinding object as the API server returns it; L{None} (and a
+    A PolicyBinding object as the API server returns it; C{None} (and a
     warning) when it lacks what a binding needs.
     """
     metadata = obj.get("metadata") or {}
@@ -67,10 +67,14 @@ def parse_binding(obj: Mapping[str, Any]) -> Binding | None:
     # Interned: with 10^5 bindings the same few namespaces, ServiceAccount
     # and policy names repeat, and the index keys compare by identity first.
     names = tuple(intern(p) for p in policies if isinstance(p, str) and p)
-    if not all(isinstance(v, str) and v for v in (namespace, name, app_ns, sa)):
+    if not (_name(namespace) and _name(name) and _name(app_ns) and _name(sa)):
         log.warn("ignoring malformed PolicyBinding {namespace}/{name}", namespace=namespace, name=name)
         return None
     return Binding(intern(namespace), name, intern(app_ns), intern(sa), names)
+
+
+def _name(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and bool(value)
 
 
 def _add_all(
@@ -191,7 +195,7 @@ class BindingIndex:
 
     def lookup(self, tenant_namespace: str, app_namespace: str, serviceaccount: str) -> Grant | None:
         """
-        The grant of a ServiceAccount in a tenant namespace, or L{None}.
+        The grant of a ServiceAccount in a tenant namespace, or C{None}.
         """
         key = (tenant_namespace, app_namespace, serviceaccount)
         grant = self._grants.get(key)

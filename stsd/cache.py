@@ -66,7 +66,7 @@ class SingleFlight(Generic[K, V]):
     def join(self, key: K) -> Deferred[V] | None:
         """
         A Deferred of the outcome of the work in flight for C{key}, or
-        L{None} when none is.
+        C{None} when none is.
         """
         flight = self._flights.get(key)
         if flight is None:

@@ -10,7 +10,7 @@ a change is detected from the files' contents (SHA-256 of the certificate
 and the key bytes), polled every few seconds.
 
 An C{SSL.Context} must not be changed once it has made a connection
-(pyOpenSSL refuses), so a reload builds new L{CertificateOptions} and swaps
+(pyOpenSSL refuses), so a reload builds new C{CertificateOptions} and swaps
 them in L{ReloadingServerOptions}, which the listening port asks for every
 new connection: connections made earlier keep their own context, new ones
 get the new certificate.
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
     IOpenSSLContextFactory,
@@ -79,7 +80,7 @@ class ReloadingServerOptions:
     Server TLS options whose certificate can be replaced while listening:
     each new connection is made by the options current at that moment.
 
-    Pass this where L{CertificateOptions} would go (C{SSL4ServerEndpoint},
+    Pass this where C{CertificateOptions} would go (C{SSL4ServerEndpoint},
     C{listenSSL}): Twisted's TLS layer calls L{serverConnectionForTLS} once
     per accepted connection.
     """
@@ -150,7 +151,7 @@ class CertificateReloader(PeriodicService):
     @ivar failures: checks that found changed files and could not load them
         (each tick counts: the counter keeps rising while the files are bad).
     @ivar last_error: why the files on disk are not being served, or
-        L{None} when they are.
+        C{None} when they are.
     """
 
     def __init__(
@@ -312,7 +313,7 @@ def _load(
     return LoadedCertificate(options=options, leaf=chain[0], fingerprint=fingerprint)
 
 
-def _public_key_der(public_key: object) -> bytes:
-    return public_key.public_bytes(  # type: ignore[attr-defined,no-any-return]
+def _public_key_der(public_key: PublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
+from twisted.web.client import Agent
 from twisted.python import usage
 
 from stsd import config as configuration
@@ -25,10 +26,10 @@ from stsd.certreload import CertificateLoadError, load_certificate
 from stsd.keepalive import KeepAliveClient
 from stsd.minio_client import MinIOClient, TenantEndpoint, ThreadedPayloadCrypto
 from stsd.parent_users import is_owned
-from stsd.rbac import PERMISSIONS
+from stsd.rbac import PERMISSIONS, Permission
 from stsd.tenants import TENANTS_PATH
 from stsd.tap import tenant_trust
-from stsd.tenants import EndpointRule, parse_tenant, root_credentials, secret_config_env
+from stsd.tenants import EndpointRule, Tenant, parse_tenant, root_credentials, secret_config_env
 from stsd.upstream import make_client
 
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -94,7 +95,9 @@ async def run_check(reactor: Any, config_path: str, out: IO[str]) -> bool:
     try:
         await _check_cluster(report, reactor, config, access, client, minio_http)
     finally:
-        await kube_http._agent._pool.closeCachedConnections()
+        agent = kube_http._agent
+        assert isinstance(agent, Agent)  # make_client's, with its connection pool
+        await agent._pool.closeCachedConnections()
         await minio_http.close()
     report.render(out)
     return report.ok
@@ -110,7 +113,7 @@ async def _step(report: Report, name: str, call: Callable[[], Awaitable[str]]) -
 
 async def _check_cluster(
     report: Report, reactor: Any, config: configuration.Config, access: kube.KubeAccess,
-    client: kube.KubernetesClient, minio_http: Any,
+    client: kube.KubernetesClient, minio_http: KeepAliveClient,
 ) -> None:
     async def review(group: str, resource: str, verb: str) -> tuple[bool, str]:
         status = await client.review(SSAR_PATH, {
@@ -127,7 +130,7 @@ async def _check_cluster(
     report.add(f"Kubernetes API {access.host}", True, "reached")
     for permission in PERMISSIONS:
         for verb in permission.verbs:
-            async def allowed(p=permission, v=verb) -> str:
+            async def allowed(p: Permission = permission, v: str = verb) -> str:
                 ok, reason = await review(p.group, p.resource, v)
                 if not ok:
                     raise RuntimeError(f"not allowed ({reason or 'no reason given'})")
@@ -136,7 +139,7 @@ async def _check_cluster(
             name = f"RBAC {verb} {permission.resource}" + (
                 f".{permission.group}" if permission.group else "")
             await _step(report, name, allowed)
-    tenants: list[Any] = []
+    tenants: list[Tenant] = []
 
     async def list_tenants() -> str:
         found, _ = await client.list(TENANTS_PATH, "Tenants", transform=parse_tenant)
@@ -151,7 +154,7 @@ async def _check_cluster(
                         crypto=ThreadedPayloadCrypto(reactor, reactor.getThreadPool())
                         if parent_user else None)
     for tenant in tenants:
-        async def reach(t=tenant) -> str:
+        async def reach(t: Tenant = tenant) -> str:
             env: dict[str, str] = {}
             secret = None
             if t.secret_name:

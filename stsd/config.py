@@ -4,16 +4,16 @@ The stsd configuration file: its schema, its validation and its defaults.
 
 The public types are the frozen dataclasses below.  Each key is declared once, on its
 dataclass, with its type, its default and the check that turns the raw YAML value into the
-stored one (``field(metadata=_spec(...))``); :func:`parse_config` walks those declarations,
+stored one (C{field(metadata=_spec(...))}); L{parse_config} walks those declarations,
 so the schema, the defaults and the validation cannot drift apart.
 
-Adding a section: write a ``@dataclass(frozen=True, kw_only=True)`` whose fields carry
-``_spec(...)`` metadata, add it as a field of :class:`Config` (with
-``default_factory``), document its keys in ``etc/stsd.yaml`` (a test enforces this), and,
-only if it has a rule spanning several keys, add an entry to ``_SECTION_CHECKS``.
+Adding a section: write a C{@dataclass(frozen=True, kw_only=True)} whose fields carry
+C{_spec(...)} metadata, add it as a field of L{Config} (with
+C{default_factory}), document its keys in C{etc/stsd.yaml} (a test enforces this), and,
+only if it has a rule spanning several keys, add an entry to C{_SECTION_CHECKS}.
 
 Validation reads the TLS and CA files named by the config, so it happens once, at
-start-up, in :func:`load_config`; nothing here runs at import time.  Error messages name
+start-up, in L{load_config}; nothing here runs at import time.  Error messages name
 the dotted key and never quote the contents of any file they read.
 """
 
@@ -64,8 +64,8 @@ MIN_DURATION_SECONDS = 900
 
 class ConfigError(Exception):
     """
-    The configuration is unusable.  ``str()`` is one line, ``"<key>: <problem>"``, where
-    ``key`` is the dotted config key (``"server.port"``) or, for problems with the file
+    The configuration is unusable.  C{str()} is one line, C{"<key>: <problem>"}, where
+    C{key} is the dotted config key (C{"server.port"}) or, for problems with the file
     as a whole, its path.
     """
 
@@ -100,7 +100,7 @@ def _shown(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _integer(low: int, high: int, why: str = "") -> _Check:
+def _integer(low: int, high: int, why: str = "") -> Callable[[str, object, str | None], int]:
     def check(key: str, value: object, base_dir: str | None) -> int:
         # bool is an int subclass, and YAML 1.1 reads "yes"/"on" as True.
         if (
@@ -178,7 +178,7 @@ def _path(key: str, value: object, base_dir: str | None) -> str:
 
 
 def _file(content: Callable[[str, str], object] = _read) -> _Check:
-    """A path to a readable file whose content passes ``content(key, path)``."""
+    """A path to a readable file whose content passes C{content(key, path)}."""
 
     def check(key: str, value: object, base_dir: str | None) -> str:
         path = _path(key, value, base_dir)
@@ -200,7 +200,7 @@ def _choice(*allowed: str) -> _Check:
             raise ConfigError(
                 key, f"expected one of {', '.join(allowed)}, got {_shown(value)}"
             )
-        return value  # type: ignore[return-value]
+        return value
 
     return check
 
@@ -222,7 +222,7 @@ def _non_negative_seconds(high: float) -> _Check:
 
 @dataclass(frozen=True)
 class RateConfig:
-    """A token bucket: ``rate`` tokens per second, at most ``burst`` saved up."""
+    """A token bucket: C{rate} tokens per second, at most C{burst} saved up."""
 
     rate: float
     burst: int
@@ -445,10 +445,10 @@ def _sections() -> dict[str, type]:
 
 def parse_config(data: object, *, base_dir: str | None = None) -> Config:
     """
-    Validate an already-parsed config mapping and build a :class:`Config`.
+    Validate an already-parsed config mapping and build a L{Config}.
 
-    Relative file paths are resolved against ``base_dir`` (the config file's directory);
-    with ``base_dir=None`` they are kept as given.  Raises :class:`ConfigError` for the
+    Relative file paths are resolved against C{base_dir} (the config file's directory);
+    with C{base_dir=None} they are kept as given.  Raises L{ConfigError} for the
     first problem found.
     """
     if not isinstance(data, Mapping):
@@ -468,7 +468,7 @@ def parse_config(data: object, *, base_dir: str | None = None) -> Config:
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.safe_load``, except that a key given twice is an error, not "last wins"."""
+    """C{yaml.safe_load}, except that a key given twice is an error, not "last wins"."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
         seen: set[object] = set()
@@ -490,9 +490,9 @@ class _Loader(yaml.SafeLoader):
 
 def load_config(path: str) -> Config:
     """
-    Read, parse and validate the YAML config file at ``path``.
+    Read, parse and validate the YAML config file at C{path}.
 
-    Raises :class:`ConfigError` whose message names the offending key, or ``path`` for a
+    Raises L{ConfigError} whose message names the offending key, or C{path} for a
     file that cannot be read or is not a YAML mapping.
     """
     try:
@@ -527,14 +527,14 @@ def load_config(path: str) -> Config:
 
 def _plain(value: object) -> object:
     # Nested records (a RateConfig) become mappings, as they were written.
-    return asdict(value) if is_dataclass(value) else value  # type: ignore[arg-type]
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
 def redacted(config: Config) -> dict[str, dict[str, object]]:
     """
     The effective configuration as plain data for the start-up log line.  This is the one
-    place that decides what may be logged: keys declared ``_spec(..., secret=True)`` are
-    replaced by ``"<redacted>"``.
+    place that decides what may be logged: keys declared C{_spec(..., secret=True)} are
+    replaced by C{"<redacted>"}.
     """
     return {
         section.name: {

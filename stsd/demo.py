@@ -1,7 +1,6 @@
 """
-The demo: a credential exchange end to end on a simulated cluster.
-
-    python -m stsd.demo [LOG]
+The demo: a credential exchange end to end on a simulated cluster, run as
+C{python -m stsd.demo [LOG]}.
 
 Brings up a fake Kubernetes API server and two fake MinIO tenants on
 loopback TLS (throwaway CA and token-signing key), starts the real
@@ -104,7 +103,7 @@ def _s3_outcome(call: Any) -> str:
 
 
 async def _poll_until_refused(reactor: Any, call: Any, timeout: float = 30.0) -> float | None:
-    """Seconds until C{call} is refused, or L{None} if it never was within C{timeout}."""
+    """Seconds until C{call} is refused, or C{None} if it never was within C{timeout}."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if (await deferToThread(_s3_outcome, call)) != "allowed":

@@ -125,7 +125,8 @@ class GracefulStop(MultiService):
             if cut_off:
                 log.warn("{cut_off} requests still in flight {grace:g} s after the listener "
                          "stopped: cutting them off", cut_off=cut_off, grace=self.grace)
-                return self._close(site, cut_off)
+                self._close(site, cut_off)
+                return None
             # The last answers are written, their connections closing: let
             # them go out (a TLS close waits for the client's) for a moment.
             closed = _within(self._clock, site.when_closed(), LINGER_SECONDS)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from stsd import errors
 from stsd.bindings import BindingIndex, Grant
@@ -55,6 +56,7 @@ _PARSED_POLICY_FACTOR = 4
 # Refusals that feed the per-client failed-authentication budget.
 _AUTH_FAILURES = frozenset({"AccessDenied", "InvalidIdentityToken"})
 _MISSING = object()
+_T = TypeVar("_T")
 # MinIO's answers to AssumeRole signed as a parent user it does not know
 # (removed by another replica, or a secret derived from an older root secret).
 _UNKNOWN_SIGNER = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId",
@@ -64,7 +66,8 @@ PARENT_USER = "parent-user"
 
 
 class Authenticator(Protocol):
-    audience: str
+    @property
+    def audience(self) -> str: ...
 
     async def authenticate(self, token: str) -> Identity: ...
 
@@ -227,8 +230,10 @@ class Exchange:
             )
         trail.grant = grant
         region_key = (tenant.url, tenant.credentials)
-        region = self._regions.fresh(region_key, _MISSING)
-        if region is _MISSING:
+        cached_region = self._regions.fresh(region_key, _MISSING)
+        if isinstance(cached_region, str):
+            region = cached_region
+        else:  # _MISSING
             region = await self._minio_call(self._regions.get(
                 region_key, lambda: self._minio.region(tenant)))
         if self._parent_users is not None:
@@ -354,7 +359,7 @@ class Exchange:
 
     # -- session-policy mode ------------------------------------------------
 
-    async def _minio_call(self, awaitable):  # type: ignore[no-untyped-def]
+    async def _minio_call(self, awaitable: Awaitable[_T]) -> _T:
         try:
             return await awaitable
         except MinIOError as e:
@@ -370,6 +375,7 @@ class Exchange:
         cached = tuple(self._policies.fresh((tenant.url, tenant.credentials, name), _MISSING)
                        for name in grant.policies)
         if _MISSING not in cached:
+            # TTLCache.fresh is typed V | object (for the default): all are texts here.
             return cached  # type: ignore[return-value]
 
         def fetch(name: str) -> Deferred[str | None]:
@@ -380,7 +386,7 @@ class Exchange:
 
         texts = await self._minio_call(
             gatherResults([fetch(n) for n in grant.policies], consumeErrors=True)
-            .addErrback(lambda f: f.value.subFailure.raiseException())
+            .addErrback(_first_error)
         )
         return tuple(texts)
 
@@ -461,3 +467,10 @@ class Exchange:
             self._metrics.skipped_policies.labels(tenant.name.split("/")[0]).inc()
         log.warn("skipping policy {policy} of tenant {tenant}: {why}",
                  policy=name, tenant=tenant.name, why=why)
+
+
+def _first_error(failure: Failure) -> NoReturn:
+    """Raise the error inside a failed gatherResults (its C{FirstError})."""
+    error = failure.value
+    assert isinstance(error, FirstError)  # gatherResults fails with nothing else
+    error.subFailure.raiseException()

@@ -41,7 +41,7 @@ class TokenReviewer(Protocol):
 def parse_serviceaccount(username: object) -> tuple[str, str] | None:
     """
     Split C{system:serviceaccount:<namespace>:<name>}; anything else (an
-    OIDC user, a node, a malformed name) is L{None}. The upstream operator
+    OIDC user, a node, a malformed name) is C{None}. The upstream operator
     strips the prefix wherever it occurs and would read C{oidc:alice} as
     ServiceAccount C{alice} in namespace C{oidc}.
     """

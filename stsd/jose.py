@@ -56,7 +56,7 @@ def json_segment(text: str, *, canonical: bool = True) -> dict[str, Any]:
 def number(value: object) -> float | None:
     """
     A claim's value as a finite number of seconds (C{exp}, C{nbf},
-    C{iat}), or L{None} when it is not one (booleans are not numbers).
+    C{iat}), or C{None} when it is not one (booleans are not numbers).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

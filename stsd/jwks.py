@@ -188,7 +188,7 @@ class KeySet(PeriodicService):
     fetch keeps the last good keys.
 
     @ivar fetches: how many fetches were started (for tests and metrics).
-    @ivar fetched_at: clock time of the last successful fetch, or L{None}.
+    @ivar fetched_at: clock time of the last successful fetch, or C{None}.
     """
 
     def __init__(

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IWriteDescriptor
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport, IWriteDescriptor
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -84,7 +84,9 @@ def _send_now(transport: Any) -> None:
     for the reactor to see on its next turn (the write is still registered).
     """
     socket_transport = getattr(transport, "transport", None) or transport
-    if IWriteDescriptor.providedBy(socket_transport) and not socket_transport.disconnecting:
+    # IWriteDescriptor does not declare disconnecting, which every one (a FileDescriptor) has.
+    if (IWriteDescriptor.providedBy(socket_transport)
+            and not socket_transport.disconnecting):  # type: ignore[attr-defined]
         socket_transport.doWrite()
 
 
@@ -99,6 +101,9 @@ class _Connection(Protocol):
     One persistent connection: send a request, parse its answer, then be
     handed back to the pool (or closed when the answer says so).
     """
+
+    #: The TLS layer (L{_DirectTLSFactory}'s) once connected.
+    transport: ITCPTransport
 
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body

@@ -25,7 +25,6 @@ from kubernetes.config.incluster_config import (
     SERVICE_TOKEN_FILENAME,
     InClusterConfigLoader,
 )
-from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -35,7 +34,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from stsd import tls
-from stsd.upstream import CappedBody, UpstreamError, describe, request, timed_out
+from stsd.upstream import CappedBody, TreqClient, TreqHeaders, UpstreamError, describe, request, timed_out
 
 log = Logger()
 
@@ -169,7 +168,7 @@ class KubernetesClient:
     """
 
     def __init__(
-        self, access: KubeAccess, http: HTTPClient, clock: IReactorTime, timeout: float
+        self, access: KubeAccess, http: TreqClient, clock: IReactorTime, timeout: float
     ) -> None:
         self._access = access
         self._http = http
@@ -251,7 +250,7 @@ class KubernetesClient:
         reactor for a second and more than doubling the memory it takes.
 
         @param transform: applied to each item as its page arrives (items it
-            maps to L{None} are dropped), so that only the parsed records
+            maps to C{None} are dropped), so that only the parsed records
             accumulate.
         @return: the items and the list's resourceVersion.
         """
@@ -285,7 +284,7 @@ class KubernetesClient:
 
     async def get(self, path: str, what: str) -> dict[str, Any] | None:
         """
-        Get one object; L{None} when it does not exist.
+        Get one object; C{None} when it does not exist.
         """
         status, document = await self._call("GET", path, f"get {what}")
         if status == 404:
@@ -344,7 +343,7 @@ class KubernetesClient:
         url = self._access.host + path + ("&" if "?" in path else "?") + urlencode(params)
         target = f"watch {what}"
         idle = idle_seconds if idle_seconds is not None else timeout_seconds + self._timeout
-        headers = {k: [v] for k, v in self._headers().items()}
+        headers: TreqHeaders = {k: [v] for k, v in self._headers().items()}
 
         requested = self._http.request("GET", url, headers=headers, unbuffered=True)
         requested.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
@@ -470,7 +469,8 @@ class _EventStream(Protocol):
         # IResponse.deliverBody: stopProducing abandons the body and closes
         # the connection.
         if self.transport is not None:
-            self.transport.stopProducing()
+            # deliverBody's transport is an IPushProducer; Protocol declares ITransport.
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def _fail(self, failure: Failure) -> None:
         if self._settled:

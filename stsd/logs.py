@@ -81,7 +81,7 @@ def observer_factory(
 def factory_name(fmt: str, level: str, path: str | None = None) -> str:
     """
     The dotted name of the observer factory for C{fmt}, C{level} and the
-    log file C{path} (L{None}: stdout): twistd takes its C{logger} setting
+    log file C{path} (C{None}: stdout): twistd takes its C{logger} setting
     as a name to import, resolved by the module L{__getattr__} below (so no
     state is kept between parsing and use). The path is hex-encoded: a
     dotted name has no room for dots or slashes.
@@ -101,8 +101,8 @@ def log_file(twistd_options: Any) -> str | None:
     with C{--nodaemon} is stdout, none without it is C{twistd.log} as with
     twistd. C{--syslog} is refused.
 
-    @param twistd_options: twistd's options (a mapping), or L{None}.
-    @return: the file's absolute path, or L{None} for stdout.
+    @param twistd_options: twistd's options (a mapping), or C{None}.
+    @return: the file's absolute path, or C{None} for stdout.
     @raise ValueError: C{--syslog}, or a file that cannot be opened; the
         message is one line naming the option.
     """

@@ -18,9 +18,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+
+from stsd.upstream import TreqHeaders, TreqResponse
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -28,7 +33,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class Metrics:
     """
     The collectors stsd updates. Gauges that mirror state (index sizes,
-    sync age, certificate expiry) read it when scraped, via L{watch_*}.
+    sync age, certificate expiry) read it when scraped, via C{watch_*}.
     """
 
     def __init__(self) -> None:
@@ -150,7 +155,7 @@ class MetricsResource(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         accept = request.getHeader(b"accept")
-        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else None)
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
         request.setHeader(b"content-type", content_type.encode())
         return encoder(self._registry)
 
@@ -206,7 +211,8 @@ class ObservedHTTPClient:
     """
 
     def __init__(
-        self, inner: Any, metrics: Metrics, classify: Callable[[str, str], str], clock: Any
+        self, inner: HTTPClient, metrics: Metrics, classify: Callable[[str, str], str],
+        clock: IReactorTime,
     ) -> None:
         self._inner = inner
         self._metrics = metrics
@@ -214,14 +220,26 @@ class ObservedHTTPClient:
         self._clock = clock
         self._agent = inner._agent  # the pool, for closing cached connections
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: TreqHeaders | None = None,
+        data: bytes | None = None,
+        allow_redirects: bool = True,
+        unbuffered: bool = False,
+    ) -> Deferred[TreqResponse]:
         target = self._classify(method, url)
         started = self._clock.seconds()
 
-        def done(result: Any) -> Any:
+        def done(result: TreqResponse | Failure) -> TreqResponse | Failure:
             ok = not isinstance(result, Failure) and (
                 result.code < 400 or result.code == 404)
             self._metrics.observe_upstream(target, self._clock.seconds() - started, ok)
             return result
 
-        return self._inner.request(method, url, **kwargs).addBoth(done)
+        requested = self._inner.request(
+            method, url, headers=headers, data=data, allow_redirects=allow_redirects,
+            unbuffered=unbuffered)
+        return requested.addBoth(done)

@@ -2,12 +2,12 @@
 """MinIO's action tables, as data: which actions belong to which namespace, which admin
 actions have their Resource checked, and which literal actions allow further actions.
 
-Read from minio/pkg ``policy/`` (commit 876a725, Dec 2026): ``admin-action.go``
-(``SupportedAdminActions``, ``AdminActionsWithResource``), ``sts-action.go``
-(``supportedSTSActions``), ``kms-action.go`` (``supportedKMSActions``),
-``table-action.go`` (``SupportedTableActions``) and ``actionset.go``
-(``implicitActions``).  Both the session-policy algebra (`stsd.policy`) and the
-test-support evaluator (`stsd.testing.minio_policy`) read them; a MinIO release that
+Read from minio/pkg C{policy/} (commit 876a725, Dec 2026): C{admin-action.go}
+(C{SupportedAdminActions}, C{AdminActionsWithResource}), C{sts-action.go}
+(C{supportedSTSActions}), C{kms-action.go} (C{supportedKMSActions}),
+C{table-action.go} (C{SupportedTableActions}) and C{actionset.go}
+(C{implicitActions}).  Both the session-policy algebra (L{stsd.policy}) and the
+test-support evaluator (L{stsd.testing.minio_policy}) read them; a MinIO release that
 changes them must be mirrored here.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-#: ``SupportedAdminActions``: an action pattern matching one of these (as a glob)
-#: makes its statement an admin statement (``AdminAction.IsValid``).
+#: C{SupportedAdminActions}: an action pattern matching one of these (as a glob)
+#: makes its statement an admin statement (C{AdminAction.IsValid}).
 ADMIN_ACTIONS: frozenset[str] = frozenset({
     "admin:*",
     "admin:AddUserToGroup",
@@ -121,8 +121,8 @@ ADMIN_ACTIONS: frozenset[str] = frozenset({
     "admin:UpdateServiceAccount",
 })
 
-#: ``AdminActionsWithResource``: an admin statement has its Resource checked only if
-#: one of its action patterns matches one of these (``Statement.hasAdminResource``).
+#: C{AdminActionsWithResource}: an admin statement has its Resource checked only if
+#: one of its action patterns matches one of these (C{Statement.hasAdminResource}).
 ADMIN_ACTIONS_WITH_RESOURCE: frozenset[str] = frozenset({
     "admin:ExportBucketMetadata",
     "admin:GetBucketCompression",
@@ -137,7 +137,7 @@ ADMIN_ACTIONS_WITH_RESOURCE: frozenset[str] = frozenset({
     "admin:SetBucketTarget",
 })
 
-#: ``supportedSTSActions``, compared literally (``STSAction.IsValid``).
+#: C{supportedSTSActions}, compared literally (C{STSAction.IsValid}).
 STS_ACTIONS: frozenset[str] = frozenset({
     "sts:*",
     "sts:AssumeRole",
@@ -148,7 +148,7 @@ STS_ACTIONS: frozenset[str] = frozenset({
     "sts:AssumeRoleWithWebIdentity",
 })
 
-#: ``supportedKMSActions``, compared literally (``KMSAction.IsValid``).
+#: C{supportedKMSActions}, compared literally (C{KMSAction.IsValid}).
 KMS_ACTIONS: frozenset[str] = frozenset({
     "kms:*",
     "kms:API",
@@ -176,7 +176,7 @@ KMS_ACTIONS: frozenset[str] = frozenset({
     "kms:Version",
 })
 
-#: ``SupportedTableActions``, compared literally (``TableAction.IsValid``).
+#: C{SupportedTableActions}, compared literally (C{TableAction.IsValid}).
 TABLE_ACTIONS: frozenset[str] = frozenset({
     "s3tables:*",
     "s3tables:CreateFunction",
@@ -256,7 +256,7 @@ TABLE_ACTIONS: frozenset[str] = frozenset({
     "s3tables:UpdateView",
 })
 
-#: ``implicitActions``: a statement listing the key literally (not through a glob) also
+#: C{implicitActions}: a statement listing the key literally (not through a glob) also
 #: matches the actions of its value.  Not transitive: MinIO looks one step only.
 IMPLIED_ACTIONS: Mapping[str, frozenset[str]] = {
     "s3:GetObjectVersion": frozenset({"s3:GetObject"}),

@@ -106,6 +106,7 @@ def decrypt_payload(payload: bytes, password: str) -> bytes:
     from minio.crypto import decrypt  # noqa: PLC0415
 
     try:
+        # minio declares a urllib3 response, of which it uses what _Body has.
         return decrypt(_Body(payload), password)  # type: ignore[arg-type]
     except (OSError, KeyError, IndexError) as e:
         raise ValueError(f"undecryptable payload: {type(e).__name__}") from None
@@ -311,7 +312,7 @@ class MinIOClient:
 
     async def canned_policy(self, tenant: TenantEndpoint, region: str, name: str) -> str | None:
         """
-        The text of the canned policy C{name}, or L{None} if MinIO has none
+        The text of the canned policy C{name}, or C{None} if MinIO has none
         (C{""} if MinIO's answer is unreadable).
         """
         response = await self._signed(
@@ -358,7 +359,7 @@ class MinIOClient:
     async def remove_user(self, tenant: TenantEndpoint, region: str, access_key: str) -> bool:
         """
         Remove the user C{access_key}; MinIO removes the credentials derived
-        from it with it. L{False} if there was no such user.
+        from it with it. C{False} if there was no such user.
         """
         response = await self._signed(
             tenant, "DELETE", "/minio/admin/v3/remove-user", target=f"remove user {access_key}",
@@ -519,7 +520,7 @@ def _plain_credentials(response: Response) -> dict[str, str] | None:
     """
     The credentials of an answer in the plain shape MinIO writes (each
     field once, no entities, no comments or CDATA), read without building a
-    tree; L{None} for any other shape, which the XML parser then reads.
+    tree; C{None} for any other shape, which the XML parser then reads.
     """
     body = response.body
     start = body.find(b"<Credentials>")

@@ -224,7 +224,7 @@ class ParentUsers(PeriodicService):
         """
         The ServiceAccount's parent user, in step with its bindings: at once
         when it is, else once its reconcile (started now if none is
-        pending) has run. L{None} when no binding wants the user.
+        pending) has run. C{None} when no binding wants the user.
 
         @raise MinIOError: MinIO refused or failed the reconcile (it is
             retried in the background).
@@ -272,9 +272,9 @@ class ParentUsers(PeriodicService):
             return
         for key in keys:
             for user_key in list(self._by_sa.get(key, ())):
-                user = self._users.get(user_key)
-                if user is not None:
-                    self._kick(user)
+                affected = self._users.get(user_key)
+                if affected is not None:
+                    self._kick(affected)
 
     def _user(self, tenant_namespace: str, name: str, app: AppKey | None) -> _User:
         key = (tenant_namespace, name)
@@ -341,8 +341,7 @@ class ParentUsers(PeriodicService):
                     user.stale, user.applied = False, None
                 desired = self._desired(user)
                 if not desired.satisfied_by(user.applied):
-                    user.applied = await self._slots.run(
-                        lambda d=desired: Deferred.fromCoroutine(self._apply(user, d)))
+                    user.applied = await self._slots.run(self._apply, user, desired)
                     user.applied_at = self._clock.seconds()
                 if not user.again:
                     break

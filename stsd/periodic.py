@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_periodic -*-
 """
-Periodic work, done one way: a L{TimerService} on the injected clock (as
+Periodic work, done one way: a C{TimerService} on the injected clock (as
 txacme's issuing service composes one), whose tick never lets a failure
-escape. An exception, or a failed Deferred, would stop the L{LoopingCall}
+escape. An exception, or a failed Deferred, would stop the C{LoopingCall}
 under it for good while the service still reported itself running
 (twisted/twisted#3627).
 
@@ -32,7 +32,7 @@ def timer_service(
     seconds: float, clock: IReactorTime, tick: Callable[[], object], what: str
 ) -> TimerService:
     """
-    A L{TimerService} calling C{tick()} every C{seconds} of C{clock}, the
+    A C{TimerService} calling C{tick()} every C{seconds} of C{clock}, the
     first time when it starts.
 
     A tick that raises, or returns a Deferred that fails, is logged as

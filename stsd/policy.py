@@ -2,20 +2,20 @@
 """Session policies: parse IAM JSON, intersect, compact, serialize, evaluate.
 
 Issued credentials may do at most what both the bound (canned) policies and the caller's
-``Policy`` allow, as MinIO evaluates them.  Where that intersection cannot be computed
+C{Policy} allow, as MinIO evaluates them.  Where that intersection cannot be computed
 exactly, we grant less, never more.  Everything here is pure and deterministic.
 
-MinIO's evaluator has quirks a plain IAM reading misses (minio/pkg ``policy/``; the
-tables are in `stsd.minio_actions`, the rules in `stsd.testing.minio_policy`, against
-which ``tests/test_policy_differential.py`` checks this module):
+MinIO's evaluator has quirks a plain IAM reading misses (minio/pkg C{policy/}; the
+tables are in L{stsd.minio_actions}, the rules in L{stsd.testing.minio_policy}, against
+which C{tests/test_policy_differential.py} checks this module):
 
- - globs (``*`` any sequence, ``?`` one *byte*) match actions case-sensitively;
- - a literal action may allow further actions (``s3:GetObjectVersion`` also allows
-   ``s3:GetObject``; ``s3tables:`` literals allow S3 data actions);
+ - globs (C{*} any sequence, C{?} one I{byte}) match actions case-sensitively;
+ - a literal action may allow further actions (C{s3:GetObjectVersion} also allows
+   C{s3:GetObject}; C{s3tables:} literals allow S3 data actions);
  - an admin statement has its Resource checked only if one of its actions is a
    bucket-scoped admin action; STS statements never, KMS statements sometimes, and a
    tables statement rewrites the resource;
- - a resource pattern also matches a request whose ``path.Clean`` equals it.
+ - a resource pattern also matches a request whose C{path.Clean} equals it.
 
 The rules this module follows, so that it never has to guess:
 
@@ -23,29 +23,29 @@ The rules this module follows, so that it never has to guess:
     not rewrite it: no STS, KMS or tables action, and if admin, a bucket-scoped one.  A
     regular statement allows (glob of each action pattern plus the implied actions of
     each literal) on (its resources), under its Condition.
- 2. Only plain S3 Allows (``Action`` and ``Resource``, every action starting with
-    ``s3:``) are ever narrowed, merged or dropped as covered.  An intersection meets two
-    regular Allows and keeps only ``s3:`` patterns of the result, so the output is again
+ 2. Only plain S3 Allows (C{Action} and C{Resource}, every action starting with
+    C{s3:}) are ever narrowed, merged or dropped as covered.  An intersection meets two
+    regular Allows and keeps only C{s3:} patterns of the result, so the output is again
     plain S3; every containment decision compares implied closures, never bare globs.
  3. Any other Allow (admin, kms, sts, tables, NotAction, NotResource) is never narrowed:
     it survives an intersection only if the other side allows with the identical
     statement, else it is dropped (grant less).
  4. Every Deny statement of both sides is kept verbatim: never merged, narrowed or
     dropped (only exact duplicates go), so it applies exactly as its author wrote it.
- 5. Resource containment holds under byte ``?`` and ``path.Clean``: besides glob
+ 5. Resource containment holds under byte C{?} and C{path.Clean}: besides glob
     containment, the outer pattern must also match every request MinIO could clean into
-    the inner one (requests with ``.`` or ``..`` segments MinIO refuses before
-    authorization, ``hasBadPathComponent``).
- 6. Work is bounded: glob containment is linear (each ``*``-free segment is found with
+    the inner one (requests with C{.} or C{..} segments MinIO refuses before
+    authorization, C{hasBadPathComponent}).
+ 6. Work is bounded: glob containment is linear (each C{*}-free segment is found with
     C{str.find}), and a caller's Policy is limited in patterns and wildcards
-    (`check_session_limits`): literal and ``P*`` patterns are compared by prefix tests
+    (L{check_session_limits}): literal and C{P*} patterns are compared by prefix tests
     in C, and at most 16 complex ones by the linear containment.  Every operation counts
-    its work in a `Work` (tests and the benchmark read it; a limit, if given, turns
-    excess into a `PolicyError`).
+    its work in a L{Work} (tests and the benchmark read it; a limit, if given, turns
+    excess into a L{PolicyError}).
 
-`parse_policy` accepts what MinIO accepts (top-level ``ID``, field names in any case,
+L{parse_policy} accepts what MinIO accepts (top-level C{ID}, field names in any case,
 admin/STS/KMS statements without Resource) and refuses what it refuses (floats,
-``Version`` other than ``2012-10-17``, unknown ARN types, mixed action namespaces).
+C{Version} other than C{2012-10-17}, unknown ARN types, mixed action namespaces).
 """
 
 from __future__ import annotations
@@ -74,15 +74,15 @@ _ARN_PREFIXES = ("arn:aws:s3:::", "arn:aws:s3tables:::", "arn:minio:kms:::", "ar
 _S3_ARN = "arn:aws:s3:::"
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
-#: A caller's Policy (`check_session_limits`): at most this many action and resource
-#: patterns in all, this many of them complex (a ``?``, or a ``*`` anywhere but once at
-#: the end), and this many ``*``/``?`` in one pattern.  Literal and ``P*`` patterns are
+#: A caller's Policy (L{check_session_limits}): at most this many action and resource
+#: patterns in all, this many of them complex (a C{?}, or a C{*} anywhere but once at
+#: the end), and this many C{*}/C{?} in one pattern.  Literal and C{P*} patterns are
 #: compared by prefix tests in C; these bound the quadratic parts to a few ms.
 MAX_SESSION_PATTERNS = 128
 MAX_COMPLEX_PATTERNS = 16
 MAX_PATTERN_WILDCARDS = 8
 
-#: Canonical Condition: sorted ``(operator, key, values)`` triples, the values sorted,
+#: Canonical Condition: sorted C{(operator, key, values)} triples, the values sorted,
 #: deduplicated and JSON-encoded, so that "true", true and 1 stay distinct (True == 1 in
 #: Python).  All triples must hold (IAM ANDs operators and keys; values are any-of).
 Condition = tuple[tuple[str, str, tuple[str, ...]], ...]
@@ -94,7 +94,7 @@ class PolicyError(ValueError):
 
 
 class Work:
-    """Work counted for one operation: `spend` raises `PolicyError` past *limit*, if any.
+    """Work counted for one operation: L{spend} raises L{PolicyError} past I{limit}, if any.
 
     Counting makes the CPU bound testable without a clock: the units are bytes compared
     by glob containment plus one per pattern pair considered.
@@ -172,7 +172,7 @@ def _canonical_condition(raw: object) -> Condition | None:
 
 
 def _minio_glob(pattern: str, name: str) -> bool:
-    """``wildcard.Match``: bytes, case-sensitive."""
+    """C{wildcard.Match}: bytes, case-sensitive."""
     if pattern == "":
         return name == ""
     return _match(_bytes(pattern), _bytes(name), symbolic=False, work=None)
@@ -188,7 +188,7 @@ def _is_admin(pattern: str) -> bool:
 
 
 def _namespace(pattern: str) -> str:
-    """validateActionTypes: which kind of action MinIO takes *pattern* for."""
+    """validateActionTypes: which kind of action MinIO takes I{pattern} for."""
     if _is_admin(pattern):
         return "admin"
     if pattern in STS_ACTIONS:
@@ -206,7 +206,7 @@ def _resource_optional(actions: frozenset[str]) -> bool:
 
 
 def _regular(s: Statement) -> bool:
-    """Whether MinIO checks *s*'s Resource for every action, unrewritten (rule 1)."""
+    """Whether MinIO checks I{s}'s Resource for every action, unrewritten (rule 1)."""
     if s.not_actions is not None or s.not_resources is not None or not s.resources:
         return False
     if any(a in STS_ACTIONS or a in KMS_ACTIONS or a in TABLE_ACTIONS for a in s.actions):
@@ -226,12 +226,12 @@ def _plain_s3(s: Statement) -> bool:
 class Statement:
     """One IAM statement.
 
-    Exactly one of ``actions``/``not_actions`` is in use, likewise for resources: the
+    Exactly one of C{actions}/C{not_actions} is in use, likewise for resources: the
     unused positive set is empty, the unused negative one None.  Sets in use are never
     empty, so every statement serializes to something MinIO accepts; the one exception
     is a statement MinIO lets omit its Resource (admin, STS, KMS), where both resource
-    sets are unused.  ``condition`` may be given as the IAM mapping; it is stored
-    canonically (see `Condition`).
+    sets are unused.  C{condition} may be given as the IAM mapping; it is stored
+    canonically (see L{Condition}).
     """
 
     effect: str
@@ -285,8 +285,8 @@ def _no_constant(name: str) -> object:
     raise PolicyError(f"{name} is not valid JSON")
 
 
-def _fields(raw: Mapping[object, object], known: Mapping[str, str], what: str) -> dict[str, object]:
-    """*raw*'s keys read as encoding/json does (case-insensitively); unknown refused."""
+def _fields(raw: Mapping[str, object] | Mapping[object, object], known: Mapping[str, str], what: str) -> dict[str, object]:
+    """I{raw}'s keys read as encoding/json does (case-insensitively); unknown refused."""
     out: dict[str, object] = {}
     for key, value in raw.items():
         name = known.get(key.lower()) if isinstance(key, str) and key.isascii() else None
@@ -346,12 +346,14 @@ def _parse_statement(raw: object) -> Statement:
     sid = fields.get("Sid")
     if sid is not None and not isinstance(sid, str):
         raise PolicyError("Sid must be a string")
+    # Unchecked JSON values on purpose: Statement.__post_init__ checks and normalizes
+    # Effect, the action and resource lists and Condition.
     return Statement(fields["Effect"], condition=fields.get("Condition"), sid=sid,  # type: ignore[arg-type]
                      **sides)  # type: ignore[arg-type]
 
 
 def parse_policy(document: str | bytes | Mapping[str, object]) -> Policy:
-    """Parse and validate an IAM policy document; raise `PolicyError` if it is not one.
+    """Parse and validate an IAM policy document; raise L{PolicyError} if it is not one.
 
     An empty Statement list is valid and allows nothing (callers decide what that means).
     """
@@ -410,13 +412,13 @@ def check_session_limits(policy: Policy) -> None:
 
 
 def _bytes(text: str) -> str:
-    """*text* as its UTF-8 bytes, one character per byte: MinIO's ``?`` is one byte."""
+    """I{text} as its UTF-8 bytes, one character per byte: MinIO's C{?} is one byte."""
     return text.encode("utf-8", "surrogatepass").decode("latin-1")
 
 
 def _segment_at(segment: str, text: str, at: int, symbolic: bool) -> bool:
-    """Whether *segment* (no ``*``) matches *text* at *at*: ``?`` one byte, but in a
-    *symbolic* text never a ``*`` (an inner ``*`` may stand for many bytes)."""
+    """Whether I{segment} (no C{*}) matches I{text} at I{at}: C{?} one byte, but in a
+    I{symbolic} text never a C{*} (an inner C{*} may stand for many bytes)."""
     if "?" not in segment:
         return text.startswith(segment, at)
     if at + len(segment) > len(text):
@@ -435,7 +437,7 @@ def _segment_at(segment: str, text: str, at: int, symbolic: bool) -> bool:
 
 def _find(segment: str, text: str, start: int, end: int, symbolic: bool,
           work: Work | None) -> int:
-    """Leftmost match of *segment* in ``text[start:end]``, or -1."""
+    """Leftmost match of I{segment} in C{text[start:end]}, or -1."""
     if work is not None:
         work.spend(end - start + len(segment))
     if "?" not in segment:
@@ -458,9 +460,9 @@ def _find(segment: str, text: str, start: int, end: int, symbolic: bool,
 
 
 def _match(pattern: str, text: str, *, symbolic: bool, work: Work | None) -> bool:
-    """Glob match in linear time: split *pattern* at ``*`` and place each segment as far
-    left as it fits (optimal, since segments have fixed length).  With *symbolic*, *text*
-    is itself a pattern and only an outer ``*`` may absorb an inner ``*``."""
+    """Glob match in linear time: split I{pattern} at C{*} and place each segment as far
+    left as it fits (optimal, since segments have fixed length).  With I{symbolic}, I{text}
+    is itself a pattern and only an outer C{*} may absorb an inner C{*}."""
     segments = pattern.split("*")
     if len(segments) == 1:
         if work is not None:
@@ -484,7 +486,7 @@ def _match(pattern: str, text: str, *, symbolic: bool, work: Work | None) -> boo
 
 
 def pattern_matches(pattern: str, value: str, *, case_insensitive: bool = False) -> bool:
-    """Glob match of a concrete *value*: ``*`` any sequence, ``?`` one UTF-8 byte."""
+    """Glob match of a concrete I{value}: C{*} any sequence, C{?} one UTF-8 byte."""
     if case_insensitive:
         pattern, value = pattern.casefold(), value.casefold()
     return _match(_bytes(pattern), _bytes(value), symbolic=False, work=None)
@@ -502,13 +504,13 @@ def _contains(outer: str, inner: str, work: Work | None, case_insensitive: bool 
 
 
 def pattern_contains(outer: str, inner: str, *, case_insensitive: bool = False) -> bool:
-    """Whether every string *inner* matches is matched by *outer*.
+    """Whether every string I{inner} matches is matched by I{outer}.
 
-    Sound, not complete: *outer* is matched against *inner* read symbolically (an outer
-    ``*`` absorbs any inner tokens, an outer ``?`` one inner byte or ``?``), so an
+    Sound, not complete: I{outer} is matched against I{inner} read symbolically (an outer
+    C{*} absorbs any inner tokens, an outer C{?} one inner byte or C{?}), so an
     answer of True is always right and False may mean "unsure".  Policy variables
-    (``${aws:username}``) expand to unknown text: in *inner* everything from the first
-    ``${`` on is read as ``*``; an *outer* with a variable contains only itself.
+    (C{${aws:username}}) expand to unknown text: in I{inner} everything from the first
+    C{$E{lb}} on is read as C{*}; an I{outer} with a variable contains only itself.
     """
     return _contains(outer, inner, None, case_insensitive)
 
@@ -530,7 +532,7 @@ def _memo(kind: str, compute: Callable[[str, str, Work | None], bool]) -> Callab
 
 
 def _action_contains_(outer: str, inner: str, work: Work | None) -> bool:
-    """Whether *outer* allows every action *inner* allows, implied ones included; and
+    """Whether I{outer} allows every action I{inner} allows, implied ones included; and
     glob-contains it under MinIO's case-sensitive and IAM's case-insensitive reading."""
     if outer == inner or (inner in IMPLIED_ACTIONS.get(outer, ()) and inner not in IMPLIED_ACTIONS):
         return True
@@ -549,12 +551,12 @@ def _arn_rest(resource: str) -> str | None:
 
 
 def _clean_variants_covered(outer: str, inner: str) -> bool:
-    """Whether *outer* matches every request path that ``path.Clean`` turns into *inner*
-    (MinIO's second way to match, resource.go ``Resource.Match``).
+    """Whether I{outer} matches every request path that C{path.Clean} turns into I{inner}
+    (MinIO's second way to match, resource.go C{Resource.Match}).
 
-    MinIO refuses ``.`` and ``..`` segments before authorization, so such a path is
-    *inner* with slashes repeated or trailing; every one keeps *inner*'s bucket and first
-    slash.  Sufficient: *outer* is ``P*`` with a wildcard-free P matching that kept prefix.
+    MinIO refuses C{.} and C{..} segments before authorization, so such a path is
+    I{inner} with slashes repeated or trailing; every one keeps I{inner}'s bucket and first
+    slash.  Sufficient: I{outer} is C{P*} with a wildcard-free P matching that kept prefix.
     """
     keep = inner.index("/") + 1 if "/" in inner else len(inner)
     if "${" in inner:
@@ -567,8 +569,8 @@ def _clean_variants_covered(outer: str, inner: str) -> bool:
 
 
 def _resource_contains_(outer: str, inner: str, work: Work | None) -> bool:
-    """Whether *outer* matches every request *inner* matches, as MinIO matches: glob with
-    byte ``?``, or ``path.Clean(request) == pattern`` (rule 5)."""
+    """Whether I{outer} matches every request I{inner} matches, as MinIO matches: glob with
+    byte C{?}, or C{path.Clean(request) == pattern} (rule 5)."""
     if outer == inner:
         return True
     o, i = _arn_rest(outer), _arn_rest(inner)
@@ -585,13 +587,13 @@ _resource_contains = _memo("resource", _resource_contains_)
 
 
 def _action_may_contain(pattern: str) -> bool:
-    """Whether *pattern* can contain an action pattern other than itself."""
+    """Whether I{pattern} can contain an action pattern other than itself."""
     return "*" in pattern or "?" in pattern or pattern in IMPLIED_ACTIONS
 
 
 def _resource_may_contain(pattern: str) -> bool:
-    """Whether *pattern* can contain a resource pattern other than itself (see
-    `_clean_variants_covered`: only ``*`` and ``P*`` forms can)."""
+    """Whether I{pattern} can contain a resource pattern other than itself (see
+    L{_clean_variants_covered}: only C{*} and C{P*} forms can)."""
     rest = _arn_rest(pattern)
     return rest is not None and rest.endswith("*") and "*" not in rest[:-1] and "${" not in rest
 
@@ -613,12 +615,12 @@ def _applies(statement: Statement, action: str, resource: str) -> bool:
 
 
 def allows(policy: Policy, action: str, resource: str) -> bool:
-    """Whether *policy* allows *action* on *resource* in a plain IAM reading: an explicit
+    """Whether I{policy} allows I{action} on I{resource} in a plain IAM reading: an explicit
     Deny wins, else any matching Allow, else no.
 
     Conditions are not evaluated: an Allow with a Condition never matches and a Deny
     with one always does.  MinIO's quirks are not modelled here (see
-    `stsd.testing.minio_policy`).
+    L{stsd.testing.minio_policy}).
     """
     allowed = False
     for statement in policy.statements:
@@ -644,7 +646,7 @@ def merge(policies: Iterable[Policy]) -> Policy:
 
 
 def _narrow_actions(outer: frozenset[str], inner: frozenset[str], work: Work) -> frozenset[str]:
-    """``s3:`` patterns allowing only what a pattern of each side allows (rule 2).
+    """C{s3:} patterns allowing only what a pattern of each side allows (rule 2).
 
     Of each pair, the one the other contains, implied closures compared; plus an
     implied action of one that the other's glob covers.  Overlapping pairs where neither
@@ -699,9 +701,9 @@ def _bare(s: Statement) -> Statement:
 
 
 def intersect(bound: Policy, session: Policy, *, work: Work | None = None) -> Policy:
-    """What both *bound* and *session* allow, compacted (rules 2-4).
+    """What both I{bound} and I{session} allow, compacted (rules 2-4).
 
-    Each pair of regular Allows meets (see `_narrow_actions`; the Conditions of both
+    Each pair of regular Allows meets (see L{_narrow_actions}; the Conditions of both
     apply).  Any other Allow survives only where the other side has the identical
     statement.  Every Deny of either side is kept verbatim.
     """
@@ -721,7 +723,7 @@ def intersect(bound: Policy, session: Policy, *, work: Work | None = None) -> Po
 
 
 def _literal_head(rest: str | None) -> str | None:
-    """P of a ``P*`` pattern whose P has no wildcard or variable, else None."""
+    """P of a C{P*} pattern whose P has no wildcard or variable, else None."""
     if rest is None or not rest.endswith("*"):
         return None
     head = rest[:-1]
@@ -729,17 +731,25 @@ def _literal_head(rest: str | None) -> str | None:
 
 
 def _keep(rest: str) -> int:
-    """How much of *rest* every path MinIO cleans into it keeps (`_clean_variants_covered`)."""
+    """How much of I{rest} every path MinIO cleans into it keeps (L{_clean_variants_covered})."""
     keep = rest.index("/") + 1 if "/" in rest else len(rest)
     return min(keep, rest.index("${")) if "${" in rest else keep
 
 
 def _covers(patterns: Iterable[str], kind: str, work: Work) -> Callable[[str, str], bool]:
-    """Containment among *patterns* (``covers(q, p)``: q contains p), each pattern
+    """Containment among I{patterns} (C{covers(q, p)}: q contains p): L{_covers_outers}'s."""
+    return _covers_outers(patterns, kind, work)[0]
+
+
+def _covers_outers(
+    patterns: Iterable[str], kind: str, work: Work
+) -> tuple[Callable[[str, str], bool], dict[str, str | None]]:
+    """Containment among I{patterns} (C{covers(q, p)}: q contains p), each pattern
     prepared once.  Only a pattern with a wildcard (or implied actions) contains another
-    than its equal; the common ``P*`` with a literal P is decided by a prefix test in C;
-    any other goes through the general containment, which `check_session_limits` keeps
-    to a few patterns of a caller's Policy."""
+    than its equal; the common C{P*} with a literal P is decided by a prefix test in C;
+    any other goes through the general containment, which L{check_session_limits} keeps
+    to a few patterns of a caller's Policy.  With it, the patterns that may contain
+    another (the outers), each with its literal head (C{None}: no prefix test)."""
     actions = kind == "actions"
     contains = _action_contains if actions else _resource_contains
     may_contain = _action_may_contain if actions else _resource_may_contain
@@ -761,17 +771,15 @@ def _covers(patterns: Iterable[str], kind: str, work: Work) -> Callable[[str, st
             return all(x.startswith(head) for x in IMPLIED_ACTIONS.get(p, ()))
         return len(head) <= _keep(inner)
 
-    covers.outers = heads  # type: ignore[attr-defined]
-    return covers
+    return covers, heads
 
 
 def _minimal(patterns: frozenset[str], kind: str, work: Work) -> frozenset[str]:
-    """*patterns* without those another one contains (their union is unchanged).
+    """I{patterns} without those another one contains (their union is unchanged).
 
-    A ``P*`` outer is looked up by the prefixes of each pattern (linear in its length),
-    any other outer tried in turn (few: see `check_session_limits`)."""
-    covers = _covers(patterns, kind, work)
-    outers: dict[str, str | None] = covers.outers  # type: ignore[attr-defined]
+    A C{P*} outer is looked up by the prefixes of each pattern (linear in its length),
+    any other outer tried in turn (few: see L{check_session_limits})."""
+    covers, outers = _covers_outers(patterns, kind, work)
     by_head: dict[str, list[str]] = {}
     for q, head in outers.items():
         if head is not None:
@@ -796,16 +804,23 @@ def _reduce(s: Statement, work: Work) -> Statement:
 
 
 def _merge_along(statements: Iterable[Statement], field: str) -> set[Statement]:
-    """Union the *field* ("actions"/"resources") of plain S3 Allows equal in all else."""
+    """Union the I{field} ("actions"/"resources") of plain S3 Allows equal in all else."""
     groups: dict[Statement, frozenset[str]] = {}
     for s in statements:
-        key = replace(s, **{field: frozenset({"s3:*"})})  # placeholder, keeps s3: actions
+        key = _with(s, field, frozenset({"s3:*"}))  # placeholder, keeps s3: actions
         groups[key] = groups.get(key, frozenset()) | getattr(s, field)
-    return {replace(s, **{field: values}) for s, values in groups.items()}
+    return {_with(s, field, values) for s, values in groups.items()}
+
+
+def _with(s: Statement, field: str, values: frozenset[str]) -> Statement:
+    """I{s} with its I{field} ("actions"/"resources") replaced by I{values}."""
+    if field == "actions":
+        return replace(s, actions=values)
+    return replace(s, resources=values)
 
 
 def _subsumes(big: Statement, small: Statement, work: Work) -> bool:
-    """Whether plain S3 Allow *big* allows whenever plain S3 Allow *small* does."""
+    """Whether plain S3 Allow I{big} allows whenever plain S3 Allow I{small} does."""
     return (
         big.condition in (None, small.condition)
         and all(any(_action_contains(b, x, work) for b in big.actions) for x in small.actions)

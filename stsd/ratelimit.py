@@ -80,7 +80,7 @@ class RateLimiter:
         """
         Take C{cost} tokens from C{key}'s bucket.
 
-        @return: L{None} if allowed (the tokens are taken); otherwise the
+        @return: C{None} if allowed (the tokens are taken); otherwise the
             seconds until C{cost} tokens will be available (nothing taken).
         @raise ValueError: if C{cost} is negative or more than the burst,
             which could never be allowed.

@@ -21,9 +21,11 @@ from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
@@ -56,6 +58,8 @@ class BoundedRequest(Request):
     """
 
     body_too_large = False
+    #: Always a buffer in memory (L{gotLength}), never a spooled file.
+    content: io.BytesIO
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()
@@ -81,11 +85,13 @@ class BoundedRequest(Request):
         # OPTIONS) without x-amz-request-id; here the resource answers it like
         # any other target, in STS XML.
         try:
+            # Set by Site before a request is processed.
+            assert self.site is not None
             self.render(self.site.getResourceFor(self))
         except BaseException:
             self.processingFailed(Failure())
 
-    def processingFailed(self, reason: Failure) -> Failure:  # type: ignore[override]
+    def processingFailed(self, reason: Failure) -> Failure:
         # A last resort (the resource answers its own errors): Twisted's page
         # is HTML, with the traceback if displayTracebacks is on.
         log.failure("unexpected error answering a request", failure=reason)
@@ -134,11 +140,15 @@ class _DeadlineChannel(HTTPChannel):
     or header, headers or a line over the limit) are STS XML too.
 
     The timer runs on the site's reactor (C{callLater}, set by
-    L{HTTPFactory.buildProtocol}).
+    C{HTTPFactory.buildProtocol}).
     """
 
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     MAX_LENGTH = MAX_HEADER_BYTES
+    #: Set by L{DeadlineSite.buildProtocol} (Site's), before the connection is made.
+    site: DeadlineSite
+    #: A TCP connection (or TLS over one) once the connection is made.
+    transport: ITCPTransport
     totalHeadersSize = MAX_HEADER_BYTES
 
     _deadline: IDelayedCall | None = None
@@ -150,7 +160,8 @@ class _DeadlineChannel(HTTPChannel):
         self._arm_deadline()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._timed_out or self.transport.disconnecting:
+        # ITCPTransport does not declare disconnecting, which every transport has.
+        if self._timed_out or self.transport.disconnecting:  # type: ignore[attr-defined]
             return  # refused or too late: the connection is being closed
         super().dataReceived(data)
 
@@ -219,7 +230,7 @@ class _DeadlineChannel(HTTPChannel):
         self._cancel_deadline()
         super().loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self._pending = None
         self._cancel_deadline()
@@ -301,7 +312,7 @@ class DeadlineSite(Site):
     arrive within C{request_timeout} seconds, its request line and headers
     within C{max_header_bytes}, its body is kept in memory up to
     L{wire.MAX_BODY_BYTES} (L{BoundedRequest}); at most C{max_connections}
-    connections are held at once (L{None}: no bound), one more is closed as
+    connections are held at once (C{None}: no bound), one more is closed as
     soon as it is accepted (with a warning at most every
     L{BOUND_WARNING_SECONDS}).
 
@@ -311,6 +322,8 @@ class DeadlineSite(Site):
     """
 
     requestFactory = BoundedRequest
+    # HTTPFactory declares protocol as a factory of its _GenericHTTPChannelProtocol
+    # wrapper only, but any HTTPChannel serves: Site.buildProtocol just sets site on it.
     protocol = _DeadlineChannel  # type: ignore[assignment]
 
     #: Set when a stop begins: every answer from then on is its connection's last.
@@ -341,7 +354,10 @@ class DeadlineSite(Site):
         self._refused = 0  # connections closed at the bound since the last warning
         self._warned_at: float | None = None
 
-    def buildProtocol(self, addr: IAddress | None) -> _DeadlineChannel | None:  # type: ignore[override]
+    # The return type Twisted declares is its wrapper's (see protocol above).
+    def buildProtocol(  # type: ignore[override]
+        self, addr: IAddress | None
+    ) -> _DeadlineChannel | None:
         if self.max_connections is not None and len(self._channels) >= self.max_connections:
             # None: the listening port closes the new socket at once.
             self._refused += 1
@@ -434,7 +450,7 @@ class STSSite(DeadlineSite):
         # replaces that log) and which stopFactory never cancels.
         pass
 
-    def log(self, request: Request) -> None:  # type: ignore[override]
+    def log(self, request: http.Request) -> None:
         if getattr(request, "audited", False):
             return  # an STS request: its audit event says all this and more
         request_id = request.responseHeaders.getRawHeaders(b"x-amz-request-id", [b"-"])[0]
@@ -456,7 +472,7 @@ class MetricsSite(DeadlineSite):
     seconds), plain-text refusals, and Twisted's access log.
     """
 
-    protocol = _PlainDeadlineChannel  # type: ignore[assignment]
+    protocol = _PlainDeadlineChannel
     noisy = False
 
 
@@ -473,6 +489,8 @@ def new_request_id() -> str:
 def _body(request: Request) -> bytes:
     # In memory with BoundedRequest; any other request may have spooled a
     # large body to a file: read no more than the limit (and one byte).
+    if request.content is None:  # a request whose body was never started
+        return b""
     request.content.seek(0)
     return request.content.read(wire.MAX_BODY_BYTES + 1)
 
@@ -609,6 +627,7 @@ class STSResource:
     ) -> bytes:
         latency = self._clock.seconds() - started
         # The audit event is this request's log line: the access log skips it.
+        # A mark for STSSite.log on whatever Request Twisted made (a plain one in tests).
         request.audited = True  # type: ignore[attr-defined]
         audit.emit(audit.audit_event(request_id=request_id, trail=trail, outcome=outcome,
                                      status=status, latency=latency, issued=issued))
@@ -627,7 +646,9 @@ class STSResource:
             return namespace
         return "other"
 
-    async def _handle(self, request: Request, request_id: str, trail: Trail):  # type: ignore[no-untyped-def]
+    async def _handle(
+        self, request: Request, request_id: str, trail: Trail
+    ) -> tuple[Issued, bytes]:
         path = request.path
         if not path.startswith(_STS_PREFIX):
             raise errors.STSError(

@@ -44,7 +44,7 @@ def serviceaccount_key(obj: dict[str, Any]) -> SAKey | None:
 class ServiceAccountIndex(Service):
     """
     The set of ServiceAccounts. Listeners are called with the keys that
-    appeared or went away, or with L{None} once the first list is in
+    appeared or went away, or with C{None} once the first list is in
     (everything may differ from what was assumed before).
     """
 
@@ -80,7 +80,7 @@ class ServiceAccountIndex(Service):
         self._listeners.append(listener)
 
     def exists(self, namespace: str, name: str) -> bool:
-        """Whether the ServiceAccount exists (L{True} while nothing is known)."""
+        """Whether the ServiceAccount exists (C{True} while nothing is known)."""
         return not self.ready or (namespace, name) in self._names
 
     def _report(self, keys: set[SAKey] | None) -> None:

@@ -4,7 +4,7 @@ C{twistd stsd}: command-line options and the wiring of the service.
 
 Nothing here does work of its own: it reads the configuration, builds the
 clients, indexes, background refresher and Klein resource, and returns
-them as one L{MultiService}.
+them as one C{MultiService}.
 """
 
 from __future__ import annotations
@@ -12,12 +12,18 @@ from __future__ import annotations
 import gc
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn, cast
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IReactorFromThreads,
+    IReactorSSL,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -27,7 +33,7 @@ from stsd import kube, logs, tls
 from stsd.bindings import BindingIndex
 from stsd.certreload import CertificateLoadError, CertificateReloader
 from stsd.drain import GracefulStop
-from stsd.exchange import Exchange, Limits
+from stsd.exchange import Authenticator, Exchange, Limits
 from stsd.identity import TokenReviewAuthenticator
 from stsd.jwks import JWKSAuthenticator, KeySet, LocallyCheckedTokenReview
 from stsd.keepalive import KeepAliveClient
@@ -129,7 +135,7 @@ def tenant_trust(config: configuration.Config, access: kube.KubeAccess) -> tls.C
     return tls.trust_from_files(paths, system=True)
 
 
-def _limits(config: configuration.LimitsConfig, clock: Any) -> Limits:
+def _limits(config: configuration.LimitsConfig, clock: IReactorTime) -> Limits:
     def limiter(rate: configuration.RateConfig) -> RateLimiter:
         return RateLimiter(Rate(rate.rate, rate.burst), clock, max_keys=config.max_tracked_keys)
 
@@ -150,7 +156,7 @@ class _Daemon(GracefulStop):
     """
 
     def __init__(
-        self, clock: Any, *, delay: float, grace: float, ports: dict[int, str]
+        self, clock: IReactorTime, *, delay: float, grace: float, ports: dict[int, str]
     ) -> None:
         super().__init__(clock, delay=delay, grace=grace)
         self.ports = ports
@@ -169,9 +175,24 @@ def _listen(service: StreamServerEndpointService, parent: MultiService) -> None:
     service.setServiceParent(parent)
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:
+class IDaemonReactor(IReactorTime, IReactorTCP, IReactorSSL, IReactorFromThreads):
+    """
+    What the daemon needs of its reactor: timers, the TCP and TLS listeners
+    and clients, and calls back from the crypto thread pool.
+    """
+
+
+#: The index sync of either mode (C{kubernetes.watch}).
+_Sync = Refresher | WatchSync
+
+
+def makeService(options: Options, reactor: IDaemonReactor | None = None) -> IService:
     if reactor is None:
-        from twisted.internet import reactor  # noqa: PLC0415 - injected in tests
+        from twisted.internet import reactor as default  # noqa: PLC0415 - injected in tests
+
+        # Twisted declares only the common reactor interfaces; every reactor
+        # twistd installs also provides IReactorSSL and IReactorFromThreads.
+        reactor = cast(IDaemonReactor, default)
     config: configuration.Config = options.config
     access: kube.KubeAccess = options.kube_access
     log.info("starting stsd with configuration {config}", config=configuration.redacted(config))
@@ -189,7 +210,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                         crypto=ThreadedPayloadCrypto(reactor, crypto_pool))
     bindings = BindingIndex()
     tenants = TenantIndex(EndpointRule(config.tenants.endpoint, config.tenants.cluster_domain))
-    sync: Refresher | WatchSync = (WatchSync if config.kubernetes.watch else Refresher)(
+    sync: _Sync = (WatchSync if config.kubernetes.watch else Refresher)(
         kubernetes, bindings, tenants, reactor, config.kubernetes.resync_seconds)
     parent_users = serviceaccounts = None
     if config.tenants.authorization == "parent-user":
@@ -306,7 +327,7 @@ class _ThreadPoolService(Service):
 GC_YOUNG_THRESHOLD = 20_000
 
 
-def _freeze_heap_when_ready(sync: Any, clock: Any) -> TimerService:
+def _freeze_heap_when_ready(sync: _Sync, clock: IReactorTime) -> TimerService:
     """
     Once the initial sync is done, move everything alive (modules, config,
     the indexes) out of the garbage collector's reach: full collections then
@@ -333,7 +354,7 @@ def _freeze_heap_when_ready(sync: Any, clock: Any) -> TimerService:
 
 
 def _readiness(
-    sync: Any, resync: float, clock: Any, keys: KeySet | None = None
+    sync: _Sync, resync: float, clock: IReactorTime, keys: KeySet | None = None
 ) -> Callable[[], str | None]:
     """
     Why stsd is not ready, or None: the initial list is done, no resource's
@@ -356,7 +377,7 @@ def _readiness(
 
 def _authenticator(
     config: configuration.KubernetesConfig, kubernetes: kube.KubernetesClient, keys: KeySet,
-    clock: Any,
+    clock: IReactorTime,
 ) -> JWKSAuthenticator | LocallyCheckedTokenReview:
     if config.token_verification == "jwks":
         return JWKSAuthenticator(keys, config.audience, clock)
@@ -366,8 +387,9 @@ def _authenticator(
 
 
 def _remembering(
-    authenticator: Any, config: configuration.KubernetesConfig, clock: Any, metrics: Metrics
-) -> Any:
+    authenticator: Authenticator, config: configuration.KubernetesConfig, clock: IReactorTime,
+    metrics: Metrics,
+) -> Authenticator:
     """
     TokenReviews are remembered for C{token_cache_seconds}. In jwks mode a
     token is checked in memory, in about the time the cache itself costs a
@@ -381,7 +403,7 @@ def _remembering(
     return cached
 
 
-def _age(sync: Any, name: str, clock: Any) -> Any:
+def _age(sync: _Sync, name: str, clock: IReactorTime) -> Callable[[], float]:
     def age() -> float:
         synced = sync.synced_at.get(name)
         return float("nan") if synced is None else clock.seconds() - synced

@@ -32,7 +32,7 @@ def read_certificates(path: str) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(f.read())
 
 
-def read_private_key(path: str):  # type: ignore[no-untyped-def]
+def read_private_key(path: str) -> PrivateKeyTypes:
     with open(path, "rb") as f:
         return serialization.load_pem_private_key(f.read(), password=None)
 
@@ -44,12 +44,7 @@ def server_options(cert_path: str, key_path: str) -> CertificateOptions:
     """
     chain = read_certificates(cert_path)
     key = read_private_key(key_path)
-    return CertificateOptions(
-        privateKey=key,
-        certificate=chain[0],
-        extraCertChain=chain[1:],
-        raiseMinimumTo=MINIMUM_TLS,
-    )
+    return server_options_for(chain, key)
 
 
 def server_options_for(
@@ -60,10 +55,12 @@ def server_options_for(
     first) and key already parsed, e.g. from bytes read once and checked
     by L{stsd.certreload}.
     """
+    # Twisted annotates pyOpenSSL's X509/PKey only, but hands them to pyOpenSSL's
+    # context, which takes cryptography's objects as well (and deprecates its own).
     return CertificateOptions(
-        privateKey=key,
-        certificate=chain[0],
-        extraCertChain=list(chain[1:]),
+        privateKey=key,  # type: ignore[arg-type]
+        certificate=chain[0],  # type: ignore[arg-type]
+        extraCertChain=list(chain[1:]),  # type: ignore[arg-type]
         raiseMinimumTo=MINIMUM_TLS,
     )
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable
 from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -26,16 +25,17 @@ __all__ = ["Authenticator", "CachingAuthenticator"]
 
 
 class Authenticator(Protocol):
-    audience: str
+    @property
+    def audience(self) -> str: ...
 
-    def authenticate(self, token: str) -> Awaitable[Identity]: ...
+    async def authenticate(self, token: str) -> Identity: ...
 
 
 def _expiry(token: str) -> float | None:
     """
     The token's C{exp} claim, read WITHOUT verifying the signature: only
     used once the inner authenticator has accepted this very token (the
-    cache key covers the signed payload). L{None} if there is none.
+    cache key covers the signed payload). C{None} if there is none.
     """
     parts = token.split(".")
     if len(parts) != 3:

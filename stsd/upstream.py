@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol as Interface
+from typing import TypeAlias
 
 from treq.client import HTTPClient
+from treq.response import _Response
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -65,10 +67,36 @@ class Transport(Interface):
     ) -> Deferred[Response]: ...
 
 
+#: What treq's C{request} answers with (an C{IResponse}).
+TreqResponse: TypeAlias = _Response
+
+#: Request headers as treq takes them: each name with its values.
+TreqHeaders: TypeAlias = dict[bytes | str, list[bytes | str]]
+
+
+class TreqClient(Interface):
+    """
+    What stsd's callers use of treq's C{HTTPClient}: C{request}, with the
+    arguments they pass. An C{HTTPClient} is one, and so is
+    L{stsd.metrics.ObservedHTTPClient}, which wraps one.
+    """
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: TreqHeaders | None = None,
+        data: bytes | None = None,
+        allow_redirects: bool = True,
+        unbuffered: bool = False,
+    ) -> Deferred[TreqResponse]: ...
+
+
 class TreqTransport:
     """L{Transport} over a treq client (C{StubTreq} in memory)."""
 
-    def __init__(self, client: HTTPClient, clock: IReactorTime) -> None:
+    def __init__(self, client: TreqClient, clock: IReactorTime) -> None:
         self._client = client
         self._clock = clock
 
@@ -109,7 +137,7 @@ def make_client(
 
 
 async def request(
-    client: HTTPClient,
+    client: TreqClient,
     clock: IReactorTime,
     method: str,
     url: str,
@@ -128,8 +156,9 @@ async def request(
     """
 
     async def call() -> Response:
+        treq_headers: TreqHeaders = {k: [v] for k, v in (headers or {}).items()}
         response = await client.request(
-            method, url, headers={k: [v] for k, v in (headers or {}).items()}, data=data,
+            method, url, headers=treq_headers, data=data,
             # Never follow a redirect: a TokenReview body carries a token, and
             # an upstream has no business sending it elsewhere. The body is
             # read by CappedBody (bounded), not buffered by treq first.
@@ -161,9 +190,9 @@ async def request(
 
 def timed_out(result: object, timeout: float) -> object:
     """
-    C{onTimeoutCancel} for L{Deferred.addTimeout}: whatever the cancelled
+    C{onTimeoutCancel} for C{Deferred.addTimeout}: whatever the cancelled
     call failed with (the HTTP client turns a cancellation into
-    C{ResponseNeverReceived}), a timed-out call is a L{TimeoutError}.
+    C{ResponseNeverReceived}), a timed-out call is a C{TimeoutError}.
     """
     if isinstance(result, Failure):
         raise TimeoutError(timeout, "upstream call")
@@ -196,7 +225,8 @@ class CappedBody(Protocol):
         # IResponse.deliverBody: stopProducing abandons the body and closes the
         # connection (under TLS without waiting for the server's close_notify).
         if self.transport is not None:
-            self.transport.stopProducing()
+            # deliverBody's transport is an IPushProducer; Protocol declares ITransport.
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -224,7 +254,7 @@ class CappedBody(Protocol):
             self.done.errback(reason)
 
 
-def describe(error: BaseException, *, text: bool = True) -> str:
+def describe(error: BaseException | None, *, text: bool = True) -> str:
     """
     What kind of failure C{error} is, for an error message: its type, the
     type of the cause twisted.web wraps, and (with C{text}) the first
@@ -242,7 +272,7 @@ def describe(error: BaseException, *, text: bool = True) -> str:
     return f"{name}: {_safe_text(error)}" if text else name
 
 
-def _safe_text(error: BaseException) -> str:
+def _safe_text(error: BaseException | None) -> str:
     # Connection errors say "Connection refused" or name an SSL alert; cap the
     # length so a chatty library cannot push request data into our messages.
     return str(error)[:160]

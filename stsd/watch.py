@@ -575,7 +575,7 @@ class WatchSync(Service):
     # -- secrets ----------------------------------------------------------------
 
     def _current(self, feed: _SecretFeed) -> bool:
-        return self.running and self._feeds.get(
+        return bool(self.running) and self._feeds.get(
             (feed.tenant.namespace, feed.tenant.name)) is feed
 
     def _halt(self, feed: _SecretFeed) -> Deferred[None]:

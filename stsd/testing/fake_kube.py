@@ -24,8 +24,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import jwt
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from stsd.testing.faults import Faults, abort
 from stsd.testing.tokens import TokenIssuer
@@ -84,11 +85,11 @@ def _status(code: int, reason: str, message: str, details: dict | None = None) -
 
 
 class _Watch:
-    def __init__(self, request, plural: str, ns: str | None, selector: dict, bookmarks: bool):
+    def __init__(self, request: Request, plural: str, ns: str | None, selector: dict[str, str], bookmarks: bool):
         self.request, self.plural, self.ns = request, plural, ns
         self.selector, self.bookmarks = selector, bookmarks
         self.done = False
-        self.timer = None
+        self.timer: IDelayedCall | None = None
 
     def matches(self, plural: str, obj: dict) -> bool:
         return plural == self.plural and _selected(obj, self.ns, self.selector)
@@ -108,7 +109,7 @@ class _Watch:
             abort(self.request)
 
 
-def _selected(obj: dict, ns: str | None, selector: dict) -> bool:
+def _selected(obj: dict, ns: str | None, selector: dict[str, str]) -> bool:
     meta = obj["metadata"]
     if ns is not None and meta["namespace"] != ns:
         return False
@@ -122,7 +123,7 @@ class _KubeResource(Resource):
         super().__init__()
         self._fake = fake
 
-    def render(self, request):
+    def render(self, request: Request) -> bytes | int:
         return self._fake._render(request)
 
 
@@ -160,7 +161,7 @@ class FakeKubernetes:
     # -- plumbing -------------------------------------------------------------
 
     @property
-    def clock(self):
+    def clock(self) -> IReactorTime:
         if self._clock is None:
             from twisted.internet import reactor
 
@@ -380,11 +381,12 @@ class FakeKubernetes:
 
     # -- HTTP -------------------------------------------------------------------
 
-    def _render(self, request):
+    def _render(self, request: Request) -> bytes | int:
         path = request.path.decode("utf-8", "replace")
         query = dict(parse_qsl(urlsplit(request.uri).query.decode("utf-8", "replace"),
                                keep_blank_values=True))
         method = request.method.decode("ascii", "replace")
+        assert request.content is not None  # Twisted's, before render
         request.content.seek(0)
         body = request.content.read() if method in ("POST", "PUT", "PATCH") else None
         self.requests.append(RecordedRequest(method, path, query, body))
@@ -437,7 +439,7 @@ class FakeKubernetes:
         return _json(request, 404, _status(404, "NotFound", "the server could not find the requested resource",
                                           {}))
 
-    def _ssar(self, request, body: bytes):
+    def _ssar(self, request: Request, body: bytes) -> bytes:
         try:
             review = json.loads(body)
             attrs = review["spec"]["resourceAttributes"]
@@ -457,14 +459,14 @@ class FakeKubernetes:
             self._key_cache[plural] = cached
         return cached[1]
 
-    def _authorized(self, request) -> bool:
+    def _authorized(self, request: Request) -> bool:
         header = request.getHeader("authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return False
         return hmac.compare_digest(token.strip().encode(), self._client_token)
 
-    def _get(self, request, plural: str, ns: str, name: str):
+    def _get(self, request: Request, plural: str, ns: str, name: str) -> bytes:
         obj = self._objects[plural].get((ns, name))
         if obj is None:
             group = _KINDS[plural][1].rpartition("/")[0]
@@ -472,7 +474,7 @@ class FakeKubernetes:
             return _json(request, 404, _status(404, "NotFound", f'{plural} "{name}" not found', details))
         return _json(request, 200, obj)
 
-    def _list(self, request, plural: str, ns: str | None, query: dict[str, str]):
+    def _list(self, request: Request, plural: str, ns: str | None, query: dict[str, str]) -> bytes | int:
         try:
             selector = _field_selector(query.get("fieldSelector", ""))
             if query.get("labelSelector"):
@@ -527,7 +529,7 @@ class FakeKubernetes:
         return _json(request, 200, {"kind": f"{kind}List", "apiVersion": api_version,
                                     "metadata": meta, "items": items})
 
-    def _watch(self, request, plural: str, ns: str | None, selector: dict, query: dict[str, str]):
+    def _watch(self, request: Request, plural: str, ns: str | None, selector: dict[str, str], query: dict[str, str]) -> bytes | int:
         request.setResponseCode(200)
         request.setHeader("content-type", "application/json")
         w = _Watch(request, plural, ns, selector, query.get("allowWatchBookmarks") == "true")
@@ -560,7 +562,7 @@ class FakeKubernetes:
 
     # -- TokenReview ------------------------------------------------------------
 
-    def _tokenreview(self, request, body: bytes):
+    def _tokenreview(self, request: Request, body: bytes) -> bytes:
         content_type = (request.getHeader("content-type") or "").split(";")[0].strip()
         if content_type != "application/json":
             return _json(request, 415, _status(415, "UnsupportedMediaType",
@@ -600,7 +602,7 @@ class FakeKubernetes:
                 raise _AuthError("[invalid bearer token, token lookup failed]")
             return {"username": username, "groups": [*groups, "system:authenticated"]}, auds
 
-        def fail(msg: str):
+        def fail(msg: str) -> _AuthError:
             return _AuthError(f"[invalid bearer token, {msg}]")
 
         try:
@@ -636,7 +638,7 @@ class FakeKubernetes:
             raise fail("service account token has expired")
         if isinstance(claims.get("nbf"), (int, float)) and now < claims["nbf"] - self.leeway:
             raise fail("service account token is not valid yet")
-        k8s = claims.get("kubernetes.io")
+        k8s = claims.get("kubernetes.io") or {}  # None: missing, as below
         try:
             ns, sa = k8s["namespace"], k8s["serviceaccount"]["name"]
             sa_uid = k8s["serviceaccount"]["uid"]
@@ -694,12 +696,12 @@ def _field_selector(raw: str) -> dict[str, str]:
     return out
 
 
-def _method_not_allowed(request) -> bytes:
+def _method_not_allowed(request: Request) -> bytes:
     return _json(request, 405, _status(405, "MethodNotAllowed",
                                       "the server does not allow this method on the requested resource", {}))
 
 
-def _json(request, code: int, obj: Any, content_type: str = "application/json") -> bytes:
+def _json(request: Request, code: int, obj: Any, content_type: str = "application/json") -> bytes:
     request.setResponseCode(code)
     request.setHeader("content-type", content_type)
     return json.dumps(obj).encode()

@@ -1,17 +1,17 @@
 """A strict in-process fake of the MinIO APIs stsd and its tests call.
 
 Every request is checked with an independent AWS SigV4 verifier (not the
-``minio`` package's signer, so the fake does not share the daemon's bugs).
+C{minio} package's signer, so the fake does not share the daemon's bugs).
 Served, as MinIO (minio/minio cmd/) does:
 
-- admin (root only): server info, canned policies, users (add, remove,
-  list, info) and their policy mappings (set, attach, detach), with
-  madmin-encrypted bodies opened by the fake's own decryptor;
-- STS AssumeRole, signed by root (a session policy required: without one
-  MinIO would hand out root's rights) or by a user (the credentials' parent);
-- a small path-style S3 API authorized like MinIO's IAM: a temporary
-  credential may do what its parent user's policies, as attached NOW, and
-  its session policy both allow; removing the user removes its credentials.
+ - admin (root only): server info, canned policies, users (add, remove,
+   list, info) and their policy mappings (set, attach, detach), with
+   madmin-encrypted bodies opened by the fake's own decryptor;
+ - STS AssumeRole, signed by root (a session policy required: without one
+   MinIO would hand out root's rights) or by a user (the credentials' parent);
+ - a small path-style S3 API authorized like MinIO's IAM: a temporary
+   credential may do what its parent user's policies, as attached NOW, and
+   its session policy both allow; removing the user removes its credentials.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from urllib.parse import parse_qsl, quote, unquote, unquote_plus
 from xml.sax.saxutils import escape
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from stsd.testing.fake_s3 import S3Error, S3Operation, S3Store, check_checksums, decode_aws_chunked, operation_for, \
     s3_error_xml
@@ -137,13 +138,13 @@ def verify_sigv4(
     region: str | None,
     unsigned_payload: bool = False,
 ) -> SigV4Error | None:
-    """Check an AWS SigV4 ``Authorization`` header; ``region=None`` accepts any region.
+    """Check an AWS SigV4 C{Authorization} header; C{region=None} accepts any region.
 
-    ``unsigned_payload`` accepts ``UNSIGNED-PAYLOAD`` and
-    ``STREAMING-UNSIGNED-PAYLOAD-TRAILER`` for any method, as MinIO's S3 API does.
+    C{unsigned_payload} accepts C{UNSIGNED-PAYLOAD} and
+    C{STREAMING-UNSIGNED-PAYLOAD-TRAILER} for any method, as MinIO's S3 API does.
 
-    ``raw_path`` is the path exactly as sent (still percent-encoded);
-    ``header(name)`` returns all values of a request header or None.
+    C{raw_path} is the path exactly as sent (still percent-encoded);
+    C{header(name)} returns all values of a request header or None.
     """
     auth = (header("authorization") or [""])[0]
     if not auth.startswith("AWS4-HMAC-SHA256 "):
@@ -173,10 +174,12 @@ def verify_sigv4(
     signed = fields["SignedHeaders"].split(";")
     if signed != sorted(set(signed)) or any(h != h.lower() or not h for h in signed):
         return _err(403, "SignatureDoesNotMatch", "SignedHeaders must be lower-case, sorted and unique.")
-    if not set(_REQUIRED_SIGNED) <= set(signed) or any(header(h) is None for h in signed):
+    present = {h: header(h) for h in signed}
+    values = {h: v for h, v in present.items() if v is not None}
+    if not set(_REQUIRED_SIGNED) <= set(signed) or len(values) != len(present):
         return _err(400, "AccessDenied", "There were headers present in the request which were not signed "
                     "(host, x-amz-content-sha256 and x-amz-date must be signed and present).")
-    amz_date = header("x-amz-date")[0]  # type: ignore[index]
+    amz_date = values["x-amz-date"][0]
     try:
         signed_at = _amz_time(amz_date)
     except ValueError:
@@ -187,7 +190,7 @@ def verify_sigv4(
     if abs(signed_at - now) > _MAX_SKEW:
         return _err(403, "RequestTimeTooSkewed",
                     "The difference between the request time and the server's time is too large.")
-    payload_hash = header("x-amz-content-sha256")[0]  # type: ignore[index]
+    payload_hash = values["x-amz-content-sha256"][0]
     if unsigned_payload and payload_hash in _UNSIGNED_PAYLOADS:
         pass  # S3 over TLS: clients may leave the payload unsigned (an aws-chunked body is checked later)
     elif payload_hash == "UNSIGNED-PAYLOAD":
@@ -197,16 +200,16 @@ def verify_sigv4(
         return _err(400, "XAmzContentSHA256Mismatch",
                     "The provided 'x-amz-content-sha256' header does not match what was computed.")
     canonical_headers = "".join(
-        f"{h}:{','.join(' '.join(v.split()) for v in header(h))}\n" for h in signed  # type: ignore[union-attr]
+        f"{h}:{','.join(' '.join(v.split()) for v in values[h])}\n" for h in signed
     )
     canonical_request = "\n".join([method, raw_path or "/", _canonical_query(raw_query), canonical_headers,
                                    fields["SignedHeaders"], payload_hash])
     string_to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, "/".join(scope[1:]),
                                 hashlib.sha256(canonical_request.encode()).hexdigest()])
-    key = ("AWS4" + secret_key).encode()
+    signing_key = ("AWS4" + secret_key).encode()
     for part in (scope_date, scope_region, scope_service, "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+        signing_key = hmac.new(signing_key, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(signing_key, string_to_sign.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected.encode(), fields["Signature"].encode()):
         return _err(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the "
                     "signature you provided. Check your key and signing method.")
@@ -334,7 +337,7 @@ class FakeMinIO:
             self.set_policy(name, doc)
 
     @property
-    def clock(self):
+    def clock(self) -> IReactorTime:
         if self._clock is None:
             from twisted.internet import reactor
 
@@ -450,7 +453,7 @@ class FakeMinIO:
 
     # -- HTTP -------------------------------------------------------------------
 
-    def _render(self, request, local_path: str, delayed: bool = False):
+    def _render(self, request: Request, local_path: str, delayed: bool = False) -> bytes | int:
         request_id = secrets.token_hex(8).upper()
         request.setHeader("x-amz-request-id", request_id)
         request.setHeader("server", "MinIO")
@@ -495,6 +498,7 @@ class FakeMinIO:
 
         if method != wanted_method:
             return error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")
+        assert request.content is not None  # Twisted's, before render
         request.content.seek(0)
         body = request.content.read()
 
@@ -556,7 +560,7 @@ class FakeMinIO:
                 "servers": [{"state": "online", "endpoint": "minio-pool-0-0", "uptime": 3600,
                              "version": "fake", "drives": []}]}
 
-    def _policy(self, request, query: dict[str, str], raw_path: str, request_id: str) -> bytes:
+    def _policy(self, request: Request, query: dict[str, str], raw_path: str, request_id: str) -> bytes:
         name = query.get("name", "")
         if not name:
             return _admin_error(request, 400, "InvalidArgument", "Invalid arguments specified.", raw_path, request_id)
@@ -574,7 +578,7 @@ class FakeMinIO:
 
     # -- admin: users (cmd/admin-handlers-users.go) ------------------------------
 
-    def _admin_add_user(self, request, query: dict[str, str], body: bytes, error,
+    def _admin_add_user(self, request: Request, query: dict[str, str], body: bytes, error: Callable[[int, str, str], bytes],
                         opened: bytes | MadminCryptoError | None = None) -> bytes:
         if "accessKey" not in query:
             return _version_mismatch(error)
@@ -614,7 +618,7 @@ class FakeMinIO:
         self.user_secrets.add(secret_key)
         return _send(request, 200, "application/json", b"")
 
-    def _admin_remove_user(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+    def _admin_remove_user(self, request: Request, query: dict[str, str], body: bytes, error: Callable[[int, str, str], bytes]) -> bytes:
         if "accessKey" not in query:
             return _version_mismatch(error)
         access_key = query["accessKey"]
@@ -625,7 +629,7 @@ class FakeMinIO:
         self.remove_user(access_key)
         return _send(request, 200, "application/json", b"")
 
-    def _admin_set_user_policy(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+    def _admin_set_user_policy(self, request: Request, query: dict[str, str], body: bytes, error: Callable[[int, str, str], bytes]) -> bytes:
         if not {"policyName", "userOrGroup", "isGroup"} <= set(query) or query["isGroup"] not in ("true", "false"):
             return _version_mismatch(error)
         name = query["userOrGroup"]
@@ -643,15 +647,15 @@ class FakeMinIO:
         user.policies, user.updated = policies, self._iso()
         return _send(request, 200, "application/json", b"")
 
-    def _admin_attach_policy(self, request, query: dict[str, str], body: bytes, error,
+    def _admin_attach_policy(self, request: Request, query: dict[str, str], body: bytes, error: Callable[[int, str, str], bytes],
                              opened: bytes | MadminCryptoError | None = None) -> bytes:
         return self._attach_detach(request, body, error, opened, attach=True)
 
-    def _admin_detach_policy(self, request, query: dict[str, str], body: bytes, error,
+    def _admin_detach_policy(self, request: Request, query: dict[str, str], body: bytes, error: Callable[[int, str, str], bytes],
                              opened: bytes | MadminCryptoError | None = None) -> bytes:
         return self._attach_detach(request, body, error, opened, attach=False)
 
-    def _attach_detach(self, request, body: bytes, error, opened: bytes | MadminCryptoError | None, *,
+    def _attach_detach(self, request: Request, body: bytes, error: Callable[[int, str, str], bytes], opened: bytes | MadminCryptoError | None, *,
                        attach: bool) -> bytes:
         if request.getHeader("content-length") is None or len(body) > _MAX_ECONFIG:
             return error(400, "XMinioAdminConfigTooLarge", "Configuration data provided exceeds the allowed "
@@ -720,12 +724,12 @@ class FakeMinIO:
             info["policyName"] = ",".join(user.policies)
         return info
 
-    def _admin_list_users(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+    def _admin_list_users(self, request: Request, query: dict[str, str], body: bytes, error: Callable[[int, str, str], bytes]) -> bytes:
         listing = {k: self._user_info(u) for k, u in sorted(self.users.items())}
         return _send(request, 200, "application/octet-stream",
                      self._seal(json.dumps(listing).encode()))
 
-    def _admin_user_info(self, request, query: dict[str, str], body: bytes, error) -> bytes:
+    def _admin_user_info(self, request: Request, query: dict[str, str], body: bytes, error: Callable[[int, str, str], bytes]) -> bytes:
         if "accessKey" not in query:
             return _version_mismatch(error)
         name = query["accessKey"]
@@ -738,7 +742,7 @@ class FakeMinIO:
 
     # -- STS (cmd/sts-handlers.go) -----------------------------------------------
 
-    def _assume_role(self, request, raw_query: str, body: bytes, error, request_id: str, signer: str) -> bytes:
+    def _assume_role(self, request: Request, raw_query: str, body: bytes, error: Callable[[int, str, str], bytes], request_id: str, signer: str) -> bytes:
         content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded" or raw_query:
             return error(400, "InvalidParameterValue", "fake MinIO: AssumeRole must be a POST with a form body "
@@ -823,7 +827,7 @@ class FakeMinIO:
 
     # -- S3 (cmd/auth-handler.go, cmd/iam.go IsAllowed/IsAllowedSTS) -------------
 
-    def _s3(self, request, method: str, local_path: str, raw_path: str, raw_query: str, header, body: bytes,
+    def _s3(self, request: Request, method: str, local_path: str, raw_path: str, raw_query: str, header: Callable[[str], list[str] | None], body: bytes,
             request_id: str) -> bytes:
         op: S3Operation | None = None
 
@@ -854,7 +858,7 @@ class FakeMinIO:
             return fail(problem.status, problem.code, problem.message)
         if kind == "user" and not self.users[key_id].enabled:
             return fail(403, "InvalidAccessKeyId", "Your account is disabled; please contact your administrator.")
-        token = (header("x-amz-security-token") or [None])[0]
+        token = next(iter(header("x-amz-security-token") or ()), None)
         if kind == "temporary":
             assert minted is not None
             if token is None or not hmac.compare_digest(token.encode(), minted.session_token.encode()):
@@ -867,7 +871,7 @@ class FakeMinIO:
                 check_checksums(body, trailers)
             except S3Error as e:
                 return fail(e.status, e.code, e.message)
-            decoded = (header("x-amz-decoded-content-length") or [None])[0]
+            decoded = next(iter(header("x-amz-decoded-content-length") or ()), None)
             if decoded is not None and decoded != str(len(body)):
                 return fail(400, "IncompleteBody", "You did not provide the number of bytes specified by the "
                             "Content-Length HTTP header.")
@@ -884,7 +888,7 @@ class FakeMinIO:
         self.s3_outcomes[(op.action, "OK")] += 1
         return _send(request, status, content_type, answer)
 
-    def _conditions(self, request, header, kind: str, key_id: str, minted: Minted | None,
+    def _conditions(self, request: Request, header: Callable[[str], list[str] | None], kind: str, key_id: str, minted: Minted | None,
                     op: S3Operation) -> dict[str, list[str]]:
         # cmd/bucket-policy.go getConditionValues: the request's facts under
         # bare names (a policy's "aws:username" is matched as "username"),
@@ -953,7 +957,7 @@ def _credential_key(header: Callable[[str], Sequence[str] | None]) -> str:
     return match.group(1) if match else ""
 
 
-def _version_mismatch(error) -> bytes:
+def _version_mismatch(error: Callable[[int, str, str], bytes]) -> bytes:
     # A required query parameter missing: no MinIO admin route matches.
     return error(426, "XMinioAdminVersionMismatch", "This 'admin' API is not supported by server in "
                  "'mode-server-xl'")
@@ -966,17 +970,17 @@ class _TenantResource(Resource):
         super().__init__()
         self._minio = minio
 
-    def render(self, request):
+    def render(self, request: Request) -> bytes | int:
         return self._minio._render(request, request.path.decode("utf-8", "replace"))
 
 
 class FakeMinIORouter(Resource):
     """
-    Several tenants on one port: ``/{namespace}/minio/admin/...``, ``POST
-    /{namespace}/`` and path-style S3 ``/{namespace}/{bucket}/{key}`` (boto3
+    Several tenants on one port: C{/{namespace}/minio/admin/...}, C{POST
+    /{namespace}/} and path-style S3 C{/{namespace}/{bucket}/{key}} (boto3
     keeps a path in its endpoint URL). A client that cannot put a path in
-    its endpoint (minio-py's Minio and MinioAdmin) sends ``/{bucket}/{key}``
-    or ``/minio/admin/...``: when the first path segment is no namespace,
+    its endpoint (minio-py's Minio and MinioAdmin) sends C{/{bucket}/{key}}
+    or C{/minio/admin/...}: when the first path segment is no namespace,
     the tenant that knows the request's access key serves it (a namespace
     wins over a bucket of the same name).
     """
@@ -998,7 +1002,7 @@ class FakeMinIORouter(Resource):
         for minio in self.tenants.values():
             minio.clear_faults()
 
-    def render(self, request):
+    def render(self, request: Request) -> bytes | int:
         path = request.path.decode("utf-8", "replace")
         namespace, _, rest = path.lstrip("/").partition("/")
         minio = self.tenants.get(namespace)
@@ -1023,18 +1027,18 @@ class FakeMinIORouter(Resource):
                             f"{namespace!r}", path, secrets.token_hex(8).upper())
 
 
-def _send(request, status: int, content_type: str, body: bytes) -> bytes:
+def _send(request: Request, status: int, content_type: str, body: bytes) -> bytes:
     request.setResponseCode(status)
     request.setHeader("content-type", content_type)
     return body
 
 
-def _admin_error(request, status: int, code: str, message: str, resource: str, request_id: str) -> bytes:
+def _admin_error(request: Request, status: int, code: str, message: str, resource: str, request_id: str) -> bytes:
     body = {"Code": code, "Message": message, "Resource": resource, "RequestId": request_id, "HostId": ""}
     return _send(request, status, "application/json", json.dumps(body).encode())
 
 
-def _sts_error(request, status: int, code: str, message: str, request_id: str) -> bytes:
+def _sts_error(request: Request, status: int, code: str, message: str, request_id: str) -> bytes:
     kind = "Receiver" if status >= 500 else "Sender"
     xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<ErrorResponse xmlns="{_STS_NS}"><Error><Type>{kind}</Type>'
            f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error>"

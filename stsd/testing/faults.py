@@ -54,10 +54,10 @@ class Faults:
                 return mode
         return None
 
-    def connection(self, request: Any, mode: str | None) -> object | None:
+    def connection(self, request: Any, mode: str | None) -> int | None:
         """
         Carry out a connection-level fault ("close", "hang"): the value to
-        return from C{render}, or L{None} for any other mode.
+        return from C{render}, or C{None} for any other mode.
         """
         if mode == "close":
             abort(request)
@@ -73,7 +73,7 @@ class Faults:
         """How many requests a "delay" fault holds back now."""
         return len(self._delayed)
 
-    def delay(self, request: Any, clock: Any, seconds: float, render: Callable[[], Any]) -> object:
+    def delay(self, request: Any, clock: Any, seconds: float, render: Callable[[], Any]) -> int:
         """
         Carry out a "delay" fault (a slow server): C{render()} answers the
         request after C{seconds}; the value to return from C{render} now.

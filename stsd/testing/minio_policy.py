@@ -1,29 +1,29 @@
 # -*- test-case-name: tests.test_minio_policy -*-
 """How MinIO decides whether a request is allowed: an evaluator for tests.
 
-Re-expressed from minio/pkg ``policy/`` (commit 876a725) and minio ``cmd/iam.go``,
+Re-expressed from minio/pkg C{policy/} (commit 876a725) and minio C{cmd/iam.go},
 written to be compared against, not to be fast.  Source locations are in the comments
-and in ``tests/test_minio_policy.py``.  The rules:
+and in C{tests/test_minio_policy.py}.  The rules:
 
  - A policy decides per request: any matching Deny statement denies; else any matching
-   Allow allows; else no (``Policy.Decide``).  Several policies are one union.
- - Actions match as MinIO globs over bytes, case-sensitively (``wildcard.Match``: ``*``
-   any sequence, ``?`` exactly one byte).  A literal action also matches its implied
-   actions (``implicitActions``, one step), for Action and NotAction alike.
- - Resources: the request resource is ``bucket/object``, or ``bucket/`` for a bucket, or
-   ``/`` for none (``Statement.IsAllowedPtr``).  A pattern matches by glob, or when it
-   equals ``path.Clean(resource)`` (``Resource.Match``).  The ARN prefix is not compared.
+   Allow allows; else no (C{Policy.Decide}).  Several policies are one union.
+ - Actions match as MinIO globs over bytes, case-sensitively (C{wildcard.Match}: C{*}
+   any sequence, C{?} exactly one byte).  A literal action also matches its implied
+   actions (C{implicitActions}, one step), for Action and NotAction alike.
+ - Resources: the request resource is C{bucket/object}, or C{bucket/} for a bucket, or
+   C{/} for none (C{Statement.IsAllowedPtr}).  A pattern matches by glob, or when it
+   equals C{path.Clean(resource)} (C{Resource.Match}).  The ARN prefix is not compared.
  - The Resource is not checked for an STS statement, for an admin statement none of
-   whose actions is bucket-scoped (``AdminActionsWithResource``), and for a KMS
+   whose actions is bucket-scoped (C{AdminActionsWithResource}), and for a KMS
    statement without Resource or for a request without resource.  A tables statement
-   (``s3tables:``) evaluating a plain S3 action rewrites the resource to
-   ``bucket/<bucket>/table/<first object segment>``.
+   (C{s3tables:}) evaluating a plain S3 action rewrites the resource to
+   C{bucket/<bucket>/table/<first object segment>}.
  - Conditions AND together; a key absent from the request makes StringEquals, Like and
-   Bool false and their negations true (``condition/*func.go``).  An operator this
+   Bool false and their negations true (C{condition/*func.go}).  An operator this
    module does not model never allows: it makes an Allow statement not match and a Deny
    statement match.
  - STS credentials: the parent's policies must allow, and the session policy too when
-   there is one (``isAllowedBySessionPolicy``: a session policy without Version allows
+   there is one (C{isAllowedBySessionPolicy}: a session policy without Version allows
    nothing).
 """
 
@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
 
 from stsd.minio_actions import (
     ADMIN_ACTIONS,
@@ -67,9 +67,9 @@ class _Unsupported(Exception):
 
 
 def wildcard_match(pattern: str, name: str) -> bool:
-    """``wildcard.Match`` (minio/pkg wildcard/match.go) over UTF-8 bytes.
+    """C{wildcard.Match} (minio/pkg wildcard/match.go) over UTF-8 bytes.
 
-    Go's version recurses on every ``*``; this is the equivalent greedy matcher with one
+    Go's version recurses on every C{*}; this is the equivalent greedy matcher with one
     backtrack point, so hostile patterns cost O(len(pattern) * len(name)).
     """
     if pattern == "":
@@ -95,7 +95,7 @@ def wildcard_match(pattern: str, name: str) -> bool:
 
 
 def path_clean(path: str) -> str:
-    """Go's ``path.Clean``: lexical, ``/``-separated, ``"."`` for an empty result."""
+    """Go's C{path.Clean}: lexical, C{/}-separated, C{"."} for an empty result."""
     if path == "":
         return "."
     rooted = path.startswith("/")
@@ -117,7 +117,7 @@ def path_clean(path: str) -> str:
 
 
 def _key_name(key: str) -> str:
-    """condition/keyname.go ``KeyName.Name``, with the ``/variable`` part kept."""
+    """condition/keyname.go C{KeyName.Name}, with the C{/variable} part kept."""
     name, slash, variable = key.partition("/")
     service, colon, rest = name.partition(":")
     if colon and service in _TRIMMED:
@@ -138,7 +138,7 @@ def _lookup(context: Mapping[str, Sequence[str]], key: str) -> list[str]:
 
 
 def _substitute(text: str, context: Mapping[str, Sequence[str]]) -> str:
-    """Replace ``${key}`` for the common keys that have a non-empty first value."""
+    """Replace C{${key}} for the common keys that have a non-empty first value."""
     def one(match: re.Match[str]) -> str:
         key = match.group(1)
         if key in _COMMON_KEYS or key.startswith("jwt:"):
@@ -155,7 +155,7 @@ def _string_list(value: object) -> list[str]:
         return []
     if isinstance(value, str):
         return [value]
-    return [v for v in value]  # type: ignore[union-attr]
+    return [v for v in cast("Iterable[str]", value)]  # a JSON list of strings
 
 
 def _field(statement: Mapping[str, Any], name: str) -> Any:
@@ -168,19 +168,22 @@ def _field(statement: Mapping[str, Any], name: str) -> Any:
     return None
 
 
-def _values(raw: object) -> list[object]:
+def _values(raw: object) -> list[str | int]:
     items = raw if isinstance(raw, (list, tuple)) else [raw]
+    values: list[str | int] = []
     for item in items:
         if not isinstance(item, (str, int)):  # bool is an int; floats MinIO refuses
             raise _Unsupported
-    return list(items)
+        values.append(item)
+    return values
 
 
 def _strings(raw: object) -> list[str]:
     items = _values(raw)
-    if not all(isinstance(v, str) for v in items):
+    strings = [v for v in items if isinstance(v, str)]
+    if len(strings) != len(items):
         raise _Unsupported  # condition/stringfunc.go valuesToStringSlice refuses
-    return items  # type: ignore[return-value]
+    return strings
 
 
 def _bool_text(value: object) -> str:
@@ -240,11 +243,11 @@ def _one_condition(operator: str, key: str, raw: object,
         values = _values(raw)
         if len(values) != 1:
             raise _Unsupported
-        value = values[0]
-        if isinstance(value, bool):
+        bound = values[0]
+        if isinstance(bound, bool):
             raise _Unsupported
         try:
-            limit = int(value) if isinstance(value, str) else value
+            limit = int(bound) if isinstance(bound, str) else bound
         except ValueError:
             raise _Unsupported from None
         compare = {
@@ -265,7 +268,7 @@ def _one_condition(operator: str, key: str, raw: object,
 
 
 def _conditions(raw: object, context: Mapping[str, Sequence[str]], effect: str) -> bool:
-    """condition/func.go ``Functions.Evaluate``: every operator and key must hold."""
+    """condition/func.go C{Functions.Evaluate}: every operator and key must hold."""
     if not raw:
         return True
     try:
@@ -295,12 +298,12 @@ def _admin_has_resource(pattern: str) -> bool:
 
 
 def _actions_match(patterns: list[str], action: str) -> bool:
-    """policy/actionset.go ``ActionSet.Match``: glob, or an implied action of a literal."""
+    """policy/actionset.go C{ActionSet.Match}: glob, or an implied action of a literal."""
     return any(wildcard_match(p, action) or action in IMPLIED_ACTIONS.get(p, ()) for p in patterns)
 
 
 def _split_resource(resource: str) -> tuple[str, str, bool]:
-    """An ARN (or bare ``bucket/key``) as MinIO's Args: bucket, object, memory ARN."""
+    """An ARN (or bare C{bucket/key}) as MinIO's Args: bucket, object, memory ARN."""
     memory = resource.startswith(_MEMORY_PREFIX)
     for prefix in _ARN_PREFIXES:
         if resource.startswith(prefix):
@@ -326,7 +329,7 @@ def _is_table_resource(text: str) -> bool:
 
 
 def _pattern_matches(raw: str, candidate: str, context: Mapping[str, Sequence[str]]) -> bool:
-    """policy/resource.go ``Resource.Match``."""
+    """policy/resource.go C{Resource.Match}."""
     if raw == "*":
         pattern = "*"
     else:
@@ -349,7 +352,7 @@ def _pattern_matches(raw: str, candidate: str, context: Mapping[str, Sequence[st
 
 def _statement_matches(statement: Mapping[str, Any], action: str, bucket: str, obj: str,
                        context: Mapping[str, Sequence[str]]) -> bool:
-    """policy/statement.go ``Statement.IsAllowedPtr``'s check(): does it apply?"""
+    """policy/statement.go C{Statement.IsAllowedPtr}'s check(): does it apply?"""
     effect = _field(statement, "Effect")
     actions = _string_list(_field(statement, "Action"))
     not_actions = _string_list(_field(statement, "NotAction"))
@@ -399,9 +402,9 @@ def _decide(policies: Sequence[Mapping[str, Any]], action: str, resource: str,
 
 def allowed(policies: Sequence[Mapping[str, Any]], action: str, resource: str,
             context: Mapping[str, Sequence[str]] | None = None) -> bool:
-    """Whether MinIO allows *action* on *resource* under the union of *policies*.
+    """Whether MinIO allows I{action} on I{resource} under the union of I{policies}.
 
-    @param policies: parsed policy documents (``{"Version": ..., "Statement": [...]}``).
+    @param policies: parsed policy documents (C{{"Version": ..., "Statement": [...]}}).
     @param action: e.g. C{"s3:GetObject"}, C{"admin:CreateUser"}.
     @param resource: the ARN MinIO evaluates: C{"arn:aws:s3:::bucket/key"},
         C{"arn:aws:s3:::bucket"} (a bucket), C{"arn:aws:s3:::"} or C{""} (no resource, as
@@ -416,7 +419,7 @@ def allowed(policies: Sequence[Mapping[str, Any]], action: str, resource: str,
 def allowed_with_session(parent: Sequence[Mapping[str, Any]], session: Mapping[str, Any] | None,
                          action: str, resource: str,
                          context: Mapping[str, Sequence[str]] | None = None) -> bool:
-    """STS credentials (minio cmd/iam.go ``IsAllowedSTS``): the parent's policies allow,
+    """STS credentials (minio cmd/iam.go C{IsAllowedSTS}): the parent's policies allow,
     and the session policy allows too when there is one."""
     if not allowed(parent, action, resource, context):
         return False

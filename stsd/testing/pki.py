@@ -8,11 +8,16 @@ import os
 import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+    from twisted.internet.ssl import CertificateOptions
 
 __all__ = ["TestPKI"]
 
@@ -44,7 +49,7 @@ def _write(path: pathlib.Path, data: bytes, mode: int = 0o644) -> None:
 
 @dataclass(frozen=True)
 class TestPKI:
-    """A CA plus one server certificate written as ``ca.pem``/``tls.crt``/``tls.key``."""
+    """A CA plus one server certificate written as C{ca.pem}/C{tls.crt}/C{tls.key}."""
 
     __test__ = False  # not a pytest test class despite the name
 
@@ -115,23 +120,24 @@ class TestPKI:
     def issue(
         self, hostnames: Sequence[str] = (), ips: Sequence[str] = ()
     ) -> tuple[bytes, bytes]:
-        """Another leaf from this CA, e.g. for the wrong host: ``(cert_pem, key_pem)``."""
+        """Another leaf from this CA, e.g. for the wrong host: C{(cert_pem, key_pem)}."""
         cert, key = _leaf(self.ca_cert, self.ca_key, hostnames, ips)
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
-    def server_options(self):
-        """TLS >= 1.2 server options for ``reactor.listenSSL`` with the leaf."""
+    def server_options(self) -> CertificateOptions:
+        """TLS >= 1.2 server options for C{reactor.listenSSL} with the leaf."""
         from twisted.internet.ssl import CertificateOptions, TLSVersion
 
         # pyOpenSSL >= 24.3 takes cryptography objects directly (and warns on
         # its own deprecated X509/PKey), so no conversion is needed.
+        # (Twisted annotates pyOpenSSL's types only: see stsd.tls.server_options_for.)
         return CertificateOptions(
-            privateKey=self.key,
-            certificate=self.cert,
+            privateKey=self.key,  # type: ignore[arg-type]
+            certificate=self.cert,  # type: ignore[arg-type]
             raiseMinimumTo=TLSVersion.TLSv1_2,
         )
 
-    def client_options(self, hostname: str = "localhost"):
+    def client_options(self, hostname: str = "localhost") -> IOpenSSLClientConnectionCreator:
         """Client TLS options trusting only this CA (for tests talking to fakes)."""
         from twisted.internet.ssl import Certificate, optionsForClientTLS
 

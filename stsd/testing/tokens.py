@@ -89,7 +89,7 @@ class TokenIssuer:
         if self._clock is None:
             from twisted.internet import reactor
 
-            return reactor.seconds()  # type: ignore[attr-defined]
+            return reactor.seconds()
         return self._clock.seconds()
 
     def mint(
@@ -104,7 +104,7 @@ class TokenIssuer:
         not_before: float | None = None,
         **extra_claims: Any,
     ) -> str:
-        """A signed token; ``extra_claims`` are merged last, so they can override any claim."""
+        """A signed token; C{extra_claims} are merged last, so they can override any claim."""
         iat = int(self._now() if now is None else now)
         k8s: dict[str, Any] = {
             "namespace": namespace,
