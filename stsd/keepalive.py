@@ -712,8 +712,10 @@ class _Call:
 
     def _expire(self) -> None:
         self._timer = None
-        self._abandon()
+        # Finished first: the connection attempt cancelled below fails at
+        # once, and its error is not the reason this call ends.
         self._finish(UpstreamError(f"{self._target}: no answer within {self._timeout:g} seconds"))
+        self._abandon()
 
     def _cancelled(self) -> None:
         # The caller gave up (its own deadline): nothing more to report.
