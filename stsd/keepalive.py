@@ -32,12 +32,12 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IWriteDescriptor
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
+from stsd.twisted_private import UnbufferedTLSFactory, send_now
 from stsd.upstream import PERSISTENT_PER_HOST, Response, UpstreamError, describe
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -63,31 +63,6 @@ class _Lost(Exception):
         super().__init__(reason)
         self.reason = reason
         self.received = received
-
-
-def _send_now(transport: Any) -> None:
-    """
-    Put what was just written on the wire now, not at the reactor's next
-    turn. A reactor turn handles every request that arrived together;
-    written at its end, their AssumeRoles reach MinIO as one burst, and
-    stsd then waits for the whole burst's answers with nothing to do (a
-    tenth of its time in the benchmark). Sent as each request is handled,
-    MinIO works on the first while stsd handles the next.
-
-    The socket is under the TLS layer (unbuffered, see L{_DirectTLSFactory});
-    C{doWrite} is what the reactor calls when the socket is writable: a
-    socket that cannot take the bytes keeps them, and a failed send is left
-    for the reactor to see on its next turn (the write is still registered).
-    """
-    socket_transport = getattr(transport, "transport", None) or transport
-    if IWriteDescriptor.providedBy(socket_transport) and not socket_transport.disconnecting:
-        socket_transport.doWrite()
-
-
-class _DirectTLSFactory(TLSMemoryBIOFactory):
-    # Twisted's default TLS transport holds small writes until the reactor's
-    # next turn to send them together; a request is already one write.
-    protocol = TLSMemoryBIOProtocol
 
 
 class ResponseError(Exception):
@@ -312,7 +287,7 @@ class _Connection(Protocol):
         self._received = False
         self._parser.reset()
         self.transport.write(data)
-        _send_now(self.transport)
+        send_now(self.transport)  # see there: the request leaves within this call
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -373,7 +348,7 @@ class _TLSEndpoint:
         self._creator = creator
 
     def connect(self, factory: Factory) -> Deferred[Any]:
-        return self._endpoint.connect(_DirectTLSFactory(self._creator, True, factory)).addCallback(
+        return self._endpoint.connect(UnbufferedTLSFactory(self._creator, True, factory)).addCallback(
             lambda tls: tls.wrappedProtocol)
 
 

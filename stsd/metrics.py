@@ -212,7 +212,6 @@ class ObservedHTTPClient:
         self._metrics = metrics
         self._classify = classify
         self._clock = clock
-        self._agent = inner._agent  # the pool, for closing cached connections
 
     def request(self, method: str, url: str, **kwargs: Any) -> Any:
         target = self._classify(method, url)

@@ -18,11 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
-from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
+
+from stsd.twisted_private import IOpenSSLTrustRoot
 
 MINIMUM_TLS = TLSVersion.TLSv1_2
 
@@ -81,7 +82,7 @@ class CertificateTrust:
     certificates: tuple[x509.Certificate, ...]
     system: bool = False
 
-    def _addCACertsToContext(self, context: SSL.Context) -> None:
+    def _addCACertsToContext(self, context: SSL.Context) -> None:  # twisted_private.TRUST_ROOT_METHOD
         if self.system:
             context.set_default_verify_paths()
         store = context.get_cert_store()

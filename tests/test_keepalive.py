@@ -26,6 +26,7 @@ from twisted.web.server import Site
 
 from stsd import keepalive, tls
 from stsd.keepalive import KeepAliveClient
+from stsd.twisted_private import UnbufferedTLSFactory
 from stsd.minio_client import MinIOClient, MinIOError, RootCredentials, TenantEndpoint
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.pki import TestPKI
@@ -495,7 +496,7 @@ async def test_request_leaves_before_the_reactor_turn_ends(servers, client) -> N
 def test_tls_connections_are_not_write_buffered() -> None:
     from twisted.protocols.tls import BufferingTLSTransport
 
-    assert not issubclass(keepalive._DirectTLSFactory.protocol, BufferingTLSTransport)
+    assert not issubclass(UnbufferedTLSFactory.protocol, BufferingTLSTransport)
 
 
 # -- the bound on connections per host (tenants.max_connections) ----------------------
