@@ -35,9 +35,9 @@ __all__ = [
 #: L{stsd.tls.CertificateTrust} implements this interface (it has no public
 #: home) so that C{optionsForClientTLS(trustRoot=...)} takes it: Twisted's
 #: own trust roots are the platform's store or a fixed list, never both, and
-#: tenants need both (public CAs and the cluster's CA). Kept for correctness:
-#: without it, tests/test_config.py's system-plus-file trust and
-#: tests/test_keepalive.py's TLS tests have no trust root to give.
+#: tenants need both (public CAs and the cluster's CA: tap.tenant_trust).
+#: Kept for correctness; no public trust root combines the two (not
+#: measured by removal: there is nothing to put in its place).
 #: Twisted calls the method named L{TRUST_ROOT_METHOD} with the SSL context.
 TRUST_ROOT_METHOD = "_addCACertsToContext"
 
@@ -50,9 +50,10 @@ def raise_listen_errors(service: StreamServerEndpointService) -> None:
     Make C{privilegedStartService} raise when the port cannot be bound,
     instead of logging the error and starting anyway. Kept for correctness:
     a port in use must stop start-up with exit status 1 and a one-line
-    reason (tests/test_daemon_startup.py fails without it: the daemon runs
-    on, not listening). C{_raiseSynchronously} is the flag twistd's own
-    C{strports} services use for the same thing.
+    reason. Measured by removing it: test_daemon_startup.py's
+    test_sts_port_in_use and test_metrics_port_in_use fail (the daemon runs
+    on, not listening, until the test's timeout). C{_raiseSynchronously} is
+    the flag twistd's own C{strports} services use for the same thing.
     """
     service._raiseSynchronously = True
 
@@ -64,10 +65,10 @@ def clear_exit_signal(reactor: Any, signum: int = signal.SIGTERM) -> bool:
     """
     Forget that C{signum} stopped the reactor, so that twistd exits 0 after
     a completed drain instead of re-raising the signal on itself (exit
-    status 143, which Kubernetes reports as a failure). Kept for
-    correctness: tests/test_drain.py and tests/test_demo.py ("stopped
-    cleanly (exit status 0)") check it. Whether it was set: C{False} for a
-    reactor without the attribute (a test clock) or another signal.
+    status 143, which Kubernetes reports as a failure). Measured by
+    removing it: test_drain.py's test_a_drained_sigterm_exits_zero and
+    test_sigterm_drains_a_real_daemon fail. Whether it was set: C{False}
+    for a reactor without the attribute (a test clock) or another signal.
     """
     if getattr(reactor, "_exitSignal", None) == signum:
         reactor._exitSignal = None
@@ -84,7 +85,10 @@ def line_buffer(channel: LineReceiver) -> bytes:
     the request line and headers as lines). Kept for correctness: it is the
     only way to tell a connection with half a request line (busy: a drain
     waits for it, the read deadline says "request not complete") from an
-    idle one; tests/test_drain.py and tests/test_hostile.py check both.
+    idle one. Measured by removing it (always C{b""}): 5 tests fail,
+    test_hostile.py's deadline tests (trickled headers, keep-alive and
+    pipelined requests, many trickling connections) and test_drain.py's
+    test_a_request_arriving_at_the_listener_stop_gets_its_deadline.
     """
     return channel._buffer
 
@@ -118,7 +122,8 @@ class UnbufferedTLSFactory(TLSMemoryBIOFactory):
     reactor's next turn to send them together; a request is already one
     write, and L{send_now} must find its bytes on the socket. Public
     classes, but C{protocol} is not a documented knob of the factory.
-    Measured with L{send_now}: see there.
+    Its effect is L{send_now}'s over TLS (see there); without it
+    test_keepalive.py's test_tls_connections_are_not_write_buffered fails.
     """
 
     protocol = TLSMemoryBIOProtocol
@@ -131,10 +136,11 @@ def send_now(transport: Any) -> None:
     the socket is writable) from outside the reactor. A reactor turn
     handles every request that arrived together; written at its end, their
     AssumeRoles reach MinIO as one burst, and stsd then waits for the whole
-    burst's answers with nothing to do. Measured when introduced (issue 8,
-    C{python -m bench.run}): about a tenth of stsd's time in the benchmark
-    was that wait. tests/test_keepalive.py checks the request has left
-    before the call returns.
+    burst's answers with nothing to do: about a tenth of stsd's time in
+    C{python -m bench.run}, as recorded when it was introduced (not
+    re-measured in this change). Without it, test_keepalive.py's
+    test_request_leaves_before_the_reactor_turn_ends fails (the request
+    waits in the socket's buffer for the reactor's turn).
 
     C{transport} is the TLS layer (its C{transport} the socket) or the
     socket itself. A socket that cannot take the bytes keeps them, and a
@@ -154,9 +160,11 @@ def send_now(transport: Any) -> None:
 OVERRIDDEN: tuple[tuple[str, str, str, str], ...] = (
     ("twisted.web.server.Request", "_handleStar", "stsd.server.BoundedRequest._handleStar",
      "a '*' request-target is answered by Twisted itself (an empty 405, no "
-     "x-amz-request-id); stsd answers it in STS XML (tests/test_hostile.py)"),
+     "x-amz-request-id); stsd answers it in STS XML. Removed: test_hostile.py's "
+     "test_no_server_header and test_star_target_is_sts_xml[GET,POST,OPTIONS] fail"),
     ("twisted.web.http.HTTPChannel", "_respondToBadRequestAndDisconnect",
      "stsd.server._DeadlineChannel._respondToBadRequestAndDisconnect",
      "Twisted's answer to a malformed request is a bare 400 without a body; "
-     "stsd's is an STS XML error (tests/test_hostile.py)"),
+     "stsd's is an STS XML error. Removed: test_hostile.py's "
+     "test_raw_bytes_through_the_site and test_oversized_and_malformed_heads_are_sts_xml fail"),
 )
