@@ -285,7 +285,8 @@ class _Connection(Protocol):
         """
         self._owner = owner
         self._received = False
-        self._parser.reset()
+        # (The parser is fresh: new, or reset by the last whole answer; a
+        # connection whose answer failed is aborted, never reused.)
         self.transport.write(data)
         send_now(self.transport)  # see there: the request leaves within this call
 
