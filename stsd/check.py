@@ -30,7 +30,7 @@ from stsd.rbac import PERMISSIONS, Permission
 from stsd.tenants import TENANTS_PATH
 from stsd.tap import tenant_trust
 from stsd.tenants import EndpointRule, Tenant, parse_tenant, root_credentials, secret_config_env
-from stsd.upstream import make_client
+from stsd.upstream import close_connections, make_client
 
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
@@ -95,9 +95,7 @@ async def run_check(reactor: Any, config_path: str, out: IO[str]) -> bool:
     try:
         await _check_cluster(report, reactor, config, access, client, minio_http)
     finally:
-        agent = kube_http._agent
-        assert isinstance(agent, Agent)  # make_client's, with its connection pool
-        await agent._pool.closeCachedConnections()
+        await close_connections(kube_http)
         await minio_http.close()
     report.render(out)
     return report.ok

@@ -288,6 +288,8 @@ class ServerConfig:
         default=5.0, metadata=_spec(_non_negative_seconds(300.0)))
     shutdown_grace_seconds: float = field(
         default=20.0, metadata=_spec(_non_negative_seconds(600.0)))
+    # The garbage-collector tuning of stsd.gctuning (freeze after the initial sync).
+    gc_tuning: bool = field(default=True, metadata=_spec(_boolean))
 
 
 @dataclass(frozen=True, kw_only=True)

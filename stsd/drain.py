@@ -36,6 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from stsd.server import DeadlineSite
+from stsd.twisted_private import clear_exit_signal
 
 log = Logger()
 
@@ -173,5 +174,4 @@ def _exit_cleanly(reactor: Any) -> None:
     the signal on itself once the reactor stops (exit status 143), which
     Kubernetes and process supervisors report as a failure.
     """
-    if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
-        reactor._exitSignal = None
+    clear_exit_signal(reactor, signal.SIGTERM)

@@ -32,12 +32,12 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport, IWriteDescriptor
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
+from stsd.twisted_private import UnbufferedTLSFactory, send_now
 from stsd.upstream import PERSISTENT_PER_HOST, Response, UpstreamError, describe
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -56,10 +56,6 @@ _Key = tuple[str, str, int]
 _HEADER_LINE = re.compile(rb"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|\Z)")
 
 
-class _ProtocolError(Exception):
-    """The server's answer is not HTTP/1.1 this client can read."""
-
-
 class _Lost(Exception):
     """The connection closed before the whole answer arrived."""
 
@@ -69,45 +65,209 @@ class _Lost(Exception):
         self.received = received
 
 
-def _send_now(transport: Any) -> None:
+class ResponseError(Exception):
+    """The server's answer is not HTTP/1.1 this client can read."""
+
+
+# The name the rest of this module (and older tests) use.
+_ProtocolError = ResponseError
+
+# A whole answer: the response, and whether the connection may carry another
+# request (the answer allows it and nothing came after it).
+Answer = tuple[Response, bool]
+
+
+class ResponseParser:
     """
-    Put what was just written on the wire now, not at the reactor's next
-    turn. A reactor turn handles every request that arrived together;
-    written at its end, their AssumeRoles reach MinIO as one burst, and
-    stsd then waits for the whole burst's answers with nothing to do (a
-    tenth of its time in the benchmark). Sent as each request is handled,
-    MinIO works on the first while stsd handles the next.
+    The answer to one request, read from the bytes as they arrive: no I/O,
+    no clock, nothing but the bytes given to L{feed} (and L{close}, when the
+    connection ends). L{parse_response} is the same over one piece.
 
-    The socket is under the TLS layer (unbuffered, see L{_DirectTLSFactory});
-    C{doWrite} is what the reactor calls when the socket is writable: a
-    socket that cannot take the bytes keeps them, and a failed send is left
-    for the reactor to see on its next turn (the write is still registered).
+    L{feed} returns the whole L{Answer} once it has arrived, or C{None} for
+    "need more"; it raises L{ResponseError} for an answer that is not HTTP
+    this client reads, or that passes a bound (L{MAX_HEAD_BYTES} of head or
+    trailers, C{max_body} of body). After an answer the parser is ready for
+    the next one; bytes after the framed answer are dropped and make the
+    answer's keep flag C{False}.
     """
-    socket_transport = getattr(transport, "transport", None) or transport
-    # IWriteDescriptor does not declare disconnecting, which every one (a FileDescriptor) has.
-    if (IWriteDescriptor.providedBy(socket_transport)
-            and not socket_transport.disconnecting):  # type: ignore[attr-defined]
-        socket_transport.doWrite()
+
+    def __init__(self, max_body: int = MAX_BODY_BYTES) -> None:
+        self._max_body = max_body
+        self._buffer = bytearray()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget any partial answer (a new request is sent)."""
+        self._buffer = bytearray()
+        self._status = 0
+        self._headers: dict[str, str] = {}
+        self.head_done = False
+        self._length: int | None = None  # Content-Length; None: chunked or until close
+        self._chunked = False
+        self._body = bytearray()
+        self._keep_alive = True
+
+    @property
+    def until_close(self) -> bool:
+        """Whether the head is read and the body ends when the connection closes."""
+        return self.head_done and self._length is None and not self._chunked
+
+    def close(self) -> Answer | None:
+        """
+        The connection closed: the answer, if its body was delimited by the
+        close (L{until_close}); C{None} if it is incomplete.
+        """
+        if not self.until_close:
+            return None
+        return self._complete()
+
+    def feed(self, data: bytes) -> Answer | None:
+        self._buffer += data
+        while not self.head_done:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_HEAD_BYTES:
+                    raise ResponseError("response headers too large")
+                return None
+            if end > MAX_HEAD_BYTES:
+                raise ResponseError("response headers too large")
+            head = bytes(self._buffer[:end])
+            del self._buffer[:end + 4]
+            self._read_head(head)
+        if self._chunked:
+            return self._read_chunks()
+        if self._length is not None:
+            if len(self._buffer) >= self._length:
+                if len(self._buffer) > self._length:
+                    self._keep_alive = False  # more than was framed: do not reuse
+                self._body = self._buffer[:self._length]
+                return self._complete()
+            return None
+        self._body += self._buffer
+        self._buffer = bytearray()
+        if len(self._body) > self._max_body:
+            raise ResponseError(f"response larger than {self._max_body} bytes")
+        return None
+
+    def _read_head(self, head: bytes) -> None:
+        line_end = head.find(b"\r\n")
+        status_line = head if line_end < 0 else head[:line_end]
+        version, _, rest = status_line.partition(b" ")
+        code = rest[:3]
+        if version not in (b"HTTP/1.1", b"HTTP/1.0") or not code.isdigit() or (
+                rest[3:4] not in (b"", b" ")):
+            raise ResponseError("not an HTTP/1.1 status line")
+        status = int(code)
+        fields = _HEADER_LINE.findall(head, len(status_line))
+        # Every line must be a header: no continuation lines, no junk.
+        if len(fields) != head.count(b"\r\n"):
+            raise ResponseError("malformed header line")
+        headers: dict[str, str] = {}
+        lengths = set()
+        for name, value in fields:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            if key == "content-length":
+                lengths.add(text)
+            headers[key] = text
+        if 100 <= status < 200:
+            return  # an interim answer (100 Continue): the real one follows
+        self._status = status
+        self._headers = headers
+        self.head_done = True
+        connection = headers.get("connection", "").lower()
+        if version == b"HTTP/1.0":
+            self._keep_alive = "keep-alive" in connection
+        elif "close" in connection:
+            self._keep_alive = False
+        encoding = headers.get("transfer-encoding", "").lower()
+        if status in (204, 304):
+            self._length = 0
+        elif encoding:
+            if encoding != "chunked":
+                raise ResponseError("unsupported transfer-encoding")
+            self._chunked = True
+        elif lengths:
+            length = next(iter(lengths))
+            # isascii: str.isdigit() also holds for "²", which int() refuses.
+            if len(lengths) != 1 or not (length.isascii() and length.isdigit()):
+                raise ResponseError("bad content-length")
+            self._length = int(length)
+            if self._length > self._max_body:
+                raise ResponseError(f"response larger than {self._max_body} bytes")
+        else:
+            self._keep_alive = False  # the body ends when the server closes
+
+    def _read_chunks(self) -> Answer | None:
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\r\n")
+            if end < 0:
+                if len(buffer) > 1024:
+                    raise ResponseError("malformed chunk")
+                return None
+            size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise ResponseError("malformed chunk") from None
+            if size < 0 or len(self._body) + size > self._max_body:
+                raise ResponseError(f"response larger than {self._max_body} bytes")
+            if size == 0:
+                # Then the trailer section: header lines, ended by an empty line.
+                start = end + 2
+                if buffer[start:start + 2] == b"\r\n":
+                    final = start + 2
+                else:
+                    final = buffer.find(b"\r\n\r\n", start)
+                    if final < 0:
+                        if len(buffer) > MAX_HEAD_BYTES:
+                            raise ResponseError("response trailers too large")
+                        return None
+                    final += 4
+                if len(buffer) > final:
+                    self._keep_alive = False  # more than was framed: do not reuse
+                return self._complete()
+            if len(buffer) < end + 2 + size + 2:
+                return None
+            if buffer[end + 2 + size:end + 4 + size] != b"\r\n":
+                raise ResponseError("malformed chunk")
+            self._body += buffer[end + 2:end + 2 + size]
+            del buffer[:end + 4 + size]
+
+    def _complete(self) -> Answer:
+        answer = (Response(self._status, self._headers, bytes(self._body)), self._keep_alive)
+        self.reset()
+        return answer
 
 
-class _DirectTLSFactory(TLSMemoryBIOFactory):
-    # Twisted's default TLS transport holds small writes until the reactor's
-    # next turn to send them together; a request is already one write.
-    protocol = TLSMemoryBIOProtocol
+def parse_response(data: bytes, max_body: int = MAX_BODY_BYTES, *,
+                   closed: bool = False) -> Answer | None:
+    """
+    The answer in C{data}, or C{None} if more is needed (see
+    L{ResponseParser}); C{closed}: the connection closed after C{data}.
+
+    @raise ResponseError: not an answer this client reads, or over a bound.
+    """
+    parser = ResponseParser(max_body)
+    answer = parser.feed(data)
+    if answer is None and closed:
+        answer = parser.close()
+    return answer
 
 
 class _Connection(Protocol):
     """
-    One persistent connection: send a request, parse its answer, then be
-    handed back to the pool (or closed when the answer says so).
+    One persistent connection: send a request, parse its answer (with a
+    L{ResponseParser}), then be handed back to the pool (or closed when the
+    answer says so).
     """
 
-    #: The TLS layer (L{_DirectTLSFactory}'s) once connected.
+    #: The TLS layer (C{UnbufferedTLSFactory}'s) once connected.
     transport: ITCPTransport
 
     def __init__(self, max_body: int) -> None:
-        self._max_body = max_body
-        self._buffer = bytearray()
+        self._parser = ResponseParser(max_body)
         # The call waiting for an answer: its answered() or lost() is called.
         self._owner: Any = None
         self._received = False
@@ -117,16 +277,6 @@ class _Connection(Protocol):
         # Whether this connection holds one of its host's max_connections
         # slots (from before it connects until it is lost).
         self.counted = True
-        self._reset()
-
-    def _reset(self) -> None:
-        self._status = 0
-        self._headers: dict[str, str] = {}
-        self._head_done = False
-        self._length: int | None = None  # Content-Length; None: chunked or until close
-        self._chunked = False
-        self._body = bytearray()
-        self._keep_alive = True
 
     # -- sending -------------------------------------------------------------
 
@@ -138,9 +288,10 @@ class _Connection(Protocol):
         """
         self._owner = owner
         self._received = False
-        self._reset()
+        # (The parser is fresh: new, or reset by the last whole answer; a
+        # connection whose answer failed is aborted, never reused.)
         self.transport.write(data)
-        _send_now(self.transport)
+        send_now(self.transport)  # see there: the request leaves within this call
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -162,133 +313,15 @@ class _Connection(Protocol):
             self.abort()
             return
         self._received = True
-        self._buffer += data
         try:
-            self._parse()
-        except _ProtocolError as e:
+            answer = self._parser.feed(data)
+        except ResponseError as e:
             self._fail(Failure(e))
             self.abort()
-
-    def _parse(self) -> None:
-        while not self._head_done:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > MAX_HEAD_BYTES:
-                    raise _ProtocolError("response headers too large")
-                return
-            if end > MAX_HEAD_BYTES:
-                raise _ProtocolError("response headers too large")
-            head = bytes(self._buffer[:end])
-            del self._buffer[:end + 4]
-            self._read_head(head)
-        if self._chunked:
-            self._read_chunks()
-        elif self._length is not None:
-            if len(self._buffer) >= self._length:
-                if len(self._buffer) > self._length:
-                    self._keep_alive = False  # more than was framed: do not reuse
-                self._body = self._buffer[:self._length]
-                self._buffer = bytearray()
-                self._complete()
-        else:
-            self._body += self._buffer
-            self._buffer = bytearray()
-            if len(self._body) > self._max_body:
-                raise _ProtocolError(f"response larger than {self._max_body} bytes")
-
-    def _read_head(self, head: bytes) -> None:
-        line_end = head.find(b"\r\n")
-        status_line = head if line_end < 0 else head[:line_end]
-        version, _, rest = status_line.partition(b" ")
-        code = rest[:3]
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or not code.isdigit() or (
-                rest[3:4] not in (b"", b" ")):
-            raise _ProtocolError("not an HTTP/1.1 status line")
-        status = int(code)
-        fields = _HEADER_LINE.findall(head, len(status_line))
-        # Every line must be a header: no continuation lines, no junk.
-        if len(fields) != head.count(b"\r\n"):
-            raise _ProtocolError("malformed header line")
-        headers: dict[str, str] = {}
-        lengths = set()
-        for name, value in fields:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            if key == "content-length":
-                lengths.add(text)
-            headers[key] = text
-        if 100 <= status < 200:
-            return  # an interim answer (100 Continue): the real one follows
-        self._status = status
-        self._headers = headers
-        self._head_done = True
-        connection = headers.get("connection", "").lower()
-        if version == b"HTTP/1.0":
-            self._keep_alive = "keep-alive" in connection
-        elif "close" in connection:
-            self._keep_alive = False
-        encoding = headers.get("transfer-encoding", "").lower()
-        if status in (204, 304):
-            self._length = 0
-        elif encoding:
-            if encoding != "chunked":
-                raise _ProtocolError("unsupported transfer-encoding")
-            self._chunked = True
-        elif lengths:
-            if len(lengths) != 1 or not next(iter(lengths)).isdigit():
-                raise _ProtocolError("bad content-length")
-            self._length = int(next(iter(lengths)))
-            if self._length > self._max_body:
-                raise _ProtocolError(f"response larger than {self._max_body} bytes")
-        else:
-            self._keep_alive = False  # the body ends when the server closes
-
-    def _read_chunks(self) -> None:
-        buffer = self._buffer
-        while True:
-            end = buffer.find(b"\r\n")
-            if end < 0:
-                if len(buffer) > 1024:
-                    raise _ProtocolError("malformed chunk")
-                return
-            size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _ProtocolError("malformed chunk") from None
-            if size < 0 or len(self._body) + size > self._max_body:
-                raise _ProtocolError(f"response larger than {self._max_body} bytes")
-            if size == 0:
-                # Then the trailer section: header lines, ended by an empty line.
-                start = end + 2
-                if buffer[start:start + 2] == b"\r\n":
-                    final = start + 2
-                else:
-                    final = buffer.find(b"\r\n\r\n", start)
-                    if final < 0:
-                        if len(buffer) > MAX_HEAD_BYTES:
-                            raise _ProtocolError("response trailers too large")
-                        return
-                    final += 4
-                if len(buffer) > final:
-                    self._keep_alive = False  # more than was framed: do not reuse
-                self._buffer = bytearray()
-                self._complete()
-                return
-            if len(buffer) < end + 2 + size + 2:
-                return
-            if buffer[end + 2 + size:end + 4 + size] != b"\r\n":
-                raise _ProtocolError("malformed chunk")
-            self._body += buffer[end + 2:end + 2 + size]
-            del buffer[:end + 4 + size]
-
-    def _complete(self) -> None:
-        owner, self._owner = self._owner, None
-        response = Response(self._status, self._headers, bytes(self._body))
-        keep = self._keep_alive
-        self._reset()
-        if owner is not None:
-            owner.answered(response, keep)
+            return
+        if answer is not None:
+            owner, self._owner = self._owner, None
+            owner.answered(*answer)
 
     def _fail(self, failure: Failure) -> None:
         owner, self._owner = self._owner, None
@@ -298,9 +331,12 @@ class _Connection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.is_open = False
         if self._owner is not None:
-            if self._head_done and self._length is None and not self._chunked:
+            if self._parser.until_close:
                 if reason.check(ConnectionDone):
-                    self._complete()  # a body delimited by the close
+                    answer = self._parser.close()  # a body delimited by the close
+                    assert answer is not None  # until_close: the close completes it
+                    owner, self._owner = self._owner, None
+                    owner.answered(*answer)
                 else:
                     self._fail(Failure(_Lost(reason, True)))
             else:
@@ -317,7 +353,7 @@ class _TLSEndpoint:
         self._creator = creator
 
     def connect(self, factory: Factory) -> Deferred[Any]:
-        return self._endpoint.connect(_DirectTLSFactory(self._creator, True, factory)).addCallback(
+        return self._endpoint.connect(UnbufferedTLSFactory(self._creator, True, factory)).addCallback(
             lambda tls: tls.wrappedProtocol)
 
 
@@ -648,7 +684,7 @@ class _Call:
         if self.result.called:
             return
         error = failure.value
-        if isinstance(error, _ProtocolError):
+        if isinstance(error, ResponseError):
             message = f"{self._target}: {error}"
         else:
             message = f"{self._target}: {describe(error)}"
@@ -656,8 +692,10 @@ class _Call:
 
     def _expire(self) -> None:
         self._timer = None
-        self._abandon()
+        # Finished first: the connection attempt cancelled below fails at
+        # once, and its error is not the reason this call ends.
         self._finish(UpstreamError(f"{self._target}: no answer within {self._timeout:g} seconds"))
+        self._abandon()
 
     def _cancelled(self) -> None:
         # The caller gave up (its own deadline): nothing more to report.

@@ -218,7 +218,6 @@ class ObservedHTTPClient:
         self._metrics = metrics
         self._classify = classify
         self._clock = clock
-        self._agent = inner._agent  # the pool, for closing cached connections
 
     def request(
         self,

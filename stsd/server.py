@@ -33,6 +33,7 @@ from twisted.web.server import Request, Site
 from stsd import audit, errors, wire
 from stsd.exchange import Exchange, Issued, Trail
 from stsd.metrics import Metrics
+from stsd.twisted_private import line_buffer
 
 log = Logger()
 
@@ -80,7 +81,7 @@ class BoundedRequest(Request):
         self.responseHeaders.removeHeader(b"server")
         super().render(resrc)
 
-    def _handleStar(self) -> None:
+    def _handleStar(self) -> None:  # a private hook: stsd.twisted_private.OVERRIDDEN
         # Twisted answers a "*" request-target itself (an empty 405, or 200 to
         # OPTIONS) without x-amz-request-id; here the resource answers it like
         # any other target, in STS XML.
@@ -188,7 +189,7 @@ class _DeadlineChannel(HTTPChannel):
         line waits in the line buffer, a request from its line on is in
         C{requests}. A connection cut off at its deadline is not.
         """
-        return not self._timed_out and (bool(self.requests) or bool(self._buffer))
+        return not self._timed_out and (bool(self.requests) or bool(line_buffer(self)))
 
     # A response is held until it is complete and then written at once: one
     # TLS record and one segment instead of headers, body and chunk trailer
@@ -245,7 +246,7 @@ class _DeadlineChannel(HTTPChannel):
         # LineReceiver's default drops the connection without a word.
         self._respondToBadRequestAndDisconnect()
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
+    def _respondToBadRequestAndDisconnect(self) -> None:  # stsd.twisted_private.OVERRIDDEN
         # Twisted's answer is a bare "400 Bad Request" without a body.
         self._cancel_deadline()
         self.transport.write(self._refusal(errors.invalid_parameter(
@@ -270,7 +271,7 @@ class _DeadlineChannel(HTTPChannel):
         self._timed_out = True
         # A Request exists from the request line on; before it, a partial
         # line waits in the line buffer. Neither: an idle connection.
-        started = bool(self.requests) or bool(self._buffer)
+        started = bool(self.requests) or bool(line_buffer(self))
         log.info(
             "closing connection from {client}: {what} within {timeout}s",
             client=getattr(self.transport.getPeer(), "host", "-"),

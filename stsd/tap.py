@@ -9,7 +9,6 @@ them as one C{MultiService}.
 
 from __future__ import annotations
 
-import gc
 import sys
 from collections.abc import Callable
 from typing import NoReturn, cast
@@ -34,6 +33,7 @@ from stsd.bindings import BindingIndex
 from stsd.certreload import CertificateLoadError, CertificateReloader
 from stsd.drain import GracefulStop
 from stsd.exchange import Authenticator, Exchange, Limits
+from stsd.gctuning import freeze_heap_when_ready
 from stsd.identity import TokenReviewAuthenticator
 from stsd.jwks import JWKSAuthenticator, KeySet, LocallyCheckedTokenReview
 from stsd.keepalive import KeepAliveClient
@@ -51,6 +51,7 @@ from stsd.server import MetricsSite, STSResource, STSSite
 from stsd.serviceaccounts import ServiceAccountIndex
 from stsd.tenants import EndpointRule, TenantIndex
 from stsd.tokencache import CachingAuthenticator
+from stsd.twisted_private import raise_listen_errors
 from stsd.upstream import make_client
 from stsd.watch import WatchSync
 
@@ -171,7 +172,7 @@ class _Daemon(GracefulStop):
 
 
 def _listen(service: StreamServerEndpointService, parent: MultiService) -> None:
-    service._raiseSynchronously = True  # a port in use must stop start-up, not just log
+    raise_listen_errors(service)  # a port in use must stop start-up, not just log
     service.setServiceParent(parent)
 
 
@@ -280,7 +281,8 @@ def makeService(options: Options, reactor: IDaemonReactor | None = None) -> ISer
     if parent_users is not None:
         parent_users.setServiceParent(top)
     _ThreadPoolService(crypto_pool).setServiceParent(top)
-    _freeze_heap_when_ready(sync, reactor).setServiceParent(top)
+    if config.server.gc_tuning:
+        freeze_heap_when_ready(sync, reactor).setServiceParent(top)
     keys.setServiceParent(top)
     credentials = TimerService(CREDENTIAL_REFRESH_SECONDS, _refresh_credentials, access)
     credentials.clock = reactor
@@ -322,35 +324,6 @@ class _ThreadPoolService(Service):
     def stopService(self) -> None:
         super().stopService()
         self._pool.stop()
-
-
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def _freeze_heap_when_ready(sync: _Sync, clock: IReactorTime) -> TimerService:
-    """
-    Once the initial sync is done, move everything alive (modules, config,
-    the indexes) out of the garbage collector's reach: full collections then
-    scan only what requests allocate, and stop pausing the reactor for tens
-    of milliseconds (the benchmark's p99 tail). Then collect the young
-    generation every L{GC_YOUNG_THRESHOLD} allocations instead of Python's
-    700: a request allocates hundreds of objects, and the collections were
-    about a tenth of a fresh credential's CPU; the cyclic garbage waiting
-    for them stays a few MB.
-    """
-    def freeze() -> None:
-        if sync.ready and not frozen:
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
-            frozen.append(True)
-            log.debug("froze {count} objects after the initial sync",
-                      count=gc.get_freeze_count())
-
-    frozen: list[bool] = []
-    timer = TimerService(1.0, freeze)
-    timer.clock = clock
-    return timer
 
 
 def _readiness(

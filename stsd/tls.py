@@ -18,10 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
-from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
 from twisted.web.iweb import IPolicyForHTTPS
+# Private to Twisted; stsd.twisted_private says why it is used and its test checks
+# it. Imported from Twisted by name here so that the API docs resolve the interface.
+from twisted.internet._sslverify import IOpenSSLTrustRoot
 from zope.interface import implementer
 
 MINIMUM_TLS = TLSVersion.TLSv1_2
@@ -78,7 +80,7 @@ class CertificateTrust:
     certificates: tuple[x509.Certificate, ...]
     system: bool = False
 
-    def _addCACertsToContext(self, context: SSL.Context) -> None:
+    def _addCACertsToContext(self, context: SSL.Context) -> None:  # twisted_private.TRUST_ROOT_METHOD
         if self.system:
             context.set_default_verify_paths()
         store = context.get_cert_store()

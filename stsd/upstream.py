@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol as Interface
 from typing import TypeAlias
+from weakref import WeakKeyDictionary
 
 from treq.client import HTTPClient
 from treq.response import _Response
@@ -25,10 +26,11 @@ from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
     ResponseDone,
-    _HTTP11ClientFactory,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IPolicyForHTTPS
+
+from stsd.twisted_private import quiet_pool
 
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
@@ -116,11 +118,6 @@ class TreqTransport:
             headers=headers, data=data))
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # One "Starting factory" log line per upstream connection is noise.
-    noisy = False
-
-
 # Idle connections kept per upstream host: enough for the concurrency of a
 # busy replica, so that a burst does not pay a TLS handshake per call.
 PERSISTENT_PER_HOST = 64
@@ -131,9 +128,20 @@ def make_client(
 ) -> HTTPClient:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = per_host
-    pool._factory = _QuietClientFactory
+    quiet_pool(pool)  # no "Starting factory" log line per connection
     pool.retryAutomatically = False  # never replay a POST (TokenReview, AssumeRole) silently
-    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    client = HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    _pools[client] = pool
+    return client
+
+
+# The pool of each client of make_client (treq keeps it in private attributes).
+_pools: WeakKeyDictionary[HTTPClient, HTTPConnectionPool] = WeakKeyDictionary()
+
+
+def close_connections(client: HTTPClient) -> Deferred[None]:
+    """Close the cached connections of a client of L{make_client} (shutdown, tests)."""
+    return _pools[client].closeCachedConnections()
 
 
 async def request(

@@ -18,6 +18,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from stsd.testing.world import Daemon, World
+from stsd.upstream import close_connections
 
 # Hypothesis: the same examples on every run (derandomize: each test's seed comes from its
 # own code), no example database carried between runs, nothing timed by the wall clock
@@ -57,4 +58,4 @@ def http(world: World):
     """A treq client trusting only the test world's CA."""
     client = world.https_client()
     yield client
-    pytest_twisted.blockon(client._agent._pool.closeCachedConnections())
+    pytest_twisted.blockon(close_connections(client))

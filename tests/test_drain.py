@@ -30,6 +30,7 @@ from stsd.exchange import Issued
 from stsd.metrics import Metrics, metrics_site_root
 from stsd.server import MetricsSite, STSResource, STSSite
 from stsd.testing.world import World
+from stsd.upstream import close_connections
 from tests.test_e2e import params
 from tests.test_hostile import StandInExchange, connect, responses, valid_request
 
@@ -321,7 +322,7 @@ async def test_sigterm_drains_a_real_daemon(world: World) -> None:
     finally:
         slow_minio.clear_faults()
         hanging_minio.clear_faults()
-        await http._agent._pool.closeCachedConnections()
+        await close_connections(http)
 
 
 async def _is(http: Any, url: str, status: int) -> bool:

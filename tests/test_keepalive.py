@@ -1,14 +1,15 @@
 """
 Tests for L{stsd.keepalive}: the keep-alive HTTP/1.1 client of the MinIO
-calls, on real loopback connections — the fake MinIO over verified TLS,
-and scripted servers that answer with exact bytes (framings, broken
-answers, hangs, closes).
+calls. Framing, deadlines, resends and the pool run in memory (the
+client's own endpoint over a L{MemoryReactorClock}, bytes carried by
+C{twisted.test.iosim}, time moved by the test); a few run on loopback:
+the fake MinIO over verified TLS, a refused certificate, and what only a
+real socket shows (TCP_NODELAY, the request sent within the call). The
+parser alone: tests/test_keepalive_parser.py.
 """
-
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,13 +19,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.web.server import Site
 
 from stsd import keepalive, tls
 from stsd.keepalive import KeepAliveClient
+from stsd.twisted_private import UnbufferedTLSFactory
 from stsd.minio_client import MinIOClient, MinIOError, RootCredentials, TenantEndpoint
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.pki import TestPKI
@@ -33,41 +35,6 @@ from stsd.upstream import UpstreamError
 READWRITE = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::*"]}]}
 POLICY = json.dumps(READWRITE).encode()
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    """
-    Poll until C{condition()} holds (what travels over loopback arrives in
-    its own time); the timeout only stops a test that would hang.
-    """
-    waited = 0.0
-    while not condition():
-        assert waited < timeout, "timed out"
-        await sleep(0.01)
-        waited += 0.01
-
-
-class ClockTime:
-    """
-    The real reactor for the network and a L{Clock} for time: the client's
-    deadlines and idle sweeps move only when the test advances the clock.
-    """
-
-    def __init__(self) -> None:
-        self.clock = Clock()
-
-    def callLater(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 - IReactorTime
-        return self.clock.callLater(*args, **kwargs)
-
-    def seconds(self) -> float:
-        return self.clock.seconds()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(reactor, name)
 
 
 # -- scripted servers ------------------------------------------------------------------
@@ -165,208 +132,274 @@ async def get(client: KeepAliveClient, url: str, timeout: float = 5, **kwargs: A
     return await client.request("GET", url, target="the target", timeout=timeout, **kwargs)
 
 
-# -- framing ---------------------------------------------------------------------------
+# -- in memory: the client over MemoryReactorClock and iosim --------------------------
+#
+# The client's own HostnameEndpoint connects through a MemoryReactorClock;
+# iosim's ConnectionCompleter joins each attempt to a Scripted server
+# "listening" on that reactor, and its IOPump carries the bytes both ways
+# when the test says so. Time moves only with clock.advance().
+
+MEMORY_URL = "http://127.0.0.1:9000/"
 
 
-@pytest_twisted.ensureDeferred
-async def test_content_length_and_reuse(servers, client) -> None:
-    server = servers(default=ok(b'{"a": 1}', b"X-Thing: yes\r\n"))
+class MemoryServer:
+    """A L{Scripted} server on a L{MemoryReactorClock}, and the client under test."""
+
+    def __init__(self, *script: bytes | Callable[[Any], None] | None,
+                 default: bytes | None = None, **client: Any) -> None:
+        self.script = list(script)
+        self.default = default
+        self.requests: list[bytes] = []
+        self.connections: list[Scripted] = []
+        self.lost = 0
+        self.reactor = MemoryReactorClock()
+        self.reactor.listenTCP(9000, Factory.forProtocol(lambda: Scripted(self)))
+        self.client = KeepAliveClient(
+            self.reactor, tls.VerifiedHTTPS(tls.CertificateTrust(())), **client)
+        self.pumps: list[iosim.IOPump] = []
+        self.url = MEMORY_URL
+
+    def call(self, method: str = "GET", path: str = "", timeout: float = 5,
+             **kwargs: Any) -> Deferred[Any]:
+        d = self.client.request(method, self.url + path, target="the target",
+                                timeout=timeout, **kwargs)
+        self.flush()
+        return d
+
+    def flush(self) -> None:
+        """Complete every connection attempt, then carry every byte both ways."""
+        completer = iosim.ConnectionCompleter(self.reactor)
+        for _ in range(100):
+            pump = completer.succeedOnce()
+            if pump is not None:
+                self.pumps.append(pump)
+            elif not any([pump.pump() for pump in self.pumps]):
+                return
+        raise AssertionError("still talking after 100 rounds")
+
+    def answer(self, d: Deferred[Any], flush: bool = True) -> Any:
+        """The result of a fired call, or raise its error."""
+        if flush:
+            self.flush()
+        assert d.called, "no answer yet"
+        results: list[Any] = []
+        d.addBoth(results.append)
+        if isinstance(results[0], Failure):
+            results[0].raiseException()
+        return results[0]
+
+
+def test_request_bytes_and_reuse() -> None:
+    memory = MemoryServer(default=ok(b'{"a": 1}', b"X-Thing: yes\r\n"))
     for _ in range(5):
-        response = await get(client, server.url + "p?q=1", headers={"X-Sent": "1"})
+        response = memory.answer(memory.call(path="p?q=1", headers={"X-Sent": "1"}))
         assert (response.status, response.body, response.headers["x-thing"]) == (
             200, b'{"a": 1}', "yes")
-    assert len(server.connections) == 1, "one persistent connection for sequential calls"
-    first = server.requests[0].decode()
-    assert first.startswith("GET /p?q=1 HTTP/1.1\r\n")
-    assert f"Host: 127.0.0.1:{server.port.getHost().port}\r\n" in first
-    assert "X-Sent: 1\r\n" in first
+    assert len(memory.connections) == 1, "one persistent connection for sequential calls"
+    assert memory.requests == [b"GET /p?q=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n"
+                               b"X-Sent: 1\r\n\r\n"] * 5
 
 
-@pytest_twisted.ensureDeferred
-async def test_post_body_and_length(servers, client) -> None:
-    server = servers(default=ok(b"done"))
-    response = await client.request("POST", server.url, target="t", timeout=5, data=b"a=1&b=2")
+def test_post_bytes() -> None:
+    memory = MemoryServer(default=ok(b"done"))
+    response = memory.answer(memory.call("POST", data=b"a=1&b=2",
+                                         headers={"Host": "minio.test"}))
     assert response.body == b"done"
-    assert server.requests[0].endswith(b"Content-Length: 7\r\n\r\na=1&b=2")
+    assert memory.requests == [b"POST / HTTP/1.1\r\nHost: minio.test\r\n"
+                               b"Content-Length: 7\r\n\r\na=1&b=2"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_chunked_with_trailers_in_pieces(servers, client) -> None:
-    def trickle(transport: Any) -> None:
-        data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
-        for i in range(len(data)):
-            reactor.callLater(0.001 * i, transport.write, data[i:i + 1])
+def test_an_answer_in_pieces() -> None:
+    wire = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+    held: list[Any] = []
+    memory = MemoryServer(held.append, ok(b"second"))
+    d = memory.call()
+    [transport] = held
+    for i in range(len(wire)):
+        assert not d.called, f"answered after {i} of {len(wire)} bytes"
+        transport.write(wire[i:i + 1])
+        memory.flush()
+    assert memory.answer(d).body == b"hello world"
+    assert memory.answer(memory.call()).body == b"second"
+    assert len(memory.connections) == 1, "a chunked answer leaves the connection reusable"
 
-    server = servers(trickle, ok(b"second"))
-    assert (await get(client, server.url)).body == b"hello world"
-    assert (await get(client, server.url)).body == b"second"
-    assert len(server.connections) == 1, "a chunked answer leaves the connection reusable"
 
-
-@pytest_twisted.ensureDeferred
-async def test_interim_answer_and_no_content(servers, client) -> None:
-    server = servers(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"real"),
-                     b"HTTP/1.1 204 No Content\r\n\r\n", ok(b"after"))
-    assert (await get(client, server.url)).body == b"real"
-    response = await get(client, server.url)
+def test_interim_answer_and_no_content() -> None:
+    memory = MemoryServer(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"real"),
+                          b"HTTP/1.1 204 No Content\r\n\r\n", ok(b"after"))
+    assert memory.answer(memory.call()).body == b"real"
+    response = memory.answer(memory.call())
     assert (response.status, response.body) == (204, b"")
-    assert (await get(client, server.url)).body == b"after"
-    assert len(server.connections) == 1
+    assert memory.answer(memory.call()).body == b"after"
+    assert len(memory.connections) == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_body_until_close_and_connection_close(servers, client) -> None:
+def test_body_until_close_and_connection_close() -> None:
     def until_close(transport: Any) -> None:
         transport.write(b"HTTP/1.1 200 OK\r\n\r\nall of it")
         transport.loseConnection()
 
-    server = servers(until_close, ok(b"x", b"Connection: close\r\n"),
-                     b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", ok(b"last"))
-    assert (await get(client, server.url)).body == b"all of it"
-    assert (await get(client, server.url)).body == b"x"
-    assert (await get(client, server.url)).body == b"hi"
-    assert (await get(client, server.url)).body == b"last"
+    memory = MemoryServer(until_close, ok(b"x", b"Connection: close\r\n"),
+                          b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", ok(b"last"))
+    assert memory.answer(memory.call()).body == b"all of it"
+    assert memory.answer(memory.call()).body == b"x"
+    assert memory.answer(memory.call()).body == b"hi"
+    assert memory.answer(memory.call()).body == b"last"
     # Each answer that says (or implies) close gets a new connection.
-    assert len(server.connections) == 4
+    assert len(memory.connections) == 4
+    assert memory.lost == 3
 
 
 @pytest.mark.parametrize("reply, message", [
     (b"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP/1.1 status line"),
     (b"HTTP/1.1 200 OK\r\nBad header\r\n\r\n", "malformed header line"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "bad content-length"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "bad content-length"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "unsupported transfer-encoding"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed chunk"),
     (b"HTTP/1.1 200 OK\r\nX: " + b"a" * (70 * 1024), "response headers too large"),
 ])
-@pytest_twisted.ensureDeferred
-async def test_broken_answers(servers, client, reply: bytes, message: str) -> None:
-    server = servers(reply)
+def test_broken_answers(reply: bytes, message: str) -> None:
+    memory = MemoryServer(reply)
     with pytest.raises(UpstreamError) as raised:
-        await get(client, server.url)
+        memory.answer(memory.call())
     assert str(raised.value) == f"the target: {message}"
-    await until(lambda: server.lost == 1)  # a connection with a broken answer is closed
+    assert memory.lost == 1, "a connection with a broken answer is closed"
 
 
-@pytest_twisted.ensureDeferred
-async def test_body_limit(servers) -> None:
-    server = servers(ok(b"x" * 100), b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"40\r\n" + b"y" * 64 + b"\r\n40\r\n" + b"y" * 64 + b"\r\n0\r\n\r\n")
-    small = KeepAliveClient(reactor, tls.VerifiedHTTPS(tls.CertificateTrust(())), max_body=99)
-    try:
-        for _ in range(2):
-            with pytest.raises(UpstreamError) as raised:
-                await get(small, server.url)
-            assert str(raised.value) == "the target: response larger than 99 bytes"
-    finally:
-        await small.close()
-
-
-# -- deadlines, closes, resends --------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_deadline_covers_a_trickled_body(servers, client) -> None:
-    server = servers(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart")
-    time = ClockTime()
-    timed = KeepAliveClient(time, tls.VerifiedHTTPS(tls.CertificateTrust(())))
-    try:
-        d = Deferred.fromCoroutine(get(timed, server.url, timeout=0.3))
-        await until(lambda: len(server.requests) == 1)
-        time.clock.advance(0.29)
-        await sleep(0.05)
-        assert not d.called, "the deadline is the whole call's, no earlier"
-        time.clock.advance(0.01)
+def test_body_limit() -> None:
+    memory = MemoryServer(ok(b"x" * 100), b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"40\r\n" + b"y" * 64 + b"\r\n40\r\n" + b"y" * 64 + b"\r\n0\r\n\r\n",
+                          max_body=99)
+    for _ in range(2):
         with pytest.raises(UpstreamError) as raised:
-            await d
-        assert str(raised.value) == "the target: no answer within 0.3 seconds"
-        await until(lambda: server.lost == 1)  # giving up closes the connection
-    finally:
-        await timed.close()
+            memory.answer(memory.call())
+        assert str(raised.value) == "the target: response larger than 99 bytes"
 
 
-@pytest_twisted.ensureDeferred
-async def test_connection_refused(servers, client) -> None:
-    server = servers()
-    url = server.url
-    await server.stop()
+def test_the_deadline_covers_a_trickled_body() -> None:
+    memory = MemoryServer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart")
+    d = memory.call(timeout=0.3)
+    assert memory.requests and not d.called
+    memory.reactor.advance(0.29)
+    assert not d.called, "the deadline is the whole call's, no earlier"
+    memory.reactor.advance(0.01)
     with pytest.raises(UpstreamError) as raised:
-        await get(client, url)
+        memory.answer(d)
+    assert str(raised.value) == "the target: no answer within 0.3 seconds"
+    assert memory.lost == 1, "giving up closes the connection"
+
+
+def test_the_deadline_covers_connecting() -> None:
+    memory = MemoryServer(default=ok(b"late"))
+    d = memory.client.request("GET", memory.url, target="the target", timeout=2)
+    memory.reactor.advance(2)
+    with pytest.raises(UpstreamError, match="no answer within 2 seconds"):
+        memory.answer(d, flush=False)
+    [(_, _, factory, _, _)] = memory.reactor.tcpClients
+    assert memory.client.connections(memory.url) == (0, 0), "the attempt was cancelled"
+
+
+def test_connection_refused() -> None:
+    memory = MemoryServer()
+    d = memory.client.request("GET", memory.url, target="the target", timeout=5)
+    iosim.ConnectionCompleter(memory.reactor).failOnce()
+    memory.reactor.advance(0.3)  # HostnameEndpoint's next look at its attempts
+    with pytest.raises(UpstreamError) as raised:
+        memory.answer(d, flush=False)
     assert str(raised.value).startswith("the target: ConnectionRefusedError")
 
 
-@pytest_twisted.ensureDeferred
-async def test_idle_connection_closed_by_server_is_replaced(servers, client) -> None:
-    server = servers(default=ok(b"fine"))
-    assert (await get(client, server.url)).body == b"fine"
-    # The server drops the idle connection; the pool may not notice before
-    # the next request is written to it.
-    server.connections[0].transport.loseConnection()
-    assert (await get(client, server.url)).body == b"fine"
-    assert len(server.connections) == 2
+def test_an_idle_connection_closed_by_the_server_is_replaced() -> None:
+    memory = MemoryServer(default=ok(b"fine"))
+    assert memory.answer(memory.call()).body == b"fine"
+    # The server drops the idle connection; the pool has not noticed when
+    # the next request is written to it. Sent once more, on a new connection.
+    d = memory.client.request("GET", memory.url, target="the target", timeout=5)
+    memory.connections[0].transport.loseConnection()
+    assert memory.answer(d).body == b"fine"
+    assert len(memory.connections) == 2
+    # Read, not answered (closed as it arrived): no byte of an answer, so sent
+    # once more.
+    assert len(memory.requests) == 3
 
 
-@pytest_twisted.ensureDeferred
-async def test_no_resend_once_an_answer_started(servers, client) -> None:
+def test_no_resend_once_an_answer_started() -> None:
     def half(transport: Any) -> None:
         transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhal")
         transport.loseConnection()
 
-    server = servers(ok(b"first"), half, default=ok(b"never"))
-    await get(client, server.url)
+    memory = MemoryServer(ok(b"first"), half, default=ok(b"never"))
+    memory.answer(memory.call())
     with pytest.raises(UpstreamError) as raised:
-        await get(client, server.url)
+        memory.answer(memory.call())
     assert "ConnectionDone" in str(raised.value) or "ConnectionLost" in str(raised.value)
-    assert len(server.requests) == 2, "the failed request was not sent again"
+    assert len(memory.requests) == 2, "the failed request was not sent again"
 
 
-@pytest_twisted.ensureDeferred
-async def test_no_resend_on_a_new_connection(servers, client) -> None:
-    server = servers(lambda transport: transport.loseConnection(), default=ok(b"never"))
+def test_no_resend_on_a_new_connection() -> None:
+    memory = MemoryServer(lambda transport: transport.loseConnection(), default=ok(b"never"))
     with pytest.raises(UpstreamError):
-        await get(client, server.url)
-    assert len(server.requests) == 1
+        memory.answer(memory.call())
+    assert len(memory.requests) == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_pool_bound_and_idle_timeout(servers) -> None:
-    server = servers(default=ok(b"ok"))
-    time = ClockTime()
-    small = KeepAliveClient(time, tls.VerifiedHTTPS(tls.CertificateTrust(())),
-                            per_host=2, idle_seconds=0.2)
-    try:
-        from twisted.internet.defer import gatherResults
-        await gatherResults([Deferred.fromCoroutine(get(small, server.url)) for _ in range(5)])
-        await until(lambda: server.lost == 3)  # only per_host connections are kept
-        assert len(server.connections) == 5
-        time.clock.advance(0.19)
-        await sleep(0.05)
-        assert server.lost == 3, "not idle for idle_seconds yet"
-        time.clock.advance(0.02)
-        await until(lambda: server.lost == 5)  # idle connections closed after idle_seconds
-        assert (await get(small, server.url)).body == b"ok"
-    finally:
-        await small.close()
+def test_idle_connections_kept_per_host_and_closed_after_idle_seconds() -> None:
+    held: list[Any] = []
+    memory = MemoryServer(*[held.append] * 5, default=ok(b"ok"), per_host=2, idle_seconds=0.2)
+    calls = [memory.call() for _ in range(5)]
+    assert len(held) == 5, "five calls at once: five connections"
+    for transport in held:
+        transport.write(ok(b"ok"))
+    assert [memory.answer(d).body for d in calls] == [b"ok"] * 5
+    assert memory.lost == 3, "only per_host connections are kept"
+    memory.reactor.advance(0.19)
+    memory.flush()
+    assert memory.lost == 3, "not idle for idle_seconds yet"
+    memory.reactor.advance(0.01)
+    memory.flush()
+    assert memory.lost == 5, "idle connections closed after idle_seconds"
+    assert memory.answer(memory.call()).body == b"ok"
 
 
-@pytest_twisted.ensureDeferred
-async def test_unsolicited_bytes_close_the_connection(servers, client) -> None:
-    server = servers(ok(b"one") + b"HTTP/1.1 200 OK\r\n", default=ok(b"two"))
-    assert (await get(client, server.url)).body == b"one"
-    assert (await get(client, server.url)).body == b"two"
-    assert len(server.connections) == 2, "an answer with extra bytes is not reused"
+def test_idle_time_counts_from_last_use() -> None:
+    memory = MemoryServer(default=ok(b"ok"), idle_seconds=0.3)
+    memory.answer(memory.call())
+    memory.reactor.advance(0.2)
+    memory.answer(memory.call())  # the same connection, idle again from now
+    memory.reactor.advance(0.2)
+    memory.flush()
+    assert (len(memory.connections), memory.lost) == (1, 0), "used 0.2 s ago: kept"
+    memory.reactor.advance(0.1)
+    memory.flush()
+    assert memory.lost == 1, "closed once idle for idle_seconds"
 
 
-@pytest_twisted.ensureDeferred
-async def test_cancel_aborts(servers, client) -> None:
-    server = servers(None)
-    d = client.request("GET", server.url, target="t", timeout=5)
-    await until(lambda: len(server.requests) == 1)
+def test_unsolicited_bytes_close_the_connection() -> None:
+    memory = MemoryServer(ok(b"one") + b"HTTP/1.1 200 OK\r\n", default=ok(b"two"))
+    assert memory.answer(memory.call()).body == b"one"
+    assert memory.answer(memory.call()).body == b"two"
+    assert len(memory.connections) == 2, "an answer with extra bytes is not reused"
+
+
+def test_cancel_aborts() -> None:
+    memory = MemoryServer(None)
+    d = memory.call()
+    assert len(memory.requests) == 1
     d.cancel()
-    with pytest.raises(Exception):  # noqa: B017 - CancelledError, whatever its module
-        await d
-    await until(lambda: server.lost == 1)
+    d.addErrback(lambda _: None)
+    memory.flush()
+    assert memory.lost == 1
+    assert memory.reactor.getDelayedCalls() == [], "the deadline went with the call"
+
+
+def test_close_closes_every_connection() -> None:
+    memory = MemoryServer(default=ok(b"ok"))
+    memory.answer(memory.call())
+    closed = memory.client.close()
+    memory.flush()
+    assert closed.called and memory.lost == 1
+    assert memory.reactor.getDelayedCalls() == [], "no idle sweep left"
 
 
 def test_only_http_urls(client) -> None:
@@ -448,25 +481,6 @@ async def test_connections_disable_nagle(servers, client) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_idle_time_counts_from_last_use(servers) -> None:
-    server = servers(default=ok(b"ok"))
-    time = ClockTime()
-    pool = KeepAliveClient(time, tls.VerifiedHTTPS(tls.CertificateTrust(())),
-                           idle_seconds=0.3)
-    try:
-        await get(pool, server.url)
-        time.clock.advance(0.2)
-        await get(pool, server.url)  # the same connection, idle again from now
-        time.clock.advance(0.2)
-        await sleep(0.05)
-        assert (len(server.connections), server.lost) == (1, 0), "used 0.2 s ago: kept"
-        time.clock.advance(0.3)
-        await until(lambda: server.lost == 1)  # closed once idle for idle_seconds
-    finally:
-        await pool.close()
-
-
-@pytest_twisted.ensureDeferred
 async def test_request_leaves_before_the_reactor_turn_ends(servers, client) -> None:
     # Written and sent within the call: the server has it before this
     # reactor turn ends (and with it every other request of the turn).
@@ -482,7 +496,7 @@ async def test_request_leaves_before_the_reactor_turn_ends(servers, client) -> N
 def test_tls_connections_are_not_write_buffered() -> None:
     from twisted.protocols.tls import BufferingTLSTransport
 
-    assert not issubclass(keepalive._DirectTLSFactory.protocol, BufferingTLSTransport)
+    assert not issubclass(UnbufferedTLSFactory.protocol, BufferingTLSTransport)
 
 
 # -- the bound on connections per host (tenants.max_connections) ----------------------
@@ -651,41 +665,6 @@ def test_default_bound() -> None:
     from stsd.config import TenantsConfig
 
     assert TenantsConfig().max_connections == keepalive.MAX_CONNECTIONS_PER_HOST
-
-
-@pytest_twisted.ensureDeferred
-async def test_bounded_over_loopback(servers) -> None:
-    # Answers held back until every call has been made: 20 calls at once
-    # through a bound of 3 open exactly 3 connections, and all are answered.
-    held: list[Any] = []
-
-    def hold(transport: Any) -> None:
-        held.append(transport)
-
-    server = servers(default=hold)
-    pool = KeepAliveClient(reactor, tls.VerifiedHTTPS(tls.CertificateTrust(())),
-                           max_connections=3)
-    try:
-        from twisted.internet.defer import gatherResults
-
-        answers = gatherResults([Deferred.fromCoroutine(get(pool, server.url + str(i)))
-                                 for i in range(20)])
-        deadline = time.monotonic() + 30  # generous: a loaded machine
-        while len(held) < 3 and time.monotonic() < deadline:
-            await sleep(0.02)
-        assert len(server.connections) == 3 and len(held) == 3
-        assert pool.connections(server.url) == (3, 17)
-        server.default = ok(b"ok")
-        for transport in held:
-            transport.write(ok(b"ok"))
-        results = await answers
-        assert [r.body for r in results] == [b"ok"] * 20
-        assert len(server.connections) == 3, "the line reused the three connections"
-        # (which connection carries which call is the order of arrival, FIFO
-        # in memory above; over loopback three connections interleave)
-        assert sorted(int(r.split(b" ")[1][1:]) for r in server.requests) == list(range(20))
-    finally:
-        await pool.close()
 
 
 def test_a_call_expiring_while_connecting_passes_its_slot_on() -> None:

@@ -230,33 +230,6 @@ def test_readiness_reasons() -> None:
     assert tap._readiness(sync, 100, clock)() is None  # tokenreview mode: keys optional
 
 
-def test_heap_frozen_and_young_collections_spaced_once_ready() -> None:
-    import gc
-
-    from twisted.internet.task import Clock
-
-    from stsd.tap import GC_YOUNG_THRESHOLD, _freeze_heap_when_ready
-
-    class Sync:
-        ready = False
-
-    sync, clock = Sync(), Clock()
-    before = gc.get_threshold()
-    timer = _freeze_heap_when_ready(sync, clock)
-    timer.startService()
-    try:
-        clock.advance(1)
-        assert gc.get_threshold() == before, "nothing changes before the initial sync"
-        sync.ready = True
-        clock.advance(1)
-        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
-        assert gc.get_freeze_count() > 0
-    finally:
-        timer.stopService()
-        gc.unfreeze()
-        gc.set_threshold(*before)
-
-
 def test_token_cache_only_in_tokenreview_mode() -> None:
     from twisted.internet.task import Clock
 

@@ -41,7 +41,7 @@ from stsd.tenants import EndpointRule, TenantIndex
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
-from stsd.upstream import make_client
+from stsd.upstream import close_connections, make_client
 from stsd.watch import BINDINGS_PATH, TENANTS_PATH, WATCH_SECONDS, ListWatch, WatchSync
 
 T = TypeVar("T")
@@ -1227,7 +1227,7 @@ class Loopback:
     async def close(self) -> None:
         await self.sync.stopService()
         self.fake.shutdown()
-        await self.http._agent._pool.closeCachedConnections()
+        await close_connections(self.http)
         await self.until(lambda: self.site.open == 0)
         await self.port.stopListening()
 

@@ -31,6 +31,7 @@ from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
+from stsd.upstream import close_connections
 
 READWRITE = {
     "Version": "2012-10-17",
@@ -409,7 +410,7 @@ class World:
                                        f"{daemon.log_text()}{daemon.output_text()}")
                 await deferLater(self.reactor, 0.1, lambda: None)
         finally:
-            await client._agent._pool.closeCachedConnections()
+            await close_connections(client)
 
     async def close_connections(self, timeout: float = 10.0) -> None:
         """
