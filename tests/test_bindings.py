@@ -51,25 +51,26 @@ class BindingIndexTests(SynchronousTestCase):
         self.assertEqual(b, Binding("t", "b", "apps", "sa", ("p",)))
 
 
-def test_gradual_replace_swaps_at_once_after_yielding() -> None:
-    from twisted.internet.defer import Deferred as D
+class GradualReplaceTests(SynchronousTestCase):
+    def test_gradual_replace_swaps_at_once_after_yielding(self) -> None:
+        from twisted.internet.defer import Deferred as D
 
-    index = BindingIndex()
-    index.replace([Binding("t", "old", "apps", "sa", ("p",))])
-    new = [Binding("t", f"b{i}", "apps", f"sa{i % 7}", ("p",)) for i in range(25)]
-    pauses: list[D] = []
+        index = BindingIndex()
+        index.replace([Binding("t", "old", "apps", "sa", ("p",))])
+        new = [Binding("t", f"b{i}", "apps", f"sa{i % 7}", ("p",)) for i in range(25)]
+        pauses: list[D] = []
 
-    def pause() -> D:
-        pauses.append(D())
-        return pauses[-1]
+        def pause() -> D:
+            pauses.append(D())
+            return pauses[-1]
 
-    done = D.fromCoroutine(index.replace_gradually(new, pause, chunk=10))
-    # Two pauses (after 10 and 20): the old index serves until the swap.
-    assert len(pauses) == 1 and not done.called
-    assert index.lookup("t", "apps", "sa") is not None and len(index) == 1
-    pauses[0].callback(None)
-    assert len(pauses) == 2 and len(index) == 1
-    pauses[1].callback(None)
-    assert done.called and len(index) == 25
-    assert index.lookup("t", "apps", "sa") is None
-    assert index.lookup("t", "apps", "sa3").bindings == ("b10", "b17", "b24", "b3")
+        done = D.fromCoroutine(index.replace_gradually(new, pause, chunk=10))
+        # Two pauses (after 10 and 20): the old index serves until the swap.
+        assert len(pauses) == 1 and not done.called
+        assert index.lookup("t", "apps", "sa") is not None and len(index) == 1
+        pauses[0].callback(None)
+        assert len(pauses) == 2 and len(index) == 1
+        pauses[1].callback(None)
+        assert done.called and len(index) == 25
+        assert index.lookup("t", "apps", "sa") is None
+        assert index.lookup("t", "apps", "sa3").bindings == ("b10", "b17", "b24", "b3")

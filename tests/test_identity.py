@@ -11,7 +11,6 @@ import string
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
@@ -20,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from stsd import errors
 from stsd.identity import Identity, TokenReviewAuthenticator, parse_serviceaccount
 from stsd.kube import KubernetesError
+from tests._trial import cases, expand
 
 T = TypeVar("T")
 
@@ -136,30 +136,30 @@ class AuthenticatorTests(SynchronousTestCase):
 _USERNAME_ALPHABET = string.ascii_letters + string.digits + ":-._ \n"
 
 
-@given(st.one_of(
-    st.text(alphabet=_USERNAME_ALPHABET, max_size=80),
-    st.text(alphabet=_USERNAME_ALPHABET, max_size=60).map(lambda s: "system:serviceaccount:" + s),
-    st.tuples(st.from_regex(r"[a-z0-9-]{1,64}", fullmatch=True),
-              st.from_regex(r"[a-z0-9.-]{1,70}", fullmatch=True))
-    .map(lambda p: f"system:serviceaccount:{p[0]}:{p[1]}"),
-    st.text(max_size=40),
-))
-def test_parse_serviceaccount_round_trips(username: str) -> None:
-    parsed = parse_serviceaccount(username)
-    if parsed is not None:
-        namespace, name = parsed
-        assert f"system:serviceaccount:{namespace}:{name}" == username
-        assert ":" not in namespace and ":" not in name
-        assert namespace == namespace.lower() and name == name.lower()
+@expand
+class ParseServiceAccountTests(SynchronousTestCase):
+    @given(st.one_of(
+        st.text(alphabet=_USERNAME_ALPHABET, max_size=80),
+        st.text(alphabet=_USERNAME_ALPHABET, max_size=60).map(lambda s: "system:serviceaccount:" + s),
+        st.tuples(st.from_regex(r"[a-z0-9-]{1,64}", fullmatch=True),
+                  st.from_regex(r"[a-z0-9.-]{1,70}", fullmatch=True))
+        .map(lambda p: f"system:serviceaccount:{p[0]}:{p[1]}"),
+        st.text(max_size=40),
+    ))
+    def test_parse_serviceaccount_round_trips(self, username: str) -> None:
+        parsed = parse_serviceaccount(username)
+        if parsed is not None:
+            namespace, name = parsed
+            assert f"system:serviceaccount:{namespace}:{name}" == username
+            assert ":" not in namespace and ":" not in name
+            assert namespace == namespace.lower() and name == name.lower()
 
+    @given(st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True),
+           st.from_regex(r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?){0,3}",
+                         fullmatch=True))
+    def test_parse_serviceaccount_accepts_valid_names(self, namespace: str, name: str) -> None:
+        assert parse_serviceaccount(f"system:serviceaccount:{namespace}:{name}") == (namespace, name)
 
-@given(st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True),
-       st.from_regex(r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?){0,3}",
-                     fullmatch=True))
-def test_parse_serviceaccount_accepts_valid_names(namespace: str, name: str) -> None:
-    assert parse_serviceaccount(f"system:serviceaccount:{namespace}:{name}") == (namespace, name)
-
-
-@pytest.mark.parametrize("username", [None, 42, b"system:serviceaccount:a:b", ["x"]])
-def test_parse_serviceaccount_not_a_string(username: object) -> None:
-    assert parse_serviceaccount(username) is None
+    @cases("username", [None, 42, b"system:serviceaccount:a:b", ["x"]])
+    def test_parse_serviceaccount_not_a_string(self, username: object) -> None:
+        assert parse_serviceaccount(username) is None

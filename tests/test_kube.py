@@ -164,27 +164,30 @@ class KubernetesClientTests(SynchronousTestCase):
         self.failureResultOf(d, KubernetesError)
 
 
-def test_in_cluster_token_is_reread_when_it_rotates(tmp_path: Path) -> None:
-    """The kubelet rotates the mounted token: KubeAccess.refresh (run by a
-    timer, not per request) picks up the new one."""
-    import datetime
+class InClusterTokenTests(SynchronousTestCase):
+    def test_in_cluster_token_is_reread_when_it_rotates(self) -> None:
+        """The kubelet rotates the mounted token: KubeAccess.refresh (run by a
+        timer, not per request) picks up the new one."""
+        tmp_path = Path(self.mktemp())
+        tmp_path.mkdir(parents=True)
+        import datetime
 
-    from kubernetes.config.incluster_config import InClusterConfigLoader
+        from kubernetes.config.incluster_config import InClusterConfigLoader
 
-    from stsd.kube import load_access
+        from stsd.kube import load_access
 
-    pki = TestPKI.create(tmp_path / "pki")
-    token = tmp_path / "token"
-    token.write_text("first-token")
-    loader = InClusterConfigLoader(
-        token_filename=str(token), cert_filename=str(pki.ca_path),
-        environ={"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"})
-    access = load_access(None, in_cluster=loader)
-    assert access.host == "https://10.0.0.1:443"
-    assert access.authorization == "bearer first-token"
-    token.write_text("second-token")
-    access.refresh()
-    assert access.authorization == "bearer first-token", "re-read at most once a minute"
-    loader.token_expires_at = datetime.datetime.now() - datetime.timedelta(seconds=1)
-    access.refresh()
-    assert access.authorization == "bearer second-token"
+        pki = TestPKI.create(tmp_path / "pki")
+        token = tmp_path / "token"
+        token.write_text("first-token")
+        loader = InClusterConfigLoader(
+            token_filename=str(token), cert_filename=str(pki.ca_path),
+            environ={"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"})
+        access = load_access(None, in_cluster=loader)
+        assert access.host == "https://10.0.0.1:443"
+        assert access.authorization == "bearer first-token"
+        token.write_text("second-token")
+        access.refresh()
+        assert access.authorization == "bearer first-token", "re-read at most once a minute"
+        loader.token_expires_at = datetime.datetime.now() - datetime.timedelta(seconds=1)
+        access.refresh()
+        assert access.authorization == "bearer second-token"

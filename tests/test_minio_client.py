@@ -13,7 +13,6 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -31,6 +30,7 @@ from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.world import PHOTOS, READONLY, READWRITE
 from stsd.upstream import TreqTransport
 from stsd.wire import STS_NAMESPACE, IssuedCredentials
+from tests._trial import cases, expand
 
 T = TypeVar("T")
 
@@ -161,38 +161,39 @@ _CREDS = ("<AccessKeyId>AK1</AccessKeyId><SecretAccessKey>s+k</SecretAccessKey>"
           "<SessionToken>tok.en</SessionToken><Expiration>2026-11-30T05:00:00Z</Expiration>")
 
 
-@pytest.mark.parametrize("body, plain", [
-    # MinIO's own shape (AssumedRoleUser first, Expiration before SessionToken).
-    (f'<AssumeRoleResponse xmlns="{STS_NAMESPACE}"><AssumeRoleResult><AssumedRoleUser><Arn>'
+@expand
+class AssumeRoleAnswerTests(SynchronousTestCase):
+    @cases("body, plain", [
+        # MinIO's own shape (AssumedRoleUser first, Expiration before SessionToken).
+        (f'<AssumeRoleResponse xmlns="{STS_NAMESPACE}"><AssumeRoleResult><AssumedRoleUser><Arn>'
      "</Arn></AssumedRoleUser><Credentials><AccessKeyId>AK1</AccessKeyId><SecretAccessKey>s+k"
      "</SecretAccessKey><Expiration>2026-11-30T05:00:00Z</Expiration><SessionToken>tok.en"
      "</SessionToken></Credentials></AssumeRoleResult></AssumeRoleResponse>", True),
-    (f'<?xml version="1.0"?>\n<AssumeRoleResponse xmlns="{STS_NAMESPACE}">\n  <AssumeRoleResult>'
+        (f'<?xml version="1.0"?>\n<AssumeRoleResponse xmlns="{STS_NAMESPACE}">\n  <AssumeRoleResult>'
      f"\n    <Credentials>\n      {_CREDS}\n    </Credentials>\n  </AssumeRoleResult>\n"
      "</AssumeRoleResponse>", True),
-    # Shapes only an XML parser reads right: left to it.
-    (f'<AssumeRoleResponse xmlns="{STS_NAMESPACE}"><AssumeRoleResult><Credentials>'
-     + _CREDS.replace("s+k", "s&amp;k") + "</Credentials></AssumeRoleResult></AssumeRoleResponse>",
-     False),
-    (f'<AssumeRoleResponse xmlns="{STS_NAMESPACE}"><AssumeRoleResult><Credentials>'
-     + _CREDS.replace("AK1", "<![CDATA[AK1]]>") + "</Credentials></AssumeRoleResult>"
+        # Shapes only an XML parser reads right: left to it.
+        (f'<AssumeRoleResponse xmlns="{STS_NAMESPACE}"><AssumeRoleResult><Credentials>'
+         + _CREDS.replace("s+k", "s&amp;k") + "</Credentials></AssumeRoleResult></AssumeRoleResponse>",
+         False),
+        (f'<AssumeRoleResponse xmlns="{STS_NAMESPACE}"><AssumeRoleResult><Credentials>'
+         + _CREDS.replace("AK1", "<![CDATA[AK1]]>") + "</Credentials></AssumeRoleResult>"
      "</AssumeRoleResponse>", False),
-    (f'<a:AssumeRoleResponse xmlns:a="{STS_NAMESPACE}"><a:AssumeRoleResult><a:Credentials>'
-     + _CREDS.replace("<", "<a:").replace("<a:/", "</a:") + "</a:Credentials></a:AssumeRoleResult>"
+        (f'<a:AssumeRoleResponse xmlns:a="{STS_NAMESPACE}"><a:AssumeRoleResult><a:Credentials>'
+         + _CREDS.replace("<", "<a:").replace("<a:/", "</a:") + "</a:Credentials></a:AssumeRoleResult>"
      "</a:AssumeRoleResponse>", False),
-])
-def test_assume_role_answer_shapes(body: str, plain: bool) -> None:
-    response = upstream.Response(200, {}, body.encode())
-    tenant = TenantEndpoint("ns/t", "https://minio.test/ns", RootCredentials("a", "b"))
-    parsed = MinIOClient._parsed_credentials(tenant, response)
-    fast = _plain_credentials(response)
-    assert (fast is not None) == plain
-    if fast is not None:
-        assert fast == parsed
-    assert parsed["SecretAccessKey"] in ("s+k", "s&k")
+    ])
+    def test_assume_role_answer_shapes(self, body: str, plain: bool) -> None:
+        response = upstream.Response(200, {}, body.encode())
+        tenant = TenantEndpoint("ns/t", "https://minio.test/ns", RootCredentials("a", "b"))
+        parsed = MinIOClient._parsed_credentials(tenant, response)
+        fast = _plain_credentials(response)
+        assert (fast is not None) == plain
+        if fast is not None:
+            assert fast == parsed
+        assert parsed["SecretAccessKey"] in ("s+k", "s&k")
 
-
-def test_plain_answer_in_another_namespace_is_not_read() -> None:
-    body = (b'<AssumeRoleResponse xmlns="urn:other"><AssumeRoleResult><Credentials>'
-            + _CREDS.encode() + b"</Credentials></AssumeRoleResult></AssumeRoleResponse>")
-    assert _plain_credentials(upstream.Response(200, {}, body)) is None
+    def test_plain_answer_in_another_namespace_is_not_read(self) -> None:
+        body = (b'<AssumeRoleResponse xmlns="urn:other"><AssumeRoleResult><Credentials>'
+                + _CREDS.encode() + b"</Credentials></AssumeRoleResult></AssumeRoleResponse>")
+        assert _plain_credentials(upstream.Response(200, {}, body)) is None

@@ -120,16 +120,17 @@ class _Redirecting(Resource):
         return b"{}"
 
 
-def test_upstream_redirects_are_not_followed() -> None:
-    """A 307 from an upstream is an answer, never a reason to resend the
-    body (a TokenReview carries a token) to another address."""
-    resource = _Redirecting()
-    stub = StubTreq(resource)
-    d = Deferred.fromCoroutine(upstream.request(
-        stub, Clock(), "POST", "https://kube.test/tokenreviews", target="TokenReview",
-        timeout=5, data=b'{"spec": {"token": "secret"}}'))
-    stub.flush()
-    results: list = []
-    d.addBoth(results.append)
-    assert results[0].status == 307
-    assert resource.paths == [b"/tokenreviews"]
+class RedirectTests(SynchronousTestCase):
+    def test_upstream_redirects_are_not_followed(self) -> None:
+        """A 307 from an upstream is an answer, never a reason to resend the
+        body (a TokenReview carries a token) to another address."""
+        resource = _Redirecting()
+        stub = StubTreq(resource)
+        d = Deferred.fromCoroutine(upstream.request(
+            stub, Clock(), "POST", "https://kube.test/tokenreviews", target="TokenReview",
+            timeout=5, data=b'{"spec": {"token": "secret"}}'))
+        stub.flush()
+        results: list = []
+        d.addBoth(results.append)
+        assert results[0].status == 307
+        assert resource.paths == [b"/tokenreviews"]

@@ -1,0 +1,70 @@
+"""
+What lets one test module serve both runners, pytest and trial.
+
+A test method is a C{SynchronousTestCase} method, which pytest also runs;
+L{cases} is C{pytest.mark.parametrize} for such a method (pytest does not
+parametrize C{unittest} methods): L{expand} turns it into one method per
+case, so both runners count each case. L{pytest_only} names, for trial,
+the tests of a module that need what only pytest gives (a spawned daemon
+behind a pytest fixture, the global reactor under pytest-twisted): trial
+reports each as skipped, with the reason, and pytest does not see them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from twisted.trial.unittest import SynchronousTestCase
+
+C = TypeVar("C", bound=type)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cases(names: str, values: Iterable[Any]) -> Callable[[F], F]:
+    """
+    Run the decorated test method once per value, as
+    C{pytest.mark.parametrize(names, values)} would (its class decorated
+    with L{expand}).
+    """
+    def mark(method: F) -> F:
+        method.__cases__ = ([n.strip() for n in names.split(",")], list(values))  # type: ignore[attr-defined]
+        return method
+    return mark
+
+
+def _case_id(value: Any) -> str:
+    text = re.sub(r"\W+", "_", str(value)).strip("_")
+    return text[:40] if text else "case"
+
+
+def expand(cls: C) -> C:
+    """One method per case of each L{cases} method of C{cls}."""
+    for name, method in list(vars(cls).items()):
+        marked = getattr(method, "__cases__", None)
+        if marked is None:
+            continue
+        names, values = marked
+        delattr(cls, name)
+        for index, value in enumerate(values):
+            args: Sequence[Any] = value if len(names) > 1 else (value,)
+
+            def test(self: Any, _method: Any = method, _args: Sequence[Any] = args) -> Any:
+                return _method(self, *_args)
+
+            test.__name__ = f"{name}_{index}_{_case_id(args[0])}" if len(names) == 1 else f"{name}_{index}"
+            test.__doc__ = method.__doc__
+            setattr(cls, test.__name__, test)
+    return cls
+
+
+def pytest_only(namespace: dict[str, Any], reason: str) -> type[SynchronousTestCase]:
+    """
+    A test case, for trial only, with one skipped test per module-level test
+    function in C{namespace} (those pytest runs with its fixtures).
+    """
+    tests = {name: (lambda self: None) for name, value in namespace.items()
+             if name.startswith("test") and callable(value)}
+    return type("PytestOnly", (SynchronousTestCase,),
+                {"__test__": False, "skip": reason, "__module__": namespace["__name__"], **tests})
