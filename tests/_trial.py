@@ -22,14 +22,15 @@ C = TypeVar("C", bound=type)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def cases(names: str, values: Iterable[Any]) -> Callable[[F], F]:
+def cases(names: str | Sequence[str], values: Iterable[Any]) -> Callable[[F], F]:
     """
     Run the decorated test method once per value, as
     C{pytest.mark.parametrize(names, values)} would (its class decorated
     with L{expand}).
     """
     def mark(method: F) -> F:
-        method.__cases__ = ([n.strip() for n in names.split(",")], list(values))  # type: ignore[attr-defined]
+        listed = names.split(",") if isinstance(names, str) else names
+        method.__cases__ = ([n.strip() for n in listed], list(values))  # type: ignore[attr-defined]
         return method
     return mark
 
