@@ -13,7 +13,10 @@ reports each as skipped, with the reason, and pytest does not see them.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,15 +25,27 @@ C = TypeVar("C", bound=type)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def cases(names: str | Sequence[str], values: Iterable[Any]) -> Callable[[F], F]:
+def temporary_directory(case: SynchronousTestCase) -> Path:
+    """
+    A new directory, removed when C{case} ends: pytest's C{tmp_path} for a
+    test method (C{case.mktemp} is relative to the working directory, which
+    only trial moves to C{_trial_temp}).
+    """
+    path = Path(tempfile.mkdtemp(prefix="stsd-test-"))
+    case.addCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def cases(names: str | Sequence[str], values: Iterable[Any],
+          ids: Sequence[str] | None = None) -> Callable[[F], F]:
     """
     Run the decorated test method once per value, as
-    C{pytest.mark.parametrize(names, values)} would (its class decorated
-    with L{expand}).
+    C{pytest.mark.parametrize(names, values, ids=ids)} would (its class
+    decorated with L{expand}).
     """
     def mark(method: F) -> F:
         listed = names.split(",") if isinstance(names, str) else names
-        method.__cases__ = ([n.strip() for n in listed], list(values))  # type: ignore[attr-defined]
+        method.__cases__ = ([n.strip() for n in listed], list(values), ids)  # type: ignore[attr-defined]
         return method
     return mark
 
@@ -46,7 +61,7 @@ def expand(cls: C) -> C:
         marked = getattr(method, "__cases__", None)
         if marked is None:
             continue
-        names, values = marked
+        names, values, ids = marked
         delattr(cls, name)
         for index, value in enumerate(values):
             args: Sequence[Any] = value if len(names) > 1 else (value,)
@@ -54,7 +69,8 @@ def expand(cls: C) -> C:
             def test(self: Any, _method: Any = method, _args: Sequence[Any] = args) -> Any:
                 return _method(self, *_args)
 
-            test.__name__ = f"{name}_{index}_{_case_id(args[0])}" if len(names) == 1 else f"{name}_{index}"
+            label = ids[index] if ids is not None else args[0] if len(names) == 1 else ""
+            test.__name__ = f"{name}_{index}" + (f"_{_case_id(label)}" if label != "" else "")
             test.__doc__ = method.__doc__
             setattr(cls, test.__name__, test)
     return cls

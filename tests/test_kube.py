@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
 from treq.testing import StubTreq
@@ -22,6 +21,8 @@ from stsd.kube import TOKENREVIEW_PATH, KubeAccess, KubernetesClient, Kubernetes
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
+
+from tests._trial import temporary_directory
 
 T = TypeVar("T")
 
@@ -168,8 +169,7 @@ class InClusterTokenTests(SynchronousTestCase):
     def test_in_cluster_token_is_reread_when_it_rotates(self) -> None:
         """The kubelet rotates the mounted token: KubeAccess.refresh (run by a
         timer, not per request) picks up the new one."""
-        tmp_path = Path(self.mktemp())
-        tmp_path.mkdir(parents=True)
+        tmp_path = temporary_directory(self)
         import datetime
 
         from kubernetes.config.incluster_config import InClusterConfigLoader

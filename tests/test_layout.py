@@ -12,6 +12,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests._trial import temporary_directory
+
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = re.compile(r"^# -\*- test-case-name: (?P<names>[\w.,]+) -\*-$")
 
@@ -50,8 +52,8 @@ class TestCaseNameTests(SynchronousTestCase):
 
     def test_a_dangling_name_is_seen(self) -> None:
         """The check above can fail: a header naming a module that is not there."""
-        root = Path(self.mktemp())
-        (root / "tests").mkdir(parents=True)
+        root = temporary_directory(self)
+        (root / "tests").mkdir()
         (root / "tests" / "test_here.py").write_text("")
         module = root / "module.py"
         module.write_text("# -*- test-case-name: tests.test_here,tests.test_gone -*-\n")
