@@ -12,6 +12,7 @@ reports each as skipped, with the reason, and pytest does not see them.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import tempfile
@@ -37,15 +38,16 @@ def temporary_directory(case: SynchronousTestCase) -> Path:
 
 
 def cases(names: str | Sequence[str], values: Iterable[Any],
-          ids: Sequence[str] | None = None) -> Callable[[F], F]:
+          ids: Sequence[str] | Callable[[Any], Any] | None = None) -> Callable[[F], F]:
     """
     Run the decorated test method once per value, as
     C{pytest.mark.parametrize(names, values, ids=ids)} would (its class
-    decorated with L{expand}).
+    decorated with L{expand}); stacked, once per combination.
     """
     def mark(method: F) -> F:
         listed = names.split(",") if isinstance(names, str) else names
-        method.__cases__ = ([n.strip() for n in listed], list(values), ids)  # type: ignore[attr-defined]
+        stacked = getattr(method, "__cases__", [])
+        method.__cases__ = [([n.strip() for n in listed], list(values), ids)] + stacked  # type: ignore[attr-defined]
         return method
     return mark
 
@@ -55,22 +57,34 @@ def _case_id(value: Any) -> str:
     return text[:40] if text else "case"
 
 
+def _labelled(names: list[str], values: list[Any], ids: Any) -> list[tuple[dict[str, Any], str]]:
+    labelled = []
+    for index, value in enumerate(values):
+        args = value if len(names) > 1 else (value,)
+        if callable(ids):
+            label = ids(args[0])
+        else:
+            label = ids[index] if ids is not None else args[0] if len(names) == 1 else ""
+        labelled.append((dict(zip(names, args)), f"{index}" + (f"_{_case_id(label)}" if label != "" else "")))
+    return labelled
+
+
 def expand(cls: C) -> C:
-    """One method per case of each L{cases} method of C{cls}."""
+    """One method per case (per combination of stacked cases) of each L{cases} method of C{cls}."""
     for name, method in list(vars(cls).items()):
         marked = getattr(method, "__cases__", None)
         if marked is None:
             continue
-        names, values, ids = marked
         delattr(cls, name)
-        for index, value in enumerate(values):
-            args: Sequence[Any] = value if len(names) > 1 else (value,)
+        for combination in itertools.product(*(_labelled(*each) for each in marked)):
+            kwargs: dict[str, Any] = {}
+            for part, _ in combination:
+                kwargs.update(part)
 
-            def test(self: Any, _method: Any = method, _args: Sequence[Any] = args) -> Any:
-                return _method(self, *_args)
+            def test(self: Any, _method: Any = method, _kwargs: dict[str, Any] = kwargs) -> Any:
+                return _method(self, **_kwargs)
 
-            label = ids[index] if ids is not None else args[0] if len(names) == 1 else ""
-            test.__name__ = f"{name}_{index}" + (f"_{_case_id(label)}" if label != "" else "")
+            test.__name__ = f"{name}_" + "_".join(label for _, label in combination)
             test.__doc__ = method.__doc__
             setattr(cls, test.__name__, test)
     return cls
