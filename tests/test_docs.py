@@ -53,3 +53,11 @@ class DocsTests(SynchronousTestCase):
         # Run as is, or with the hypothesis profile named (the default one).
         assert any(line == tests or line.endswith(" " + tests) for line in ci)
         assert ci.index(steps[-1]) < next(i for i, line in enumerate(ci) if line.endswith(tests))
+
+    def test_ci_runs_trial_after_pytest(self) -> None:
+        """.ci/run runs trial over the suite once pytest has passed; the README says so."""
+        ci = (ROOT / ".ci" / "run").read_text().splitlines()
+        pytest_at = next(i for i, line in enumerate(ci) if line.endswith(" -m pytest -q"))
+        trial_at = next(i for i, line in enumerate(ci) if line.endswith(" -m twisted.trial tests"))
+        assert pytest_at < trial_at
+        assert "python -m twisted.trial tests" in README.split("## Tests", 1)[1]

@@ -22,6 +22,7 @@ from stsd import tap
 from stsd.refresh import Refresher
 from stsd.watch import WatchSync
 from stsd.testing.pki import TestPKI
+from tests._trial import pytest_only
 
 KUBE_TOKEN = "kube-client-token-for-tests"
 
@@ -327,3 +328,8 @@ def test_authorization_mode_wiring(tmp_path: Path, pki: TestPKI, kubeconfig: Pat
     service.stopService()
     reactor.advance(60)  # past the drain's delay and grace
     assert not any(s.running for s in service)
+
+
+# For trial: these need what only pytest gives; it reports them as skipped.
+PytestOnly = pytest_only(
+    globals(), "not converted yet: pytest fixtures (pki, kubeconfig); run under pytest")
