@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_check -*-
 """
 C{python -m stsd check --config FILE}: the same as the C{stsd} command.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_audit -*-
+# -*- test-case-name: tests.test_logs,tests.test_observability -*-
 """
 The audit trail: one structured event per STS request, as a JSON object,
 logged under the C{stsd.audit} namespace so that shippers can route it.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_demo -*-
 """
 The demo: a credential exchange end to end on a simulated cluster, run as
 C{python -m stsd.demo [LOG]}.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.test_observability,tests.test_drain -*-
 """
 Prometheus metrics of stsd, in a registry of their own (no global state),
 exposed by C{prometheus_client}'s own encoder on the plain-HTTP metrics

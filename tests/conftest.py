@@ -13,23 +13,13 @@ import tempfile
 
 import pytest
 import pytest_twisted
-from hypothesis import HealthCheck, settings
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from stsd.testing.world import Daemon, World
 from stsd.upstream import close_connections
 
-# Hypothesis: the same examples on every run (derandomize: each test's seed comes from its
-# own code), no example database carried between runs, nothing timed by the wall clock
-# (deadline, too_slow), so a run's verdict does not depend on the run or the machine's load.
-# HYPOTHESIS_PROFILE=explore draws new random examples (to look for bugs, not for CI).
-settings.register_profile(
-    "ci", derandomize=True, database=None, deadline=None, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("explore", deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# The hypothesis profiles are registered in tests/__init__.py, for trial too.
 
 # The secrets scan of each module's world is appended here (for the record).
 SCAN_REPORT = os.path.join(tempfile.gettempdir(), "stsd-secret-scan.txt")

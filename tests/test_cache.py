@@ -1,17 +1,28 @@
 """
-Tests for L{stsd.cache}: single flight, the byte-bounded LRU and the TTL cache's byte
-bound, and that the exchange's caches of policy documents stay within
-their bytes whatever callers send (issue 9, finding 4).
+Tests for L{stsd.cache}: single flight, the byte-bounded LRU, the TTL cache
+(single flight, expiry, failures not cached) and its byte bound, and that the
+exchange's caches of policy documents stay within their bytes whatever
+callers send (issue 9, finding 4).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 
 from stsd.cache import ENTRY_OVERHEAD, ByteLRU, SingleFlight, TTLCache
+from stsd.minio_client import MinIOError
+
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
+    return Deferred.fromCoroutine(coroutine)
 
 
 def test_byte_lru_evicts_least_recently_used_by_weight() -> None:
@@ -136,3 +147,138 @@ def test_single_flight_work_that_finishes_at_once() -> None:
 
     d = flights.start("k", work)
     assert d.called and d.result == "now" and len(flights) == 0
+
+
+# -- TTLCache --------------------------------------------------------------------------
+
+
+class Fetcher:
+    """
+    A fetch function whose calls stay pending until the test fires them.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[str]] = []
+
+    def __call__(self) -> Deferred[str]:
+        d: Deferred[str] = Deferred()
+        self.pending.append(d)
+        return d
+
+    @property
+    def calls(self) -> int:
+        return len(self.pending)
+
+
+class TTLCacheTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.cache: TTLCache[str] = TTLCache(self.clock, ttl=10)
+        self.fetch = Fetcher()
+
+    def get(self, key: str, fetch: Callable[[], Any] | None = None) -> Deferred[str]:
+        return run(self.cache.get(key, fetch or self.fetch))
+
+    def test_single_flight(self) -> None:
+        first, second = self.get("k"), self.get("k")
+        self.assertEqual(self.fetch.calls, 1)
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        self.fetch.pending[0].callback("v")
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)), ("v", "v"))
+        # and the value is now cached
+        self.assertEqual(self.successResultOf(self.get("k")), "v")
+        self.assertEqual(self.fetch.calls, 1)
+
+    def test_distinct_keys_fetch_separately(self) -> None:
+        a, b = self.get("a"), self.get("b")
+        self.assertEqual(self.fetch.calls, 2)
+        self.fetch.pending[1].callback("vb")
+        self.fetch.pending[0].callback("va")
+        self.assertEqual((self.successResultOf(a), self.successResultOf(b)), ("va", "vb"))
+
+    def test_ttl(self) -> None:
+        d = self.get("k")
+        self.fetch.pending[0].callback("v1")
+        self.successResultOf(d)
+        self.clock.advance(9.999)
+        self.assertEqual(self.successResultOf(self.get("k")), "v1")
+        self.assertEqual(self.fetch.calls, 1)
+        self.clock.advance(0.001)
+        again = self.get("k")
+        self.assertEqual(self.fetch.calls, 2)
+        self.fetch.pending[1].callback("v2")
+        self.assertEqual(self.successResultOf(again), "v2")
+
+    def test_ttl_counts_from_when_the_fetch_ends(self) -> None:
+        d = self.get("k")
+        self.clock.advance(8)
+        self.fetch.pending[0].callback("v")
+        self.successResultOf(d)
+        self.clock.advance(9)
+        self.assertEqual(self.successResultOf(self.get("k")), "v")
+        self.assertEqual(self.fetch.calls, 1)
+
+    def test_failure_reaches_every_waiter_and_is_not_cached(self) -> None:
+        first, second = self.get("k"), self.get("k")
+        self.fetch.pending[0].errback(MinIOError("down"))
+        self.assertEqual(str(self.failureResultOf(first, MinIOError).value), "down")
+        self.assertEqual(str(self.failureResultOf(second, MinIOError).value), "down")
+        self.assertEqual(len(self.cache), 0)
+        retry = self.get("k")
+        self.assertEqual(self.fetch.calls, 2)
+        self.fetch.pending[1].callback("v")
+        self.assertEqual(self.successResultOf(retry), "v")
+
+    def test_lru_bound(self) -> None:
+        cache: TTLCache[str] = TTLCache(self.clock, ttl=100, max_entries=2)
+        fetched: list[str] = []
+
+        def getter(key: str) -> str:
+            async def fetch() -> str:
+                fetched.append(key)
+                return key.upper()
+            return self.successResultOf(run(cache.get(key, fetch)))
+
+        self.assertEqual([getter("a"), getter("b")], ["A", "B"])
+        self.assertEqual(getter("a"), "A")  # a is now the most recently used
+        self.assertEqual(getter("c"), "C")  # evicts b, the least recently used
+        self.assertEqual(len(cache), 2)
+        self.assertEqual(fetched, ["a", "b", "c"])
+        getter("a")
+        self.assertEqual(fetched, ["a", "b", "c"])  # still cached
+        getter("b")
+        self.assertEqual(fetched, ["a", "b", "c", "b"])  # was evicted
+
+    def test_invalidate(self) -> None:
+        d = self.get("k")
+        self.fetch.pending[0].callback("v1")
+        self.successResultOf(d)
+        self.cache.invalidate("k")
+        again = self.get("k")
+        self.assertEqual(self.fetch.calls, 2)
+        self.fetch.pending[1].callback("v2")
+        self.assertEqual(self.successResultOf(again), "v2")
+
+    def test_cancelled_waiter(self) -> None:
+        # Klein cancels a request's Deferred when its client goes away: a
+        # waiter giving up must not break the fetch for the others.
+        first, second, third = self.get("k"), self.get("k"), self.get("k")
+        second.cancel()
+        self.failureResultOf(second)
+        self.fetch.pending[0].callback("v")
+        self.assertEqual(self.successResultOf(first), "v")
+        self.assertEqual(self.successResultOf(third), "v")
+        self.assertEqual(self.successResultOf(self.get("k")), "v")
+        self.assertEqual(self.fetch.calls, 1)
+
+    def test_cancelled_first_caller(self) -> None:
+        # The caller that started the fetch going away must not fail the
+        # others with its cancellation.
+        first, second = self.get("k"), self.get("k")
+        first.cancel()
+        self.failureResultOf(first)
+        self.assertNoResult(second)
+        self.fetch.pending[0].callback("v")
+        self.assertEqual(self.successResultOf(second), "v")
+        self.assertEqual(self.fetch.calls, 1)

@@ -19,6 +19,7 @@ from twisted.internet.threads import deferToThread
 from stsd.check import run_check
 from stsd.rbac import PERMISSIONS
 from stsd.testing.world import World, free_port
+from tests._trial import pytest_only
 
 # config, TLS, API server, one SelfSubjectAccessReview per permission,
 # list Tenants, the two tenants.
@@ -148,3 +149,8 @@ async def test_check_says_a_tenants_secret_is_missing(world: World, tmp_path: Pa
     table = rows(out.getvalue())
     assert table["tenant tenant-2/archive"] == f"FAIL    Secret {name} not found"
     assert table["tenant tenant-1/storage"].startswith("ok")
+
+
+# For trial: these need what only pytest gives; it reports them as skipped.
+PytestOnly = pytest_only(
+    globals(), "starts the daemon as a process (pytest fixtures world, tmp_path); run under pytest")

@@ -23,6 +23,7 @@ import yaml
 
 from stsd.testing.pki import TestPKI
 from stsd.testing.world import free_port, twistd_command
+from tests._trial import pytest_only
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +163,8 @@ def test_tenants_ca_file_not_pem(tmp_path: Path, pki: TestPKI) -> None:
     document["tenants"] = {"ca_file": str(ca)}
     assert_refused(write(tmp_path, document),
                    f"stsd: tenants.ca_file: no PEM certificate found ({ca})")
+
+
+# For trial: these need what only pytest gives; it reports them as skipped.
+PytestOnly = pytest_only(
+    globals(), "starts the daemon as a process; run under pytest")

@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 from stsd.drain import LINGER_SECONDS, SHUTTING_DOWN, GracefulStop
 from stsd.exchange import Issued
@@ -33,6 +34,7 @@ from stsd.testing.world import World
 from stsd.upstream import close_connections
 from tests.test_e2e import params
 from tests.test_hostile import StandInExchange, connect, responses, valid_request
+from tests._trial import pytest_only
 
 DELAY, GRACE = 5.0, 20.0
 
@@ -99,136 +101,6 @@ class Stack:
 
 def lost(protocol: Any) -> None:
     protocol.connectionLost(Failure(ConnectionError("closed")))
-
-
-def test_readyz_turns_503_at_once_on_both_ports_and_the_listener_stops_after_the_delay() -> None:
-    stack = Stack()
-    assert stack.get(stack.site, b"/readyz")[0] == 200
-    assert stack.get(stack.metrics_site, b"/readyz")[0] == 200
-    stack.stop()
-    assert not stack.top.running
-    status, _, body = stack.get(stack.site, b"/readyz")
-    assert (status, body) == (503, f"not ready: {SHUTTING_DOWN}\n".encode())
-    status, _, body = stack.get(stack.metrics_site, b"/readyz")
-    assert (status, body) == (503, f"not ready: {SHUTTING_DOWN}\n".encode())
-    stack.clock.advance(DELAY - 0.1)
-    assert stack.listener.stopped_at is None, "still taking connections during the delay"
-    assert stack.rest.stopped_at is None
-    stack.clock.advance(0.1)
-    # Nothing in flight: the listener stops at the delay, then everything else.
-    assert stack.listener.stopped_at == DELAY
-    assert stack.rest.stopped_at == DELAY
-    assert stack.stopped == [None]
-    assert [c for c in stack.clock.getDelayedCalls() if c.active()] == []
-
-
-def test_a_request_in_flight_is_answered_and_idle_connections_are_closed() -> None:
-    stack = Stack()
-    busy, busy_transport = connect(stack.site)
-    busy.dataReceived(valid_request())
-    assert len(stack.exchange.pending) == 1
-    idle, idle_transport = connect(stack.site)
-    stack.stop()
-    stack.clock.advance(DELAY)
-    assert stack.listener.stopped_at == DELAY
-    assert idle_transport.disconnecting, "an idle keep-alive connection is closed"
-    assert idle_transport.value() == b""
-    lost(idle)
-    assert not busy_transport.disconnecting
-    stack.clock.advance(GRACE - 1)
-    assert stack.stopped == [] and stack.rest.stopped_at is None, "waiting for the request"
-    stack.exchange.pending[0].callback(None)
-    [(status, headers, _)] = responses(busy_transport.value(), [b"POST"])
-    assert status == 200
-    assert headers["connection"] == ["close"], "the last answer of its connection"
-    assert busy_transport.disconnecting
-    lost(busy)  # the client closes after the answer
-    assert stack.stopped == [None]
-    assert stack.rest.stopped_at == DELAY + GRACE - 1
-    assert not busy_transport.disconnected, "closed, not aborted"
-
-
-def test_connections_slow_to_close_after_their_answer_get_a_moment() -> None:
-    stack = Stack()
-    busy, busy_transport = connect(stack.site)
-    busy.dataReceived(valid_request())
-    stack.stop()
-    stack.clock.advance(DELAY + 2)
-    stack.exchange.pending[0].callback(None)
-    assert responses(busy_transport.value(), [b"POST"])[0][0] == 200
-    # The client does not close its side: the answer is out, and after
-    # LINGER_SECONDS the connection is dropped.
-    assert stack.stopped == []
-    stack.clock.advance(LINGER_SECONDS)
-    assert busy_transport.disconnected
-    assert stack.stopped == [None]
-    assert stack.rest.stopped_at == DELAY + 2 + LINGER_SECONDS
-
-
-def test_requests_still_in_flight_after_the_grace_are_cut_off() -> None:
-    stack = Stack()
-    busy, busy_transport = connect(stack.site)
-    busy.dataReceived(valid_request())
-    stack.stop()
-    stack.clock.advance(DELAY)
-    stack.clock.advance(GRACE - 0.1)
-    assert not busy_transport.disconnecting and stack.stopped == []
-    stack.clock.advance(0.1)
-    assert busy_transport.disconnected, "aborted at the end of the grace"
-    assert busy_transport.value() == b""
-    assert stack.stopped == [None]
-    assert stack.rest.stopped_at == DELAY + GRACE
-    lost(busy)
-
-
-def test_answers_during_the_delay_close_their_connection() -> None:
-    stack = Stack()
-    protocol, transport = connect(stack.site)
-    stack.exchange.pending.clear()
-    stack.stop()
-    stack.clock.advance(1)
-    protocol.dataReceived(valid_request())  # keep-alive asked
-    stack.exchange.pending[0].callback(None)
-    [(status, headers, _)] = responses(transport.value(), [b"POST"])
-    assert (status, headers["connection"]) == (200, ["close"])
-    assert transport.disconnecting
-    lost(protocol)
-
-
-def test_a_request_arriving_at_the_listener_stop_gets_its_deadline() -> None:
-    stack = Stack()
-    protocol, transport = connect(stack.site)
-    protocol.dataReceived(valid_request()[:20])  # part of the request line
-    stack.stop()
-    stack.clock.advance(DELAY)
-    assert not transport.disconnecting, "a request is arriving: not idle"
-    stack.clock.advance(10 - DELAY)  # its request deadline (10 s from connecting)
-    [(status, _, _)] = responses(transport.value(), [b"POST"])
-    assert status == 408
-    lost(protocol)
-    assert stack.stopped == [None]
-
-
-def test_no_delay_and_no_grace() -> None:
-    stack = Stack(delay=0, grace=0)
-    busy, busy_transport = connect(stack.site)
-    busy.dataReceived(valid_request())
-    stack.stop()
-    stack.clock.advance(0)
-    assert stack.listener.stopped_at == 0
-    assert busy_transport.disconnected
-    assert stack.stopped == [None]
-
-
-def test_a_drained_sigterm_exits_zero() -> None:
-    stack = Stack()
-    stack.clock._exitSignal = signal.SIGTERM  # type: ignore[attr-defined]
-    stack.stop()
-    stack.clock.advance(DELAY - 1)
-    assert stack.clock._exitSignal == signal.SIGTERM  # type: ignore[attr-defined]
-    stack.clock.advance(1)
-    assert stack.stopped == [None]
-    assert stack.clock._exitSignal is None  # type: ignore[attr-defined]
 
 
 # -- the daemon as a process --------------------------------------------------------
@@ -339,3 +211,132 @@ async def _post(http: Any, url: str, token: str) -> tuple[int | None, dict[bytes
         return response.code, headers, await treq.content(response)
     except Exception as e:
         return None, {}, repr(e).encode()
+
+
+class DrainTests(SynchronousTestCase):
+    def test_readyz_turns_503_at_once_on_both_ports_and_the_listener_stops_after_the_delay(self) -> None:
+        stack = Stack()
+        assert stack.get(stack.site, b"/readyz")[0] == 200
+        assert stack.get(stack.metrics_site, b"/readyz")[0] == 200
+        stack.stop()
+        assert not stack.top.running
+        status, _, body = stack.get(stack.site, b"/readyz")
+        assert (status, body) == (503, f"not ready: {SHUTTING_DOWN}\n".encode())
+        status, _, body = stack.get(stack.metrics_site, b"/readyz")
+        assert (status, body) == (503, f"not ready: {SHUTTING_DOWN}\n".encode())
+        stack.clock.advance(DELAY - 0.1)
+        assert stack.listener.stopped_at is None, "still taking connections during the delay"
+        assert stack.rest.stopped_at is None
+        stack.clock.advance(0.1)
+        # Nothing in flight: the listener stops at the delay, then everything else.
+        assert stack.listener.stopped_at == DELAY
+        assert stack.rest.stopped_at == DELAY
+        assert stack.stopped == [None]
+        assert [c for c in stack.clock.getDelayedCalls() if c.active()] == []
+
+    def test_a_request_in_flight_is_answered_and_idle_connections_are_closed(self) -> None:
+        stack = Stack()
+        busy, busy_transport = connect(stack.site)
+        busy.dataReceived(valid_request())
+        assert len(stack.exchange.pending) == 1
+        idle, idle_transport = connect(stack.site)
+        stack.stop()
+        stack.clock.advance(DELAY)
+        assert stack.listener.stopped_at == DELAY
+        assert idle_transport.disconnecting, "an idle keep-alive connection is closed"
+        assert idle_transport.value() == b""
+        lost(idle)
+        assert not busy_transport.disconnecting
+        stack.clock.advance(GRACE - 1)
+        assert stack.stopped == [] and stack.rest.stopped_at is None, "waiting for the request"
+        stack.exchange.pending[0].callback(None)
+        [(status, headers, _)] = responses(busy_transport.value(), [b"POST"])
+        assert status == 200
+        assert headers["connection"] == ["close"], "the last answer of its connection"
+        assert busy_transport.disconnecting
+        lost(busy)  # the client closes after the answer
+        assert stack.stopped == [None]
+        assert stack.rest.stopped_at == DELAY + GRACE - 1
+        assert not busy_transport.disconnected, "closed, not aborted"
+
+    def test_connections_slow_to_close_after_their_answer_get_a_moment(self) -> None:
+        stack = Stack()
+        busy, busy_transport = connect(stack.site)
+        busy.dataReceived(valid_request())
+        stack.stop()
+        stack.clock.advance(DELAY + 2)
+        stack.exchange.pending[0].callback(None)
+        assert responses(busy_transport.value(), [b"POST"])[0][0] == 200
+        # The client does not close its side: the answer is out, and after
+        # LINGER_SECONDS the connection is dropped.
+        assert stack.stopped == []
+        stack.clock.advance(LINGER_SECONDS)
+        assert busy_transport.disconnected
+        assert stack.stopped == [None]
+        assert stack.rest.stopped_at == DELAY + 2 + LINGER_SECONDS
+
+    def test_requests_still_in_flight_after_the_grace_are_cut_off(self) -> None:
+        stack = Stack()
+        busy, busy_transport = connect(stack.site)
+        busy.dataReceived(valid_request())
+        stack.stop()
+        stack.clock.advance(DELAY)
+        stack.clock.advance(GRACE - 0.1)
+        assert not busy_transport.disconnecting and stack.stopped == []
+        stack.clock.advance(0.1)
+        assert busy_transport.disconnected, "aborted at the end of the grace"
+        assert busy_transport.value() == b""
+        assert stack.stopped == [None]
+        assert stack.rest.stopped_at == DELAY + GRACE
+        lost(busy)
+
+    def test_answers_during_the_delay_close_their_connection(self) -> None:
+        stack = Stack()
+        protocol, transport = connect(stack.site)
+        stack.exchange.pending.clear()
+        stack.stop()
+        stack.clock.advance(1)
+        protocol.dataReceived(valid_request())  # keep-alive asked
+        stack.exchange.pending[0].callback(None)
+        [(status, headers, _)] = responses(transport.value(), [b"POST"])
+        assert (status, headers["connection"]) == (200, ["close"])
+        assert transport.disconnecting
+        lost(protocol)
+
+    def test_a_request_arriving_at_the_listener_stop_gets_its_deadline(self) -> None:
+        stack = Stack()
+        protocol, transport = connect(stack.site)
+        protocol.dataReceived(valid_request()[:20])  # part of the request line
+        stack.stop()
+        stack.clock.advance(DELAY)
+        assert not transport.disconnecting, "a request is arriving: not idle"
+        stack.clock.advance(10 - DELAY)  # its request deadline (10 s from connecting)
+        [(status, _, _)] = responses(transport.value(), [b"POST"])
+        assert status == 408
+        lost(protocol)
+        assert stack.stopped == [None]
+
+    def test_no_delay_and_no_grace(self) -> None:
+        stack = Stack(delay=0, grace=0)
+        busy, busy_transport = connect(stack.site)
+        busy.dataReceived(valid_request())
+        stack.stop()
+        stack.clock.advance(0)
+        assert stack.listener.stopped_at == 0
+        assert busy_transport.disconnected
+        assert stack.stopped == [None]
+
+    def test_a_drained_sigterm_exits_zero(self) -> None:
+        stack = Stack()
+        stack.clock._exitSignal = signal.SIGTERM  # type: ignore[attr-defined]
+        stack.stop()
+        stack.clock.advance(DELAY - 1)
+        assert stack.clock._exitSignal == signal.SIGTERM  # type: ignore[attr-defined]
+        stack.clock.advance(1)
+        assert stack.stopped == [None]
+        assert stack.clock._exitSignal is None  # type: ignore[attr-defined]
+
+
+# For trial: these need what only pytest gives; it reports them as skipped.
+PytestOnly = pytest_only(
+    globals(), "drives the daemon as a process (pytest fixture world); run under pytest")

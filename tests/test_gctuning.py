@@ -15,7 +15,17 @@ from twisted.internet.testing import MemoryReactorClock
 from stsd import tap
 from stsd.gctuning import GC_YOUNG_THRESHOLD, freeze_heap_when_ready
 from stsd.testing.pki import TestPKI
-from tests.test_tap import config_document, kubeconfig, parse, pki, write_config  # noqa: F401
+from tests.test_tap import config_document, parse, shared_pki, write_config, write_kubeconfig
+
+
+@pytest.fixture
+def pki() -> TestPKI:
+    return shared_pki()
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, pki: TestPKI) -> Path:
+    return write_kubeconfig(tmp_path / "kubeconfig", pki)
 
 
 def test_heap_frozen_and_young_collections_spaced_once_ready() -> None:

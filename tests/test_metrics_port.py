@@ -19,11 +19,13 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 from stsd.config import MetricsConfig
 from stsd.metrics import Metrics, metrics_site_root
 from stsd.server import MetricsSite
 from tests.test_hostile import responses
+from tests._trial import pytest_only
 
 ADDRESS = IPv4Address("TCP", "10.0.0.7", 40000)
 
@@ -40,73 +42,6 @@ def connect(site: MetricsSite) -> tuple[Any, StringTransport] | None:
     transport = StringTransport(peerAddress=ADDRESS)
     protocol.makeConnection(transport)
     return protocol, transport
-
-
-def test_a_half_sent_request_is_cut_off_at_the_deadline() -> None:
-    clock = MemoryReactorClock()
-    site = make_site(clock, request_timeout=10)
-    protocol, transport = connect(site)  # type: ignore[misc]
-    protocol.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and no end
-    clock.advance(9.9)
-    assert not transport.disconnecting
-    clock.advance(0.1)
-    assert transport.disconnecting
-    [(status, headers, body)] = responses(transport.value(), [b"GET"])
-    assert status == 408
-    assert headers["content-type"] == ["text/plain; charset=utf-8"]
-    assert body == b"the request did not arrive within 10 seconds\n"
-    protocol.connectionLost(Failure(ConnectionError("closed")))
-    assert site.connections == 0
-
-
-def test_an_idle_connection_is_closed_silently_and_a_quick_one_answered() -> None:
-    clock = MemoryReactorClock()
-    site = make_site(clock, request_timeout=10)
-    idle, idle_transport = connect(site)  # type: ignore[misc]
-    quick, quick_transport = connect(site)  # type: ignore[misc]
-    quick.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    [(status, _, body)] = responses(quick_transport.value(), [b"GET"])
-    assert (status, body) == (200, b"ok\n")
-    clock.advance(10)
-    assert idle_transport.disconnecting and idle_transport.value() == b""
-    assert quick_transport.disconnecting, "idle after its answer: closed at the deadline too"
-
-
-def test_connections_beyond_the_bound_are_closed_at_once() -> None:
-    clock = MemoryReactorClock()
-    site = make_site(clock, max_connections=3)
-    held = [connect(site) for _ in range(3)]
-    assert all(h is not None for h in held)
-    assert connect(site) is None, "the fourth is refused (the port closes its socket)"
-    assert connect(site) is None
-    assert site.connections == 3
-    protocol, _ = held[0]  # type: ignore[misc]
-    protocol.connectionLost(Failure(ConnectionError("closed")))
-    assert connect(site) is not None, "a slot freed: accepted again"
-
-
-def test_connections_closed_at_the_bound_are_logged_at_most_once_a_minute() -> None:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        clock = MemoryReactorClock()
-        site = make_site(clock, max_connections=1)
-        connect(site)
-        for _ in range(100):
-            assert connect(site) is None
-        clock.advance(59)
-        assert connect(site) is None
-        clock.advance(1)
-        assert connect(site) is None
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    warnings = [e for e in events if "the most allowed" in e.get("log_format", "")]
-    assert [(w["count"], w["refused"]) for w in warnings] == [(1, 1), (1, 101)]
-
-
-def test_the_default_bound_and_interface() -> None:
-    assert MetricsConfig().max_connections == 64
-    assert MetricsConfig().interface == "0.0.0.0"
 
 
 class _Client(Protocol):
@@ -152,3 +87,72 @@ async def test_over_loopback() -> None:
         assert responses(fresh.received, [b"GET"])[0][:3:2] == (200, b"ok\n")
     finally:
         await port.stopListening()
+
+
+class MetricsSiteTests(SynchronousTestCase):
+    def test_a_half_sent_request_is_cut_off_at_the_deadline(self) -> None:
+        clock = MemoryReactorClock()
+        site = make_site(clock, request_timeout=10)
+        protocol, transport = connect(site)  # type: ignore[misc]
+        protocol.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and no end
+        clock.advance(9.9)
+        assert not transport.disconnecting
+        clock.advance(0.1)
+        assert transport.disconnecting
+        [(status, headers, body)] = responses(transport.value(), [b"GET"])
+        assert status == 408
+        assert headers["content-type"] == ["text/plain; charset=utf-8"]
+        assert body == b"the request did not arrive within 10 seconds\n"
+        protocol.connectionLost(Failure(ConnectionError("closed")))
+        assert site.connections == 0
+
+    def test_an_idle_connection_is_closed_silently_and_a_quick_one_answered(self) -> None:
+        clock = MemoryReactorClock()
+        site = make_site(clock, request_timeout=10)
+        idle, idle_transport = connect(site)  # type: ignore[misc]
+        quick, quick_transport = connect(site)  # type: ignore[misc]
+        quick.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        [(status, _, body)] = responses(quick_transport.value(), [b"GET"])
+        assert (status, body) == (200, b"ok\n")
+        clock.advance(10)
+        assert idle_transport.disconnecting and idle_transport.value() == b""
+        assert quick_transport.disconnecting, "idle after its answer: closed at the deadline too"
+
+    def test_connections_beyond_the_bound_are_closed_at_once(self) -> None:
+        clock = MemoryReactorClock()
+        site = make_site(clock, max_connections=3)
+        held = [connect(site) for _ in range(3)]
+        assert all(h is not None for h in held)
+        assert connect(site) is None, "the fourth is refused (the port closes its socket)"
+        assert connect(site) is None
+        assert site.connections == 3
+        protocol, _ = held[0]  # type: ignore[misc]
+        protocol.connectionLost(Failure(ConnectionError("closed")))
+        assert connect(site) is not None, "a slot freed: accepted again"
+
+    def test_connections_closed_at_the_bound_are_logged_at_most_once_a_minute(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            clock = MemoryReactorClock()
+            site = make_site(clock, max_connections=1)
+            connect(site)
+            for _ in range(100):
+                assert connect(site) is None
+            clock.advance(59)
+            assert connect(site) is None
+            clock.advance(1)
+            assert connect(site) is None
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        warnings = [e for e in events if "the most allowed" in e.get("log_format", "")]
+        assert [(w["count"], w["refused"]) for w in warnings] == [(1, 1), (1, 101)]
+
+    def test_the_default_bound_and_interface(self) -> None:
+        assert MetricsConfig().max_connections == 64
+        assert MetricsConfig().interface == "0.0.0.0"
+
+
+# For trial: these need what only pytest gives; it reports them as skipped.
+PytestOnly = pytest_only(
+    globals(), "a real loopback connection under pytest-twisted; run under pytest")

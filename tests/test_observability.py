@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from stsd import logs
 from stsd.testing.world import Daemon, World
 from tests.test_e2e import params, post
+from tests._trial import pytest_only
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +242,8 @@ def test_audit_line_same_as_twisted_classic_text() -> None:
     finally:
         audit.log.observer = original
     assert logs._text_line()(captured[0]).endswith(' [stsd.audit#info] {"event": "x"}\n')
+
+
+# For trial: these need what only pytest gives; it reports them as skipped.
+PytestOnly = pytest_only(
+    globals(), "drives the daemon as a process (pytest fixtures); run under pytest")

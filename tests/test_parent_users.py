@@ -20,6 +20,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors, minio_client
 from stsd.bindings import Binding, BindingIndex
@@ -129,105 +130,7 @@ class World:
 # -- names and secrets --------------------------------------------------------
 
 
-@given(DNS_LABEL, DNS_LABEL)
-def test_user_name_is_a_valid_stable_minio_access_key(namespace: str, name: str) -> None:
-    user = user_name(namespace, name)
-    assert len(user) == 20 and user.startswith("stsd-")
-    assert "=" not in user and "," not in user and user.isascii()
-    assert is_owned(user)
-    assert user == user_name(namespace, name)
-
-
-def test_user_names_differ_per_serviceaccount() -> None:
-    names = {user_name(ns, sa) for ns in ("a", "b", "a-b") for sa in ("x", "y", "b-x")}
-    assert len(names) == 9
-    assert not is_owned("alice") and not is_owned("stsd-short")
-
-
-@given(DNS_LABEL)
-def test_user_secret_is_a_valid_minio_secret_derived_from_root(name: str) -> None:
-    user = user_name("apps", name)
-    secret = user_secret(ROOT, user)
-    assert len(secret) == 40 and all(c in "0123456789abcdef" for c in secret)
-    assert secret == user_secret(RootCredentials("other-root-name", ROOT.secret_key), user)
-    assert secret != user_secret(RootCredentials("root", "rotated-secret"), user)
-    assert secret != user_secret(ROOT, user_name("other", name))
-
-
 # -- the client calls ---------------------------------------------------------
-
-
-def test_add_user_sends_a_madmin_encrypted_body() -> None:
-    w = World()
-    w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-aaaaaaaaaaaaaaa", "s" * 40))
-    assert w.shim.users["stsd-aaaaaaaaaaaaaaa"].secret == "s" * 40
-    assert w.shim.users["stsd-aaaaaaaaaaaaaaa"].status == "enabled"
-    assert w.crypto.calls == 1
-    # add-user is an upsert: the same call again converges, keeping the policies.
-    w.settle(w.client.set_user_policies(w.endpoint, "eu-west-1", "stsd-aaaaaaaaaaaaaaa",
-                                        ["photos"]))
-    w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-aaaaaaaaaaaaaaa", "s" * 40))
-    assert w.shim.users["stsd-aaaaaaaaaaaaaaa"].policies == ("photos",)
-
-
-def test_add_user_refused_names_the_call_not_the_secret() -> None:
-    w = World()
-    with pytest.raises(MinIOError) as raised:
-        w.settle(w.client.add_user(w.endpoint, "eu-west-1", "x" * 21, "secret-value-123"))
-    assert "add user" in str(raised.value) and "secret-value-123" not in str(raised.value)
-    assert raised.value.code == "XMinioAdminInvalidArgument"
-
-
-def test_set_user_policies_is_an_exact_set() -> None:
-    w = World()
-    w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-bbbbbbbbbbbbbbb", "s" * 40))
-    for policies in (["photos", "readonly"], ["readonly"], ["readonly"], []):
-        w.settle(w.client.set_user_policies(w.endpoint, "eu-west-1", "stsd-bbbbbbbbbbbbbbb",
-                                            policies))
-        assert w.shim.users["stsd-bbbbbbbbbbbbbbb"].policies == tuple(policies)
-
-
-def test_set_user_policies_unknown_policy() -> None:
-    w = World()
-    w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-bbbbbbbbbbbbbbb", "s" * 40))
-    with pytest.raises(NoSuchPolicy):
-        w.settle(w.client.set_user_policies(w.endpoint, "eu-west-1", "stsd-bbbbbbbbbbbbbbb",
-                                            ["photos", "nope"]))
-    assert w.shim.users["stsd-bbbbbbbbbbbbbbb"].policies == ()
-
-
-def test_list_users_decrypts_the_answer() -> None:
-    w = World()
-    w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-ccccccccccccccc", "s" * 40))
-    w.settle(w.client.set_user_policies(w.endpoint, "eu-west-1", "stsd-ccccccccccccccc",
-                                        ["readonly", "photos"]))
-    users = w.settle(w.client.list_users(w.endpoint, "eu-west-1"))
-    assert users == {"stsd-ccccccccccccccc": UserInfo(("photos", "readonly"), "enabled")}
-
-
-def test_list_users_with_the_wrong_key_fails_cleanly() -> None:
-    w = World()
-    assert w.settle(w.client.list_users(w.endpoint, "eu-west-1")) == {}
-    other = TenantEndpoint(w.endpoint.name, w.endpoint.url, RootCredentials("root", "wrong-key"))
-    with pytest.raises(MinIOError) as raised:
-        w.settle(w.client.list_users(other, "eu-west-1"))
-    assert "wrong-key" not in str(raised.value)
-    with pytest.raises(ValueError):
-        decrypt_payload(encrypt_payload(b"{}", "one-password"), "another-password")
-
-
-def test_remove_user_reports_whether_it_existed() -> None:
-    w = World()
-    w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-ddddddddddddddd", "s" * 40))
-    assert w.settle(w.client.remove_user(w.endpoint, "eu-west-1", "stsd-ddddddddddddddd")) is True
-    assert w.settle(w.client.remove_user(w.endpoint, "eu-west-1", "stsd-ddddddddddddddd")) is False
-
-
-def test_user_calls_without_crypto_are_refused() -> None:
-    w = World()
-    bare = MinIOClient(TreqTransport(w.stub, w.clock), w.clock, 5)
-    with pytest.raises(RuntimeError):
-        w.settle(bare.add_user(w.endpoint, "eu-west-1", "stsd-eeeeeeeeeeeeeee", "s" * 40))
 
 
 class ThreadReactor:
@@ -240,255 +143,7 @@ class ThreadReactor:
         self.handed.put((f, args, kw))
 
 
-def test_payload_crypto_runs_off_the_reactor_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    threads: list[int] = []
-    real = minio_client.encrypt_payload
-
-    def recording(payload: bytes, password: str) -> bytes:
-        threads.append(threading.get_ident())
-        return real(payload, password)
-
-    monkeypatch.setattr(minio_client, "encrypt_payload", recording)
-    reactor = ThreadReactor()
-    pool = ThreadPool(minthreads=0, maxthreads=1, name="test-crypto")
-    pool.start()
-    real_json = minio_client.decrypt_json_payload
-
-    def recording_json(payload: bytes, password: str) -> Any:
-        threads.append(threading.get_ident())
-        return real_json(payload, password)
-
-    monkeypatch.setattr(minio_client, "decrypt_json_payload", recording_json)
-    crypto = ThreadedPayloadCrypto(reactor, pool)
-    try:
-        d = crypto.encrypt(b'{"secretKey":"x"}', "pw")
-        assert not d.called  # nothing ran on this thread
-        f, args, kw = reactor.handed.get(timeout=60)
-        f(*args, **kw)
-        parsed = crypto.decrypt_json(d.result, "pw")
-        assert not parsed.called
-        f, args, kw = reactor.handed.get(timeout=60)
-        f(*args, **kw)
-    finally:
-        pool.stop()
-    assert len(threads) == 2 and threading.get_ident() not in threads
-    assert parsed.result == {"secretKey": "x"}
-
-
 # -- the reconciler -----------------------------------------------------------
-
-
-def test_binding_events_create_update_and_remove_the_user() -> None:
-    w = World()
-    w.listed()
-    name = user_name("apps", "app-sa")
-    w.bind("b1", "app-sa", "readonly")
-    assert w.shim.users[name].policies == ("readonly",)
-    assert w.shim.users[name].secret == user_secret(ROOT, name)
-    w.bind("b2", "app-sa", "photos")
-    assert w.shim.users[name].policies == ("photos", "readonly")
-    assert w.shim.routes().count("add-user") == 1  # a change re-attaches only
-    w.unbind("b1")
-    assert w.shim.users[name].policies == ("photos",)
-    w.unbind("b2")
-    assert name not in w.shim.users
-    assert w.shim.calls[-1] == ("remove-user", name)
-
-
-def test_removing_the_user_removes_its_derived_credentials() -> None:
-    w = World()
-    w.listed()
-    w.bind("b1", "app-sa", "readonly")
-    name = user_name("apps", "app-sa")
-    parent = w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
-    w.settle(w.client.assume_role(w.endpoint, "eu-west-1", b"", 3600, as_user=parent.credentials))
-    assert [d.parent for d in w.shim.derived.values()] == [name]
-    w.unbind("b1")
-    assert w.shim.derived == {}
-
-
-def test_failure_is_retried_with_backoff() -> None:
-    w = World()
-    w.listed()
-    w.shim.fail("set-policy", times=2)
-    w.bind("b1", "app-sa", "readonly")
-    name = user_name("apps", "app-sa")
-    assert w.shim.users[name].policies == ()
-    w.clock.advance(0.5)
-    w.settle()
-    assert w.shim.users[name].policies == ()  # second failure
-    w.clock.advance(0.5)
-    w.settle()
-    assert w.shim.users[name].policies == ()  # backoff doubled: 1 s now
-    w.clock.advance(0.5)
-    w.settle()
-    assert w.shim.users[name].policies == ("readonly",)
-    assert w.shim.routes().count("set-policy") == 3
-
-
-def test_ensure_fails_with_minio_and_succeeds_once_it_recovers() -> None:
-    w = World()
-    w.listed()
-    w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
-    w.shim.fail("add-user")
-    w.users._users.clear()  # as if the event had not been seen
-    with pytest.raises(MinIOError):
-        w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
-    parent = w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
-    assert parent.policies == ("readonly",)
-
-
-def test_concurrent_ensures_share_one_reconcile() -> None:
-    w = World()
-    w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
-    ds = [Deferred.fromCoroutine(w.users.ensure("tenant-1", "apps", "app-sa")) for _ in range(5)]
-    for d in ds:
-        parent = w.settle(d)
-        assert parent.name == user_name("apps", "app-sa")
-    assert w.shim.routes().count("add-user") == 1
-    assert w.shim.routes().count("set-policy") == 1
-    # In step: answered from memory, no call.
-    before = len(w.shim.calls)
-    w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
-    assert len(w.shim.calls) == before
-
-
-def test_a_newer_state_during_a_run_supersedes() -> None:
-    w = World()
-    w.listed()
-    w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
-    # The run is in flight (nothing flushed): the policies change twice more.
-    w.bindings.apply("MODIFIED", Binding("tenant-1", "b1", "apps", "app-sa", ("photos",)))
-    w.bindings.apply("MODIFIED", Binding("tenant-1", "b1", "apps", "app-sa",
-                                         ("photos", "readonly")))
-    w.settle()
-    assert w.shim.users[user_name("apps", "app-sa")].policies == ("photos", "readonly")
-    assert w.shim.routes().count("add-user") == 1
-
-
-def test_missing_policies_are_left_out() -> None:
-    w = World()
-    w.listed()
-    w.bind("b1", "app-sa", "readonly", "nope")
-    name = user_name("apps", "app-sa")
-    assert w.shim.users[name].policies == ("readonly",)
-    parent = w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
-    assert parent.policies == ("readonly",)
-
-
-def test_full_reconcile_removes_orphans_and_repairs_drift() -> None:
-    w = World()
-    orphan = user_name("gone", "old-sa")
-    w.shim.users[orphan] = User("s" * 40, "enabled", ("readonly",))
-    w.shim.users["alice"] = User("a" * 40, "enabled", ("readonly",))
-    w.listed()
-    assert orphan not in w.shim.users
-    assert "alice" in w.shim.users  # not stsd's
-    w.bind("b1", "app-sa", "readonly")
-    name = user_name("apps", "app-sa")
-    # Someone changes the user behind stsd's back; the next full reconcile repairs it.
-    w.shim.users[name].policies = ("photos", "readonly")
-    w.clock.advance(60)
-    w.settle()
-    assert w.shim.users[name].policies == ("readonly",)
-    # ...and a user deleted behind its back is created again.
-    del w.shim.users[name]
-    w.clock.advance(60)
-    w.settle()
-    assert w.shim.users[name].policies == ("readonly",)
-
-
-def test_full_reconcile_waits_for_the_binding_index() -> None:
-    w = World()
-    orphan = user_name("gone", "old-sa")
-    w.shim.users[orphan] = User("s" * 40, "enabled", ("readonly",))
-    w.ready = False
-    w.users.startService()
-    w.clock.advance(5)
-    w.settle()
-    assert orphan in w.shim.users and w.shim.calls == []
-    w.ready = True
-    w.clock.advance(1)
-    w.settle()
-    assert orphan not in w.shim.users
-
-
-def test_initial_list_costs_no_call_per_user_in_step() -> None:
-    w = World()
-    name = user_name("apps", "app-sa")
-    w.shim.users[name] = User(user_secret(ROOT, name), "enabled", ("readonly",))
-    w.bindings.replace([Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)),
-                        Binding("tenant-1", "b2", "apps", "new-sa", ("photos",))])
-    w.settle()
-    assert w.shim.calls == []  # the tenant is not listed yet: no call per binding
-    w.listed()
-    assert w.shim.routes() == ["list-users", "add-user", "set-policy"]  # only new-sa
-    parent = w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
-    assert parent.policies == ("readonly",) and len(w.shim.calls) == 3
-
-
-def test_full_reconcile_failure_is_logged_and_retried() -> None:
-    w = World()
-    w.shim.fail("list-users")
-    w.users.startService()
-    w.settle()
-    assert "tenant-1" not in w.users._listed
-    w.clock.advance(5)
-    w.settle()
-    assert "tenant-1" in w.users._listed
-    assert w.users._timer.running
-
-
-def test_two_reconcilers_converge() -> None:
-    a = World()
-    b = World(shim=a.shim, clock=a.clock)
-    a.listed()
-    b.listed()
-    for w in (a, b):
-        w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
-        w.bindings.apply("ADDED", Binding("tenant-1", "b2", "apps", "two-sa", ("photos",)))
-    a.settle()
-    name, two = user_name("apps", "app-sa"), user_name("apps", "two-sa")
-    assert a.shim.users[name].policies == ("readonly",) and a.shim.users[two].policies == ("photos",)
-    # b sees a change first (watch lag), then a: both end in the same state.
-    b.bindings.apply("MODIFIED", Binding("tenant-1", "b1", "apps", "app-sa", ("photos", "readonly")))
-    b.bindings.apply("DELETED", Binding("tenant-1", "b2", "", "", ()))
-    b.settle()
-    a.bindings.apply("MODIFIED", Binding("tenant-1", "b1", "apps", "app-sa", ("photos", "readonly")))
-    a.bindings.apply("DELETED", Binding("tenant-1", "b2", "", "", ()))
-    a.settle()
-    a.clock.advance(60)
-    a.settle()
-    assert set(a.shim.users) == {name}
-    assert a.shim.users[name].policies == ("photos", "readonly")
-    assert a.shim.users[name].secret == user_secret(ROOT, name)
-    # Both still mint as the same user.
-    pa = a.settle(a.users.ensure("tenant-1", "apps", "app-sa"))
-    pb = b.settle(b.users.ensure("tenant-1", "apps", "app-sa"))
-    assert pa.credentials == pb.credentials
-
-
-def test_a_failing_listener_does_not_break_the_index() -> None:
-    index = BindingIndex()
-    index.add_listener(lambda keys: 1 / 0)
-    seen: list = []
-    index.add_listener(seen.append)
-    index.apply("ADDED", Binding("t", "b", "apps", "sa", ("p",)))
-    assert index.lookup("t", "apps", "sa") is not None
-    assert seen == [{("t", "apps", "sa")}]
-
-
-def test_replace_reports_only_changed_grants() -> None:
-    index = BindingIndex()
-    seen: list = []
-    index.add_listener(seen.append)
-    index.replace([Binding("t", "b1", "apps", "a", ("p",)), Binding("t", "b2", "apps", "b", ("q",))])
-    assert seen == [{("t", "apps", "a"), ("t", "apps", "b")}]
-    index.replace([Binding("t", "b1", "apps", "a", ("p",)), Binding("t", "b3", "apps", "b", ("q",)),
-                   Binding("t", "b4", "apps", "c", ("r",))])
-    assert seen[1] == {("t", "apps", "c")}  # b moved to another binding with the same policies
-    index.replace([])
-    assert seen[2] == {("t", "apps", "a"), ("t", "apps", "b"), ("t", "apps", "c")}
 
 
 # -- the exchange in parent-user mode -----------------------------------------
@@ -507,182 +162,11 @@ def request(policy: object = None, token: str = "t.o.k") -> AssumeRoleRequest:
                              policy_text=text)
 
 
-def test_exchange_signs_as_the_parent_user_without_a_session_policy() -> None:
-    w = World()
-    w.listed()
-    w.bind("b1", "app-sa", "readonly", "photos")
-    exchange, _ = exchange_for(w)
-    issued = w.settle(exchange.exchange("tenant-1", request()))
-    route, signer, policy = w.shim.calls[-1]
-    assert (route, signer, policy) == ("assume-role", user_name("apps", "app-sa"), "")
-    assert issued.policies_used == ("photos", "readonly")
-    assert issued.policy_bytes == 0
-    assert w.shim.derived[issued.credentials.access_key_id].parent == signer
-
-
-def test_exchange_passes_the_callers_policy_whole() -> None:
-    w = World()
-    w.listed()
-    w.bind("b1", "app-sa", "readonly")
-    exchange, _ = exchange_for(w)
-    caller = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::photos/*"]}]}
-    issued = w.settle(exchange.exchange("tenant-1", request(caller)))
-    assert w.shim.calls[-1][2] == json.dumps(caller)
-    assert issued.policy_bytes == len(json.dumps(caller))
-
-
-def test_fifty_bindings_do_not_hit_the_session_policy_limit() -> None:
-    policies = {f"bucket-{i:02d}": {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket"],
-        "Resource": [f"arn:aws:s3:::bucket-{i:02d}", f"arn:aws:s3:::bucket-{i:02d}/*"]}]}
-        for i in range(50)}
-    w = World(policies=policies)
-    w.listed()
-    w.bind("b1", "app-sa", *policies)
-    exchange, _ = exchange_for(w)
-    issued = w.settle(exchange.exchange("tenant-1", request()))
-    assert len(issued.policies_used) == 50
-    assert w.shim.users[user_name("apps", "app-sa")].policies == tuple(sorted(policies))
-
-
-def test_exchange_refuses_when_no_bound_policy_exists() -> None:
-    w = World()
-    w.listed()
-    w.bind("b1", "app-sa", "nope")
-    exchange, _ = exchange_for(w)
-    with pytest.raises(errors.STSError) as raised:
-        w.settle(exchange.exchange("tenant-1", request()))
-    assert raised.value.code == "AccessDenied"
-    assert not any(c[0] == "assume-role" for c in w.shim.calls)
-
-
-def test_exchange_reuse_is_keyed_by_user_and_dies_with_it() -> None:
-    w = World()
-    w.listed()
-    w.bind("b1", "app-sa", "readonly")
-    exchange, _ = exchange_for(w, reuse_seconds=60)
-    first = w.settle(exchange.exchange("tenant-1", request()))
-    again = w.settle(exchange.exchange("tenant-1", request()))
-    assert again.credentials == first.credentials
-    # Revoked and granted again: the old credentials died with the user.
-    w.unbind("b1")
-    w.bind("b1", "app-sa", "readonly")
-    fresh = w.settle(exchange.exchange("tenant-1", request()))
-    assert fresh.credentials != first.credentials
-    assert fresh.credentials.access_key_id in w.shim.derived
-
-
-def test_exchange_sets_the_user_up_again_when_minio_refuses_its_signature() -> None:
-    w = World()
-    w.listed()
-    w.bind("b1", "app-sa", "readonly")
-    exchange, _ = exchange_for(w)
-    name = user_name("apps", "app-sa")
-    w.shim.users[name].secret = "changed-by-someone-else"
-    # Just set up: a refusal is an error, not a reason to set it up again
-    # (else every refused request would cost an add-user).
-    with pytest.raises(errors.STSError) as raised:
-        w.settle(exchange.exchange("tenant-1", request()))
-    assert raised.value.code == "InternalError"
-    assert w.shim.routes().count("add-user") == 1
-    w.clock.advance(10)
-    issued = w.settle(exchange.exchange("tenant-1", request()))
-    assert w.shim.derived[issued.credentials.access_key_id].parent == name
-    assert w.shim.users[name].secret == user_secret(ROOT, name)
-    assert w.shim.routes().count("add-user") == 2
-
-
-def test_exchange_waits_for_a_pending_reconcile() -> None:
-    w = World()
-    w.listed()
-    w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
-    exchange, _ = exchange_for(w)
-    # The event's reconcile has not reached MinIO; the request waits for it.
-    issued = w.settle(exchange.exchange("tenant-1", request()))
-    assert w.shim.routes()[-3:] == ["add-user", "set-policy", "assume-role"]
-    assert issued.policies_used == ("readonly",)
-
-
-def test_policy_bytes_bench_measures_both_modes() -> None:
-    from bench.policy_bytes import measure
-
-    assert measure("session-policy", 50, None).startswith("PackedPolicyTooLarge")
-    assert measure("parent-user", 50, None).startswith("0 bytes (no Policy parameter; "
-                                                       "AssumeRole signed by parent user stsd-")
-    caller = json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::bucket-07/*"]}]})
-    assert measure("parent-user", 50, caller).startswith(f"{len(caller)} bytes (Policy parameter")
-
-
-def test_exchange_failure_names_no_tenant_nor_minio_text() -> None:
-    w = World()
-    w.listed()
-    w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
-    w.users._users.clear()
-    w.shim.fail("add-user")
-    exchange, _ = exchange_for(w)
-    with pytest.raises(errors.STSError) as raised:
-        w.settle(exchange.exchange("tenant-1", request()))
-    assert raised.value.code == "InternalError"
-    assert "storage" not in raised.value.message and "injected" not in raised.value.message
-
-
 # -- deleted ServiceAccounts --------------------------------------------------
 
 
 def sa_object(namespace: str, name: str) -> dict:
     return {"metadata": {"namespace": namespace, "name": name}}
-
-
-def test_deleting_the_serviceaccount_removes_its_user() -> None:
-    from stsd.serviceaccounts import ServiceAccountIndex
-
-    w = World()
-    index = ServiceAccountIndex(None, w.clock, 60)  # type: ignore[arg-type]  # fed by hand
-    users = ParentUsers(bindings=w.bindings, tenants=w.tenants, minio=w.client, clock=w.clock,
-                        is_ready=lambda: True, resync_seconds=60, serviceaccounts=index)
-    w.users = users
-    w.listed()
-    w.bind("b1", "app-sa", "readonly")
-    name = user_name("apps", "app-sa")
-    # Nothing known yet: every ServiceAccount counts as existing.
-    assert index.exists("apps", "app-sa") and name in w.shim.users
-    index._replace([("apps", "app-sa"), ("apps", "other")], "1")
-    w.settle()
-    assert name in w.shim.users
-    index._event("DELETED", sa_object("apps", "app-sa"))
-    w.settle()
-    assert name not in w.shim.users and w.shim.calls[-1] == ("remove-user", name)
-    exchange, _ = exchange_for(w)
-    with pytest.raises(errors.STSError) as raised:
-        w.settle(exchange.exchange("tenant-1", request()))
-    assert raised.value.code == "AccessDenied"
-    # The full reconcile does not bring it back while the ServiceAccount is gone...
-    w.clock.advance(60)
-    w.settle()
-    assert name not in w.shim.users
-    # ...and a ServiceAccount of that name created again gets a user again.
-    index._event("ADDED", sa_object("apps", "app-sa"))
-    parent = w.settle(exchange.exchange("tenant-1", request()))
-    assert parent.policies_used == ("readonly",) and name in w.shim.users
-
-
-def test_the_first_serviceaccount_list_removes_users_of_deleted_ones() -> None:
-    from stsd.serviceaccounts import ServiceAccountIndex
-
-    w = World()
-    index = ServiceAccountIndex(None, w.clock, 60)  # type: ignore[arg-type]
-    w.users = ParentUsers(bindings=w.bindings, tenants=w.tenants, minio=w.client, clock=w.clock,
-                          is_ready=lambda: True, resync_seconds=60, serviceaccounts=index)
-    w.listed()
-    w.bind("b1", "app-sa", "readonly")
-    w.bind("b2", "gone-sa", "readonly")
-    index._replace([("apps", "app-sa"), None], "1")
-    w.clock.advance(1)
-    w.settle()
-    assert user_name("apps", "app-sa") in w.shim.users
-    assert user_name("apps", "gone-sa") not in w.shim.users
 
 
 # -- convergence, whatever the order of events and failures -------------------
@@ -697,21 +181,6 @@ STEPS = st.lists(st.one_of(
     st.tuples(st.just("advance"), st.floats(0, 40)),
     st.tuples(st.just("flush")),
 ), max_size=12)
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(STEPS, st.booleans())
-def test_reconcilers_converge_to_the_bindings(steps: list, two: bool) -> None:
-    import hashlib
-    from unittest import mock
-
-    # The payloads keep minio.crypto's format, with a cheap key derivation
-    # instead of argon2id (64 MiB, tens of ms): the property is about order.
-    def cheap(secret: bytes, salt: bytes) -> bytes:
-        return hashlib.sha256(secret + salt).digest()
-
-    with mock.patch("minio.crypto._generate_key", cheap):
-        converge(steps, two)
 
 
 def converge(steps: list, two: bool) -> None:
@@ -747,31 +216,530 @@ def converge(steps: list, two: bool) -> None:
         assert a.shim.users[name].secret == user_secret(ROOT, name)
 
 
-def test_with_the_fake_minio_and_its_own_madmin_decryptor() -> None:
-    """
-    The same cycle against L{stsd.testing.fake_minio}, whose admin payload
-    crypto is an implementation independent of the minio package's.
-    """
-    from stsd.testing.fake_minio import FakeMinIORouter
+class ParentUserTests(SynchronousTestCase):
+    @given(DNS_LABEL, DNS_LABEL)
+    def test_user_name_is_a_valid_stable_minio_access_key(self, namespace: str, name: str) -> None:
+        user = user_name(namespace, name)
+        assert len(user) == 20 and user.startswith("stsd-")
+        assert "=" not in user and "," not in user and user.isascii()
+        assert is_owned(user)
+        assert user == user_name(namespace, name)
 
-    w = World()
-    minio = FakeMinIO(access_key=ROOT.access_key, secret_key=ROOT.secret_key, region="eu-west-1",
-                      clock=w.clock, policies={"readonly": READONLY, "photos": PHOTOS})
-    w.stub = StubTreq(FakeMinIORouter({"tenant-1": minio}))
-    w.client = MinIOClient(TreqTransport(w.stub, w.clock), w.clock, 5, crypto=w.crypto)
-    w.users = ParentUsers(bindings=w.bindings, tenants=w.tenants, minio=w.client, clock=w.clock,
-                          is_ready=lambda: True, resync_seconds=60)
-    minio.add_user(user_name("gone", "old-sa"), "s" * 40, ["readonly"])
-    w.listed()
-    assert minio.users == {}  # the orphan is gone
-    w.bind("b1", "app-sa", "readonly", "photos")
-    name = user_name("apps", "app-sa")
-    assert minio.user_policies(name) == ("photos", "readonly")
-    assert w.settle(w.client.list_users(w.endpoint, "eu-west-1")) == {
-        name: UserInfo(("photos", "readonly"), "enabled")}
-    exchange, _ = exchange_for(w)
-    issued = w.settle(exchange.exchange("tenant-1", request()))
-    [live] = minio.live_credentials(name)
-    assert live.access_key == issued.credentials.access_key_id and live.policy is None
-    w.unbind("b1")
-    assert name not in minio.users and minio.live_credentials(name) == []
+    def test_user_names_differ_per_serviceaccount(self) -> None:
+        names = {user_name(ns, sa) for ns in ("a", "b", "a-b") for sa in ("x", "y", "b-x")}
+        assert len(names) == 9
+        assert not is_owned("alice") and not is_owned("stsd-short")
+
+    @given(DNS_LABEL)
+    def test_user_secret_is_a_valid_minio_secret_derived_from_root(self, name: str) -> None:
+        user = user_name("apps", name)
+        secret = user_secret(ROOT, user)
+        assert len(secret) == 40 and all(c in "0123456789abcdef" for c in secret)
+        assert secret == user_secret(RootCredentials("other-root-name", ROOT.secret_key), user)
+        assert secret != user_secret(RootCredentials("root", "rotated-secret"), user)
+        assert secret != user_secret(ROOT, user_name("other", name))
+
+    def test_add_user_sends_a_madmin_encrypted_body(self) -> None:
+        w = World()
+        w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-aaaaaaaaaaaaaaa", "s" * 40))
+        assert w.shim.users["stsd-aaaaaaaaaaaaaaa"].secret == "s" * 40
+        assert w.shim.users["stsd-aaaaaaaaaaaaaaa"].status == "enabled"
+        assert w.crypto.calls == 1
+        # add-user is an upsert: the same call again converges, keeping the policies.
+        w.settle(w.client.set_user_policies(w.endpoint, "eu-west-1", "stsd-aaaaaaaaaaaaaaa",
+                                            ["photos"]))
+        w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-aaaaaaaaaaaaaaa", "s" * 40))
+        assert w.shim.users["stsd-aaaaaaaaaaaaaaa"].policies == ("photos",)
+
+    def test_add_user_refused_names_the_call_not_the_secret(self) -> None:
+        w = World()
+        with pytest.raises(MinIOError) as raised:
+            w.settle(w.client.add_user(w.endpoint, "eu-west-1", "x" * 21, "secret-value-123"))
+        assert "add user" in str(raised.value) and "secret-value-123" not in str(raised.value)
+        assert raised.value.code == "XMinioAdminInvalidArgument"
+
+    def test_set_user_policies_is_an_exact_set(self) -> None:
+        w = World()
+        w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-bbbbbbbbbbbbbbb", "s" * 40))
+        for policies in (["photos", "readonly"], ["readonly"], ["readonly"], []):
+            w.settle(w.client.set_user_policies(w.endpoint, "eu-west-1", "stsd-bbbbbbbbbbbbbbb",
+                                                policies))
+            assert w.shim.users["stsd-bbbbbbbbbbbbbbb"].policies == tuple(policies)
+
+    def test_set_user_policies_unknown_policy(self) -> None:
+        w = World()
+        w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-bbbbbbbbbbbbbbb", "s" * 40))
+        with pytest.raises(NoSuchPolicy):
+            w.settle(w.client.set_user_policies(w.endpoint, "eu-west-1", "stsd-bbbbbbbbbbbbbbb",
+                                                ["photos", "nope"]))
+        assert w.shim.users["stsd-bbbbbbbbbbbbbbb"].policies == ()
+
+    def test_list_users_decrypts_the_answer(self) -> None:
+        w = World()
+        w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-ccccccccccccccc", "s" * 40))
+        w.settle(w.client.set_user_policies(w.endpoint, "eu-west-1", "stsd-ccccccccccccccc",
+                                            ["readonly", "photos"]))
+        users = w.settle(w.client.list_users(w.endpoint, "eu-west-1"))
+        assert users == {"stsd-ccccccccccccccc": UserInfo(("photos", "readonly"), "enabled")}
+
+    def test_list_users_with_the_wrong_key_fails_cleanly(self) -> None:
+        w = World()
+        assert w.settle(w.client.list_users(w.endpoint, "eu-west-1")) == {}
+        other = TenantEndpoint(w.endpoint.name, w.endpoint.url, RootCredentials("root", "wrong-key"))
+        with pytest.raises(MinIOError) as raised:
+            w.settle(w.client.list_users(other, "eu-west-1"))
+        assert "wrong-key" not in str(raised.value)
+        with pytest.raises(ValueError):
+            decrypt_payload(encrypt_payload(b"{}", "one-password"), "another-password")
+
+    def test_remove_user_reports_whether_it_existed(self) -> None:
+        w = World()
+        w.settle(w.client.add_user(w.endpoint, "eu-west-1", "stsd-ddddddddddddddd", "s" * 40))
+        assert w.settle(w.client.remove_user(w.endpoint, "eu-west-1", "stsd-ddddddddddddddd")) is True
+        assert w.settle(w.client.remove_user(w.endpoint, "eu-west-1", "stsd-ddddddddddddddd")) is False
+
+    def test_user_calls_without_crypto_are_refused(self) -> None:
+        w = World()
+        bare = MinIOClient(TreqTransport(w.stub, w.clock), w.clock, 5)
+        with pytest.raises(RuntimeError):
+            w.settle(bare.add_user(w.endpoint, "eu-west-1", "stsd-eeeeeeeeeeeeeee", "s" * 40))
+
+    def test_payload_crypto_runs_off_the_reactor_thread(self) -> None:
+        monkeypatch = pytest.MonkeyPatch()
+        self.addCleanup(monkeypatch.undo)
+        threads: list[int] = []
+        real = minio_client.encrypt_payload
+
+        def recording(payload: bytes, password: str) -> bytes:
+            threads.append(threading.get_ident())
+            return real(payload, password)
+
+        monkeypatch.setattr(minio_client, "encrypt_payload", recording)
+        reactor = ThreadReactor()
+        pool = ThreadPool(minthreads=0, maxthreads=1, name="test-crypto")
+        pool.start()
+        real_json = minio_client.decrypt_json_payload
+
+        def recording_json(payload: bytes, password: str) -> Any:
+            threads.append(threading.get_ident())
+            return real_json(payload, password)
+
+        monkeypatch.setattr(minio_client, "decrypt_json_payload", recording_json)
+        crypto = ThreadedPayloadCrypto(reactor, pool)
+        try:
+            d = crypto.encrypt(b'{"secretKey":"x"}', "pw")
+            assert not d.called  # nothing ran on this thread
+            f, args, kw = reactor.handed.get(timeout=60)
+            f(*args, **kw)
+            parsed = crypto.decrypt_json(d.result, "pw")
+            assert not parsed.called
+            f, args, kw = reactor.handed.get(timeout=60)
+            f(*args, **kw)
+        finally:
+            pool.stop()
+        assert len(threads) == 2 and threading.get_ident() not in threads
+        assert parsed.result == {"secretKey": "x"}
+
+    def test_binding_events_create_update_and_remove_the_user(self) -> None:
+        w = World()
+        w.listed()
+        name = user_name("apps", "app-sa")
+        w.bind("b1", "app-sa", "readonly")
+        assert w.shim.users[name].policies == ("readonly",)
+        assert w.shim.users[name].secret == user_secret(ROOT, name)
+        w.bind("b2", "app-sa", "photos")
+        assert w.shim.users[name].policies == ("photos", "readonly")
+        assert w.shim.routes().count("add-user") == 1  # a change re-attaches only
+        w.unbind("b1")
+        assert w.shim.users[name].policies == ("photos",)
+        w.unbind("b2")
+        assert name not in w.shim.users
+        assert w.shim.calls[-1] == ("remove-user", name)
+
+    def test_removing_the_user_removes_its_derived_credentials(self) -> None:
+        w = World()
+        w.listed()
+        w.bind("b1", "app-sa", "readonly")
+        name = user_name("apps", "app-sa")
+        parent = w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
+        w.settle(w.client.assume_role(w.endpoint, "eu-west-1", b"", 3600, as_user=parent.credentials))
+        assert [d.parent for d in w.shim.derived.values()] == [name]
+        w.unbind("b1")
+        assert w.shim.derived == {}
+
+    def test_failure_is_retried_with_backoff(self) -> None:
+        w = World()
+        w.listed()
+        w.shim.fail("set-policy", times=2)
+        w.bind("b1", "app-sa", "readonly")
+        name = user_name("apps", "app-sa")
+        assert w.shim.users[name].policies == ()
+        w.clock.advance(0.5)
+        w.settle()
+        assert w.shim.users[name].policies == ()  # second failure
+        w.clock.advance(0.5)
+        w.settle()
+        assert w.shim.users[name].policies == ()  # backoff doubled: 1 s now
+        w.clock.advance(0.5)
+        w.settle()
+        assert w.shim.users[name].policies == ("readonly",)
+        assert w.shim.routes().count("set-policy") == 3
+
+    def test_ensure_fails_with_minio_and_succeeds_once_it_recovers(self) -> None:
+        w = World()
+        w.listed()
+        w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
+        w.shim.fail("add-user")
+        w.users._users.clear()  # as if the event had not been seen
+        with pytest.raises(MinIOError):
+            w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
+        parent = w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
+        assert parent.policies == ("readonly",)
+
+    def test_concurrent_ensures_share_one_reconcile(self) -> None:
+        w = World()
+        w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
+        ds = [Deferred.fromCoroutine(w.users.ensure("tenant-1", "apps", "app-sa")) for _ in range(5)]
+        for d in ds:
+            parent = w.settle(d)
+            assert parent.name == user_name("apps", "app-sa")
+        assert w.shim.routes().count("add-user") == 1
+        assert w.shim.routes().count("set-policy") == 1
+        # In step: answered from memory, no call.
+        before = len(w.shim.calls)
+        w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
+        assert len(w.shim.calls) == before
+
+    def test_a_newer_state_during_a_run_supersedes(self) -> None:
+        w = World()
+        w.listed()
+        w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
+        # The run is in flight (nothing flushed): the policies change twice more.
+        w.bindings.apply("MODIFIED", Binding("tenant-1", "b1", "apps", "app-sa", ("photos",)))
+        w.bindings.apply("MODIFIED", Binding("tenant-1", "b1", "apps", "app-sa",
+                                             ("photos", "readonly")))
+        w.settle()
+        assert w.shim.users[user_name("apps", "app-sa")].policies == ("photos", "readonly")
+        assert w.shim.routes().count("add-user") == 1
+
+    def test_missing_policies_are_left_out(self) -> None:
+        w = World()
+        w.listed()
+        w.bind("b1", "app-sa", "readonly", "nope")
+        name = user_name("apps", "app-sa")
+        assert w.shim.users[name].policies == ("readonly",)
+        parent = w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
+        assert parent.policies == ("readonly",)
+
+    def test_full_reconcile_removes_orphans_and_repairs_drift(self) -> None:
+        w = World()
+        orphan = user_name("gone", "old-sa")
+        w.shim.users[orphan] = User("s" * 40, "enabled", ("readonly",))
+        w.shim.users["alice"] = User("a" * 40, "enabled", ("readonly",))
+        w.listed()
+        assert orphan not in w.shim.users
+        assert "alice" in w.shim.users  # not stsd's
+        w.bind("b1", "app-sa", "readonly")
+        name = user_name("apps", "app-sa")
+        # Someone changes the user behind stsd's back; the next full reconcile repairs it.
+        w.shim.users[name].policies = ("photos", "readonly")
+        w.clock.advance(60)
+        w.settle()
+        assert w.shim.users[name].policies == ("readonly",)
+        # ...and a user deleted behind its back is created again.
+        del w.shim.users[name]
+        w.clock.advance(60)
+        w.settle()
+        assert w.shim.users[name].policies == ("readonly",)
+
+    def test_full_reconcile_waits_for_the_binding_index(self) -> None:
+        w = World()
+        orphan = user_name("gone", "old-sa")
+        w.shim.users[orphan] = User("s" * 40, "enabled", ("readonly",))
+        w.ready = False
+        w.users.startService()
+        w.clock.advance(5)
+        w.settle()
+        assert orphan in w.shim.users and w.shim.calls == []
+        w.ready = True
+        w.clock.advance(1)
+        w.settle()
+        assert orphan not in w.shim.users
+
+    def test_initial_list_costs_no_call_per_user_in_step(self) -> None:
+        w = World()
+        name = user_name("apps", "app-sa")
+        w.shim.users[name] = User(user_secret(ROOT, name), "enabled", ("readonly",))
+        w.bindings.replace([Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)),
+                            Binding("tenant-1", "b2", "apps", "new-sa", ("photos",))])
+        w.settle()
+        assert w.shim.calls == []  # the tenant is not listed yet: no call per binding
+        w.listed()
+        assert w.shim.routes() == ["list-users", "add-user", "set-policy"]  # only new-sa
+        parent = w.settle(w.users.ensure("tenant-1", "apps", "app-sa"))
+        assert parent.policies == ("readonly",) and len(w.shim.calls) == 3
+
+    def test_full_reconcile_failure_is_logged_and_retried(self) -> None:
+        w = World()
+        w.shim.fail("list-users")
+        w.users.startService()
+        w.settle()
+        assert "tenant-1" not in w.users._listed
+        w.clock.advance(5)
+        w.settle()
+        assert "tenant-1" in w.users._listed
+        assert w.users._timer.running
+
+    def test_two_reconcilers_converge(self) -> None:
+        a = World()
+        b = World(shim=a.shim, clock=a.clock)
+        a.listed()
+        b.listed()
+        for w in (a, b):
+            w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
+            w.bindings.apply("ADDED", Binding("tenant-1", "b2", "apps", "two-sa", ("photos",)))
+        a.settle()
+        name, two = user_name("apps", "app-sa"), user_name("apps", "two-sa")
+        assert a.shim.users[name].policies == ("readonly",) and a.shim.users[two].policies == ("photos",)
+        # b sees a change first (watch lag), then a: both end in the same state.
+        b.bindings.apply("MODIFIED", Binding("tenant-1", "b1", "apps", "app-sa", ("photos", "readonly")))
+        b.bindings.apply("DELETED", Binding("tenant-1", "b2", "", "", ()))
+        b.settle()
+        a.bindings.apply("MODIFIED", Binding("tenant-1", "b1", "apps", "app-sa", ("photos", "readonly")))
+        a.bindings.apply("DELETED", Binding("tenant-1", "b2", "", "", ()))
+        a.settle()
+        a.clock.advance(60)
+        a.settle()
+        assert set(a.shim.users) == {name}
+        assert a.shim.users[name].policies == ("photos", "readonly")
+        assert a.shim.users[name].secret == user_secret(ROOT, name)
+        # Both still mint as the same user.
+        pa = a.settle(a.users.ensure("tenant-1", "apps", "app-sa"))
+        pb = b.settle(b.users.ensure("tenant-1", "apps", "app-sa"))
+        assert pa.credentials == pb.credentials
+
+    def test_a_failing_listener_does_not_break_the_index(self) -> None:
+        index = BindingIndex()
+        index.add_listener(lambda keys: 1 / 0)
+        seen: list = []
+        index.add_listener(seen.append)
+        index.apply("ADDED", Binding("t", "b", "apps", "sa", ("p",)))
+        assert index.lookup("t", "apps", "sa") is not None
+        assert seen == [{("t", "apps", "sa")}]
+        # The failing listener is logged, not raised (trial fails a test on an unflushed one).
+        assert len(self.flushLoggedErrors(ZeroDivisionError)) == 1
+
+    def test_replace_reports_only_changed_grants(self) -> None:
+        index = BindingIndex()
+        seen: list = []
+        index.add_listener(seen.append)
+        index.replace([Binding("t", "b1", "apps", "a", ("p",)), Binding("t", "b2", "apps", "b", ("q",))])
+        assert seen == [{("t", "apps", "a"), ("t", "apps", "b")}]
+        index.replace([Binding("t", "b1", "apps", "a", ("p",)), Binding("t", "b3", "apps", "b", ("q",)),
+                       Binding("t", "b4", "apps", "c", ("r",))])
+        assert seen[1] == {("t", "apps", "c")}  # b moved to another binding with the same policies
+        index.replace([])
+        assert seen[2] == {("t", "apps", "a"), ("t", "apps", "b"), ("t", "apps", "c")}
+
+    def test_exchange_signs_as_the_parent_user_without_a_session_policy(self) -> None:
+        w = World()
+        w.listed()
+        w.bind("b1", "app-sa", "readonly", "photos")
+        exchange, _ = exchange_for(w)
+        issued = w.settle(exchange.exchange("tenant-1", request()))
+        route, signer, policy = w.shim.calls[-1]
+        assert (route, signer, policy) == ("assume-role", user_name("apps", "app-sa"), "")
+        assert issued.policies_used == ("photos", "readonly")
+        assert issued.policy_bytes == 0
+        assert w.shim.derived[issued.credentials.access_key_id].parent == signer
+
+    def test_exchange_passes_the_callers_policy_whole(self) -> None:
+        w = World()
+        w.listed()
+        w.bind("b1", "app-sa", "readonly")
+        exchange, _ = exchange_for(w)
+        caller = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::photos/*"]}]}
+        issued = w.settle(exchange.exchange("tenant-1", request(caller)))
+        assert w.shim.calls[-1][2] == json.dumps(caller)
+        assert issued.policy_bytes == len(json.dumps(caller))
+
+    def test_fifty_bindings_do_not_hit_the_session_policy_limit(self) -> None:
+        policies = {f"bucket-{i:02d}": {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket"],
+            "Resource": [f"arn:aws:s3:::bucket-{i:02d}", f"arn:aws:s3:::bucket-{i:02d}/*"]}]}
+            for i in range(50)}
+        w = World(policies=policies)
+        w.listed()
+        w.bind("b1", "app-sa", *policies)
+        exchange, _ = exchange_for(w)
+        issued = w.settle(exchange.exchange("tenant-1", request()))
+        assert len(issued.policies_used) == 50
+        assert w.shim.users[user_name("apps", "app-sa")].policies == tuple(sorted(policies))
+
+    def test_exchange_refuses_when_no_bound_policy_exists(self) -> None:
+        w = World()
+        w.listed()
+        w.bind("b1", "app-sa", "nope")
+        exchange, _ = exchange_for(w)
+        with pytest.raises(errors.STSError) as raised:
+            w.settle(exchange.exchange("tenant-1", request()))
+        assert raised.value.code == "AccessDenied"
+        assert not any(c[0] == "assume-role" for c in w.shim.calls)
+
+    def test_exchange_reuse_is_keyed_by_user_and_dies_with_it(self) -> None:
+        w = World()
+        w.listed()
+        w.bind("b1", "app-sa", "readonly")
+        exchange, _ = exchange_for(w, reuse_seconds=60)
+        first = w.settle(exchange.exchange("tenant-1", request()))
+        again = w.settle(exchange.exchange("tenant-1", request()))
+        assert again.credentials == first.credentials
+        # Revoked and granted again: the old credentials died with the user.
+        w.unbind("b1")
+        w.bind("b1", "app-sa", "readonly")
+        fresh = w.settle(exchange.exchange("tenant-1", request()))
+        assert fresh.credentials != first.credentials
+        assert fresh.credentials.access_key_id in w.shim.derived
+
+    def test_exchange_sets_the_user_up_again_when_minio_refuses_its_signature(self) -> None:
+        w = World()
+        w.listed()
+        w.bind("b1", "app-sa", "readonly")
+        exchange, _ = exchange_for(w)
+        name = user_name("apps", "app-sa")
+        w.shim.users[name].secret = "changed-by-someone-else"
+        # Just set up: a refusal is an error, not a reason to set it up again
+        # (else every refused request would cost an add-user).
+        with pytest.raises(errors.STSError) as raised:
+            w.settle(exchange.exchange("tenant-1", request()))
+        assert raised.value.code == "InternalError"
+        assert w.shim.routes().count("add-user") == 1
+        w.clock.advance(10)
+        issued = w.settle(exchange.exchange("tenant-1", request()))
+        assert w.shim.derived[issued.credentials.access_key_id].parent == name
+        assert w.shim.users[name].secret == user_secret(ROOT, name)
+        assert w.shim.routes().count("add-user") == 2
+
+    def test_exchange_waits_for_a_pending_reconcile(self) -> None:
+        w = World()
+        w.listed()
+        w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
+        exchange, _ = exchange_for(w)
+        # The event's reconcile has not reached MinIO; the request waits for it.
+        issued = w.settle(exchange.exchange("tenant-1", request()))
+        assert w.shim.routes()[-3:] == ["add-user", "set-policy", "assume-role"]
+        assert issued.policies_used == ("readonly",)
+
+    def test_policy_bytes_bench_measures_both_modes(self) -> None:
+        from bench.policy_bytes import measure
+
+        assert measure("session-policy", 50, None).startswith("PackedPolicyTooLarge")
+        assert measure("parent-user", 50, None).startswith("0 bytes (no Policy parameter; "
+                                                       "AssumeRole signed by parent user stsd-")
+        caller = json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::bucket-07/*"]}]})
+        assert measure("parent-user", 50, caller).startswith(f"{len(caller)} bytes (Policy parameter")
+
+    def test_exchange_failure_names_no_tenant_nor_minio_text(self) -> None:
+        w = World()
+        w.listed()
+        w.bindings.apply("ADDED", Binding("tenant-1", "b1", "apps", "app-sa", ("readonly",)))
+        w.users._users.clear()
+        w.shim.fail("add-user")
+        exchange, _ = exchange_for(w)
+        with pytest.raises(errors.STSError) as raised:
+            w.settle(exchange.exchange("tenant-1", request()))
+        assert raised.value.code == "InternalError"
+        assert "storage" not in raised.value.message and "injected" not in raised.value.message
+
+    def test_deleting_the_serviceaccount_removes_its_user(self) -> None:
+        from stsd.serviceaccounts import ServiceAccountIndex
+
+        w = World()
+        index = ServiceAccountIndex(None, w.clock, 60)  # type: ignore[arg-type]  # fed by hand
+        users = ParentUsers(bindings=w.bindings, tenants=w.tenants, minio=w.client, clock=w.clock,
+                            is_ready=lambda: True, resync_seconds=60, serviceaccounts=index)
+        w.users = users
+        w.listed()
+        w.bind("b1", "app-sa", "readonly")
+        name = user_name("apps", "app-sa")
+        # Nothing known yet: every ServiceAccount counts as existing.
+        assert index.exists("apps", "app-sa") and name in w.shim.users
+        index._replace([("apps", "app-sa"), ("apps", "other")], "1")
+        w.settle()
+        assert name in w.shim.users
+        index._event("DELETED", sa_object("apps", "app-sa"))
+        w.settle()
+        assert name not in w.shim.users and w.shim.calls[-1] == ("remove-user", name)
+        exchange, _ = exchange_for(w)
+        with pytest.raises(errors.STSError) as raised:
+            w.settle(exchange.exchange("tenant-1", request()))
+        assert raised.value.code == "AccessDenied"
+        # The full reconcile does not bring it back while the ServiceAccount is gone...
+        w.clock.advance(60)
+        w.settle()
+        assert name not in w.shim.users
+        # ...and a ServiceAccount of that name created again gets a user again.
+        index._event("ADDED", sa_object("apps", "app-sa"))
+        parent = w.settle(exchange.exchange("tenant-1", request()))
+        assert parent.policies_used == ("readonly",) and name in w.shim.users
+
+    def test_the_first_serviceaccount_list_removes_users_of_deleted_ones(self) -> None:
+        from stsd.serviceaccounts import ServiceAccountIndex
+
+        w = World()
+        index = ServiceAccountIndex(None, w.clock, 60)  # type: ignore[arg-type]
+        w.users = ParentUsers(bindings=w.bindings, tenants=w.tenants, minio=w.client, clock=w.clock,
+                              is_ready=lambda: True, resync_seconds=60, serviceaccounts=index)
+        w.listed()
+        w.bind("b1", "app-sa", "readonly")
+        w.bind("b2", "gone-sa", "readonly")
+        index._replace([("apps", "app-sa"), None], "1")
+        w.clock.advance(1)
+        w.settle()
+        assert user_name("apps", "app-sa") in w.shim.users
+        assert user_name("apps", "gone-sa") not in w.shim.users
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(STEPS, st.booleans())
+    def test_reconcilers_converge_to_the_bindings(self, steps: list, two: bool) -> None:
+        import hashlib
+        from unittest import mock
+
+        # The payloads keep minio.crypto's format, with a cheap key derivation
+        # instead of argon2id (64 MiB, tens of ms): the property is about order.
+        def cheap(secret: bytes, salt: bytes) -> bytes:
+            return hashlib.sha256(secret + salt).digest()
+
+        with mock.patch("minio.crypto._generate_key", cheap):
+            converge(steps, two)
+
+    def test_with_the_fake_minio_and_its_own_madmin_decryptor(self) -> None:
+        """
+        The same cycle against L{stsd.testing.fake_minio}, whose admin payload
+        crypto is an implementation independent of the minio package's.
+        """
+        from stsd.testing.fake_minio import FakeMinIORouter
+
+        w = World()
+        minio = FakeMinIO(access_key=ROOT.access_key, secret_key=ROOT.secret_key, region="eu-west-1",
+                          clock=w.clock, policies={"readonly": READONLY, "photos": PHOTOS})
+        w.stub = StubTreq(FakeMinIORouter({"tenant-1": minio}))
+        w.client = MinIOClient(TreqTransport(w.stub, w.clock), w.clock, 5, crypto=w.crypto)
+        w.users = ParentUsers(bindings=w.bindings, tenants=w.tenants, minio=w.client, clock=w.clock,
+                              is_ready=lambda: True, resync_seconds=60)
+        minio.add_user(user_name("gone", "old-sa"), "s" * 40, ["readonly"])
+        w.listed()
+        assert minio.users == {}  # the orphan is gone
+        w.bind("b1", "app-sa", "readonly", "photos")
+        name = user_name("apps", "app-sa")
+        assert minio.user_policies(name) == ("photos", "readonly")
+        assert w.settle(w.client.list_users(w.endpoint, "eu-west-1")) == {
+            name: UserInfo(("photos", "readonly"), "enabled")}
+        exchange, _ = exchange_for(w)
+        issued = w.settle(exchange.exchange("tenant-1", request()))
+        [live] = minio.live_credentials(name)
+        assert live.access_key == issued.credentials.access_key_id and live.policy is None
+        w.unbind("b1")
+        assert name not in minio.users and minio.live_credentials(name) == []

@@ -21,6 +21,7 @@ import sysconfig
 from pathlib import Path
 
 from stsd.testing.world import twistd_command
+from tests._trial import pytest_only
 
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = "Usage: twistd [options] stsd --config FILE"
@@ -84,3 +85,8 @@ def test_normal_install_finds_the_plugin(tmp_path: Path) -> None:
     done = run([str(python), "-c", TWISTD, "stsd", "--help"], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith(USAGE), done.stdout
+
+
+# For trial: these need what only pytest gives; it reports them as skipped.
+PytestOnly = pytest_only(
+    globals(), "installs the package and runs twistd as a process; run under pytest")

@@ -21,6 +21,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
 
 from stsd.policy import PolicyError, compact, intersect, merge, parse_policy, to_json
 from stsd.testing.minio_policy import allowed
@@ -106,37 +107,36 @@ def session_policy(bound_docs: list[dict[str, Any]], caller_doc: dict[str, Any])
     return json.loads(to_json(compact(intersect(bound, caller))))
 
 
-@settings(DIFFERENTIAL, max_examples=7500)
-@given(st.lists(documents(), min_size=1, max_size=3), documents(), PROBES)
-def test_session_allows_only_what_bound_and_caller_allow(
-        bound: list[dict[str, Any]], caller: dict[str, Any],
-        probes: list[tuple[str, str, int]]) -> None:
-    _count("session within bound and caller")
-    session = session_policy(bound, caller)
-    for action, resource, c in probes:
-        context = CONTEXTS[c]
-        if allowed([session], action, resource, context):
-            assert allowed(bound, action, resource, context), (action, resource, c, session)
-            assert allowed([caller], action, resource, context), (action, resource, c, session)
+class PolicyDifferentialTests(SynchronousTestCase):
+    @settings(DIFFERENTIAL, max_examples=7500)
+    @given(st.lists(documents(), min_size=1, max_size=3), documents(), PROBES)
+    def test_session_allows_only_what_bound_and_caller_allow(self, 
+            bound: list[dict[str, Any]], caller: dict[str, Any],
+            probes: list[tuple[str, str, int]]) -> None:
+        _count("session within bound and caller")
+        session = session_policy(bound, caller)
+        for action, resource, c in probes:
+            context = CONTEXTS[c]
+            if allowed([session], action, resource, context):
+                assert allowed(bound, action, resource, context), (action, resource, c, session)
+                assert allowed([caller], action, resource, context), (action, resource, c, session)
 
+    @settings(DIFFERENTIAL, max_examples=2500)
+    @given(documents(6), PROBES)
+    def test_compaction_never_changes_what_minio_allows(self, doc: dict[str, Any],
+                                                        probes: list[tuple[str, str, int]]) -> None:
+        _count("compaction preserves")
+        try:
+            compacted = json.loads(to_json(compact(parse_policy(json.dumps(doc)))))
+        except PolicyError:  # pragma: no cover - the generators only write valid policies
+            raise AssertionError(f"generated an invalid policy: {doc}") from None
+        for action, resource, c in probes:
+            context = CONTEXTS[c]
+            assert allowed([compacted], action, resource, context) == allowed(
+                [doc], action, resource, context), (action, resource, c, compacted)
 
-@settings(DIFFERENTIAL, max_examples=2500)
-@given(documents(6), PROBES)
-def test_compaction_never_changes_what_minio_allows(doc: dict[str, Any],
-                                                    probes: list[tuple[str, str, int]]) -> None:
-    _count("compaction preserves")
-    try:
-        compacted = json.loads(to_json(compact(parse_policy(json.dumps(doc)))))
-    except PolicyError:  # pragma: no cover - the generators only write valid policies
-        raise AssertionError(f"generated an invalid policy: {doc}") from None
-    for action, resource, c in probes:
-        context = CONTEXTS[c]
-        assert allowed([compacted], action, resource, context) == allowed(
-            [doc], action, resource, context), (action, resource, c, compacted)
-
-
-def test_zz_differential_example_count() -> None:
-    # Runs after the two above in file order: they ran at least 10,000 examples in all.
-    if COUNTS:
-        assert sum(COUNTS.values()) >= 10_000, COUNTS
-    print(f"\ndifferential examples: {COUNTS} = {sum(COUNTS.values())}")
+    def test_zz_differential_example_count(self) -> None:
+        # Runs after the two above in file order: they ran at least 10,000 examples in all.
+        if COUNTS:
+            assert sum(COUNTS.values()) >= 10_000, COUNTS
+        print(f"\ndifferential examples: {COUNTS} = {sum(COUNTS.values())}")

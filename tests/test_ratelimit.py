@@ -6,13 +6,13 @@ than C{burst + rate * T} requests for one key.
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd.ratelimit import Rate, RateLimiter, retry_after
+from tests._trial import cases, expand
 
 
 def drain(limiter: RateLimiter, key: object) -> int:
@@ -194,51 +194,52 @@ class RateLimiterTests(SynchronousTestCase):
             self.limiter(max_keys=0)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    rate=st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0, 7.5, 100.0]),
-    burst=st.integers(min_value=1, max_value=8),
-    ops=st.lists(
-        st.tuples(
-            # advance in milliseconds: exact windows, no float needles
-            st.one_of(st.just(0), st.integers(min_value=0, max_value=3000)).map(
-                lambda ms: ms / 1000),
-            st.sampled_from("abc"),
-            st.sampled_from([1.0, 1.0, 1.0, 0.5, 2.0]),
+@expand
+class RateLimitFunctionTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(
+        rate=st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0, 7.5, 100.0]),
+        burst=st.integers(min_value=1, max_value=8),
+        ops=st.lists(
+            st.tuples(
+                # advance in milliseconds: exact windows, no float needles
+                st.one_of(st.just(0), st.integers(min_value=0, max_value=3000)).map(
+                    lambda ms: ms / 1000),
+                st.sampled_from("abc"),
+                st.sampled_from([1.0, 1.0, 1.0, 0.5, 2.0]),
+            ),
+            max_size=120,
         ),
-        max_size=120,
-    ),
-)
-def test_no_window_exceeds_burst_plus_rate(
-    rate: float, burst: int, ops: list[tuple[float, str, float]]
-) -> None:
-    clock = Clock()
-    limiter = RateLimiter(Rate(rate, burst), clock)
-    granted: dict[str, list[tuple[float, float]]] = {}
-    for advance, key, cost in ops:
-        clock.advance(advance)
-        cost = min(cost, burst)
-        before = limiter.peek(key, cost)
-        got = limiter.try_acquire(key, cost)
-        assert (before is None) == (got is None), "peek and try_acquire disagree"
-        if got is None:
-            granted.setdefault(key, []).append((clock.seconds(), cost))
-        else:
-            assert got > 0
-    for grants in granted.values():
-        # The tightest windows start and end at grants.
-        for i in range(len(grants)):
-            spent = 0.0
-            for j in range(i, len(grants)):
-                spent += grants[j][1]
-                window = grants[j][0] - grants[i][0]
-                assert spent <= burst + rate * window + 1e-9, (i, j, grants)
+    )
+    def test_no_window_exceeds_burst_plus_rate(self, 
+        rate: float, burst: int, ops: list[tuple[float, str, float]]
+    ) -> None:
+        clock = Clock()
+        limiter = RateLimiter(Rate(rate, burst), clock)
+        granted: dict[str, list[tuple[float, float]]] = {}
+        for advance, key, cost in ops:
+            clock.advance(advance)
+            cost = min(cost, burst)
+            before = limiter.peek(key, cost)
+            got = limiter.try_acquire(key, cost)
+            assert (before is None) == (got is None), "peek and try_acquire disagree"
+            if got is None:
+                granted.setdefault(key, []).append((clock.seconds(), cost))
+            else:
+                assert got > 0
+        for grants in granted.values():
+            # The tightest windows start and end at grants.
+            for i in range(len(grants)):
+                spent = 0.0
+                for j in range(i, len(grants)):
+                    spent += grants[j][1]
+                    window = grants[j][0] - grants[i][0]
+                    assert spent <= burst + rate * window + 1e-9, (i, j, grants)
 
-
-@pytest.mark.parametrize("n", [1, 1000])
-def test_lru_never_exceeds_max_keys(n: int) -> None:
-    limiter = RateLimiter(Rate(1, 1), Clock(), max_keys=n)
-    for k in range(3 * n):
-        limiter.try_acquire(k)
-        assert len(limiter) <= n
-    assert len(limiter) == n
+    @cases("n", [1, 1000])
+    def test_lru_never_exceeds_max_keys(self, n: int) -> None:
+        limiter = RateLimiter(Rate(1, 1), Clock(), max_keys=n)
+        for k in range(3 * n):
+            limiter.try_acquire(k)
+            assert len(limiter) <= n
+        assert len(limiter) == n

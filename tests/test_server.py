@@ -189,33 +189,33 @@ def post_through_site(exchange: StandInExchange):
     return protocol, transport
 
 
-def test_one_write_per_response() -> None:
-    protocol, transport = post_through_site(StandInExchange())
-    response = transport.inner.value()
-    assert response.startswith(b"HTTP/1.1 200 OK")
-    assert b"<AccessKeyId>AKID</AccessKeyId>" in response
-    assert transport.writes == 1
-    protocol.connectionLost(None)
+class ServerFunctionTests(SynchronousTestCase):
+    def test_one_write_per_response(self) -> None:
+        protocol, transport = post_through_site(StandInExchange())
+        response = transport.inner.value()
+        assert response.startswith(b"HTTP/1.1 200 OK")
+        assert b"<AccessKeyId>AKID</AccessKeyId>" in response
+        assert transport.writes == 1
+        protocol.connectionLost(None)
 
+    def test_client_going_away_is_audited_not_an_error(self) -> None:
+        """Klein cancels the request of a client that disconnected: that is a
+        499 in the audit trail, not a critical 'unexpected error'."""
+        from twisted.internet.defer import Deferred
+        from twisted.logger import LogLevel, globalLogPublisher
+        from twisted.python.failure import Failure
 
-def test_client_going_away_is_audited_not_an_error() -> None:
-    """Klein cancels the request of a client that disconnected: that is a
-    499 in the audit trail, not a critical 'unexpected error'."""
-    from twisted.internet.defer import Deferred
-    from twisted.logger import LogLevel, globalLogPublisher
-    from twisted.python.failure import Failure
+        class Hanging(StandInExchange):
+            async def exchange(self, namespace, request, trail=None):
+                await Deferred()  # never answers
 
-    class Hanging(StandInExchange):
-        async def exchange(self, namespace, request, trail=None):
-            await Deferred()  # never answers
-
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        protocol, _ = post_through_site(Hanging())
-        protocol.connectionLost(Failure(ConnectionError("client left")))
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    audits = [e["audit"] for e in events if e.get("log_namespace") == "stsd.audit"]
-    assert [(a["outcome"], a["status"]) for a in audits] == [("ClientClosedRequest", 499)]
-    assert not [e for e in events if e.get("log_level") in (LogLevel.critical, LogLevel.error)]
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            protocol, _ = post_through_site(Hanging())
+            protocol.connectionLost(Failure(ConnectionError("client left")))
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        audits = [e["audit"] for e in events if e.get("log_namespace") == "stsd.audit"]
+        assert [(a["outcome"], a["status"]) for a in audits] == [("ClientClosedRequest", 499)]
+        assert not [e for e in events if e.get("log_level") in (LogLevel.critical, LogLevel.error)]

@@ -12,8 +12,10 @@ from urllib.parse import urlencode
 from xml.etree import ElementTree
 
 import pytest
+from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors, wire
+from tests._trial import cases, expand
 
 NS = {"sts": wire.STS_NAMESPACE}
 
@@ -47,121 +49,111 @@ def code_of(**kw) -> tuple[str, int]:
     return raised.value.code, raised.value.status
 
 
-def test_form_body() -> None:
-    request = parse(form(DurationSeconds="900"))
-    assert request.token == TOKEN
-    assert request.duration_seconds == 900
-    assert request.policy is None
+@expand
+class WireTests(SynchronousTestCase):
+    def test_form_body(self) -> None:
+        request = parse(form(DurationSeconds="900"))
+        assert request.token == TOKEN
+        assert request.duration_seconds == 900
+        assert request.policy is None
 
+    def test_query_string_like_minio_py(self) -> None:
+        request = parse(body=b"", query=form(), content_type=None)
+        assert request.token == TOKEN
+        assert request.duration_seconds == 3600
 
-def test_query_string_like_minio_py() -> None:
-    request = parse(body=b"", query=form(), content_type=None)
-    assert request.token == TOKEN
-    assert request.duration_seconds == 3600
+    def test_body_wins_over_query(self) -> None:
+        request = parse(body=form(DurationSeconds="1000"), query=form(DurationSeconds="2000"))
+        assert request.duration_seconds == 1000
 
-
-def test_body_wins_over_query() -> None:
-    request = parse(body=form(DurationSeconds="1000"), query=form(DurationSeconds="2000"))
-    assert request.duration_seconds == 1000
-
-
-@pytest.mark.parametrize("kw, expected", [
-    ({"body": b"x" * (64 * 1024 + 1)}, ("InvalidParameterValue", 400)),
-    ({"body": form(), "content_type": "application/json"}, ("InvalidParameterValue", 400)),
-    ({"body": b"Action=\xff"}, ("InvalidParameterValue", 400)),
-    ({"body": form() + b"&Version=2010-01-01"}, ("InvalidParameterValue", 400)),
-    ({"body": form(Version=None)}, ("MissingParameter", 400)),
-    ({"body": form(Version="2010-01-01")}, ("MissingParameter", 400)),
-    ({"body": form(Action="AssumeRole")}, ("InvalidParameterValue", 400)),
-    ({"body": form(Action=None)}, ("InvalidParameterValue", 400)),
-    ({"body": form(WebIdentityToken=None)}, ("MissingParameter", 400)),
-    ({"body": form(WebIdentityToken="")}, ("MissingParameter", 400)),
-    ({"body": form(WebIdentityToken="not-a-jwt")}, ("InvalidIdentityToken", 400)),
-    ({"body": form(WebIdentityToken="a.b")}, ("InvalidIdentityToken", 400)),
-    ({"body": form(WebIdentityToken="e30.e30.e30")}, ("InvalidIdentityToken", 400)),  # no alg
-    ({"body": form(WebIdentityToken=TOKEN + "A" * 20_000)}, ("InvalidIdentityToken", 400)),
-    ({"body": form(DurationSeconds="abc")}, ("InvalidParameterValue", 400)),
-    ({"body": form(DurationSeconds="-900")}, ("InvalidParameterValue", 400)),
-    ({"body": form(DurationSeconds="899")}, ("InvalidParameterValue", 400)),
-    ({"body": form(DurationSeconds="43201")}, ("InvalidParameterValue", 400)),
-    ({"body": form(DurationSeconds="1e4")}, ("InvalidParameterValue", 400)),
-    ({"body": form(Policy="{not json")}, ("MalformedPolicyDocument", 400)),
-    ({"body": form(Policy='{"Statement": "nope"}')}, ("MalformedPolicyDocument", 400)),
-    ({"body": form(Policy="[]")}, ("MalformedPolicyDocument", 400)),
-    # over the session limits (stsd.policy.check_session_limits): 9 wildcards in a pattern
-    ({"body": form(Policy='{"Statement": {"Effect": "Allow", "Action": "s3:*",'
+    @cases("kw, expected", [
+        ({"body": b"x" * (64 * 1024 + 1)}, ("InvalidParameterValue", 400)),
+        ({"body": form(), "content_type": "application/json"}, ("InvalidParameterValue", 400)),
+        ({"body": b"Action=\xff"}, ("InvalidParameterValue", 400)),
+        ({"body": form() + b"&Version=2010-01-01"}, ("InvalidParameterValue", 400)),
+        ({"body": form(Version=None)}, ("MissingParameter", 400)),
+        ({"body": form(Version="2010-01-01")}, ("MissingParameter", 400)),
+        ({"body": form(Action="AssumeRole")}, ("InvalidParameterValue", 400)),
+        ({"body": form(Action=None)}, ("InvalidParameterValue", 400)),
+        ({"body": form(WebIdentityToken=None)}, ("MissingParameter", 400)),
+        ({"body": form(WebIdentityToken="")}, ("MissingParameter", 400)),
+        ({"body": form(WebIdentityToken="not-a-jwt")}, ("InvalidIdentityToken", 400)),
+        ({"body": form(WebIdentityToken="a.b")}, ("InvalidIdentityToken", 400)),
+        ({"body": form(WebIdentityToken="e30.e30.e30")}, ("InvalidIdentityToken", 400)),  # no alg
+        ({"body": form(WebIdentityToken=TOKEN + "A" * 20_000)}, ("InvalidIdentityToken", 400)),
+        ({"body": form(DurationSeconds="abc")}, ("InvalidParameterValue", 400)),
+        ({"body": form(DurationSeconds="-900")}, ("InvalidParameterValue", 400)),
+        ({"body": form(DurationSeconds="899")}, ("InvalidParameterValue", 400)),
+        ({"body": form(DurationSeconds="43201")}, ("InvalidParameterValue", 400)),
+        ({"body": form(DurationSeconds="1e4")}, ("InvalidParameterValue", 400)),
+        ({"body": form(Policy="{not json")}, ("MalformedPolicyDocument", 400)),
+        ({"body": form(Policy='{"Statement": "nope"}')}, ("MalformedPolicyDocument", 400)),
+        ({"body": form(Policy="[]")}, ("MalformedPolicyDocument", 400)),
+        # over the session limits (stsd.policy.check_session_limits): 9 wildcards in a pattern
+        ({"body": form(Policy='{"Statement": {"Effect": "Allow", "Action": "s3:*",'
                           ' "Resource": "arn:aws:s3:::*a*a*a*a*a*a*a*a*"}}')},
-     ("MalformedPolicyDocument", 400)),
-])
-def test_error_table_parameter_rows(kw: dict, expected: tuple[str, int]) -> None:
-    assert code_of(**kw) == expected
+         ("MalformedPolicyDocument", 400)),
+    ])
+    def test_error_table_parameter_rows(self, kw: dict, expected: tuple[str, int]) -> None:
+        assert code_of(**kw) == expected
 
+    def test_parameters_checked_in_table_order(self) -> None:
+        # A request wrong in several ways is judged by the first row it fails.
+        assert code_of(body=form(Version=None, Action="x", WebIdentityToken=None)) == (
+            "MissingParameter", 400)
+        assert code_of(body=form(WebIdentityToken="x", DurationSeconds="1")) == (
+            "InvalidIdentityToken", 400)
 
-def test_parameters_checked_in_table_order() -> None:
-    # A request wrong in several ways is judged by the first row it fails.
-    assert code_of(body=form(Version=None, Action="x", WebIdentityToken=None)) == (
-        "MissingParameter", 400)
-    assert code_of(body=form(WebIdentityToken="x", DurationSeconds="1")) == (
-        "InvalidIdentityToken", 400)
+    def test_duration_bounded_by_configured_maximum(self) -> None:
+        assert code_of(body=form(DurationSeconds="7200"), max_duration=3600)[0] == "InvalidParameterValue"
+        assert parse(form(DurationSeconds="3600"), max_duration=3600).duration_seconds == 3600
 
+    def test_policy_length_bounded(self) -> None:
+        statement = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}
+        long = json.dumps({"Version": "2012-10-17", "Statement": [statement] * 40})
+        assert len(long) > 2048
+        assert code_of(body=form(Policy=long)) == ("PackedPolicyTooLarge", 400)
 
-def test_duration_bounded_by_configured_maximum() -> None:
-    assert code_of(body=form(DurationSeconds="7200"), max_duration=3600)[0] == "InvalidParameterValue"
-    assert parse(form(DurationSeconds="3600"), max_duration=3600).duration_seconds == 3600
+    def test_policy_parsed(self) -> None:
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}]})
+        assert parse(form(Policy=policy)).policy is not None
 
+    def test_ignored_parameters_accepted(self) -> None:
+        assert parse(form(RoleArn="arn:aws:iam::1:role/x", RoleSessionName="s",
+                          ProviderId="p")).token == TOKEN
 
-def test_policy_length_bounded() -> None:
-    statement = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}
-    long = json.dumps({"Version": "2012-10-17", "Statement": [statement] * 40})
-    assert len(long) > 2048
-    assert code_of(body=form(Policy=long)) == ("PackedPolicyTooLarge", 400)
+    def test_repr_hides_token(self) -> None:
+        assert TOKEN not in repr(parse(form()))
 
+    @cases("name, ok", [
+        ("tenant-1", True), ("a", True), ("a" * 63, True), ("a" * 64, False), ("Tenant", False),
+        ("-a", False), ("a-", False), ("a.b", False), ("..", False), ("a%2Fb", False), ("", False),
+        ("a\n", False),
+    ])
+    def test_namespace_is_dns_label(self, name: str, ok: bool) -> None:
+        assert wire.is_dns_label(name) is ok
 
-def test_policy_parsed() -> None:
-    policy = json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}]})
-    assert parse(form(Policy=policy)).policy is not None
+    def test_success_xml_shape(self) -> None:
+        credentials = wire.IssuedCredentials(
+            "AK", "SK<&>", "ST", datetime(2026, 11, 30, 13, 0, 0, 987654, tzinfo=timezone.utc))
+        body = wire.success_xml(credentials, subject="system:serviceaccount:apps:sa",
+                                audience="sts.min.io", policy_bytes=1024, request_id="RID")
+        root = ElementTree.fromstring(body)
+        assert root.tag == f"{{{wire.STS_NAMESPACE}}}AssumeRoleWithWebIdentityResponse"
+        result = "sts:AssumeRoleWithWebIdentityResult"
+        assert root.findtext(f"{result}/sts:Credentials/sts:SecretAccessKey", namespaces=NS) == "SK<&>"
+        assert root.findtext(f"{result}/sts:Credentials/sts:Expiration", namespaces=NS) == (
+            "2026-11-30T13:00:00Z")
+        assert root.findtext(f"{result}/sts:PackedPolicySize", namespaces=NS) == "50"
+        assert root.findtext("sts:ResponseMetadata/sts:RequestId", namespaces=NS) == "RID"
 
-
-def test_ignored_parameters_accepted() -> None:
-    assert parse(form(RoleArn="arn:aws:iam::1:role/x", RoleSessionName="s",
-                      ProviderId="p")).token == TOKEN
-
-
-def test_repr_hides_token() -> None:
-    assert TOKEN not in repr(parse(form()))
-
-
-@pytest.mark.parametrize("name, ok", [
-    ("tenant-1", True), ("a", True), ("a" * 63, True), ("a" * 64, False), ("Tenant", False),
-    ("-a", False), ("a-", False), ("a.b", False), ("..", False), ("a%2Fb", False), ("", False),
-    ("a\n", False),
-])
-def test_namespace_is_dns_label(name: str, ok: bool) -> None:
-    assert wire.is_dns_label(name) is ok
-
-
-def test_success_xml_shape() -> None:
-    credentials = wire.IssuedCredentials(
-        "AK", "SK<&>", "ST", datetime(2026, 11, 30, 13, 0, 0, 987654, tzinfo=timezone.utc))
-    body = wire.success_xml(credentials, subject="system:serviceaccount:apps:sa",
-                            audience="sts.min.io", policy_bytes=1024, request_id="RID")
-    root = ElementTree.fromstring(body)
-    assert root.tag == f"{{{wire.STS_NAMESPACE}}}AssumeRoleWithWebIdentityResponse"
-    result = "sts:AssumeRoleWithWebIdentityResult"
-    assert root.findtext(f"{result}/sts:Credentials/sts:SecretAccessKey", namespaces=NS) == "SK<&>"
-    assert root.findtext(f"{result}/sts:Credentials/sts:Expiration", namespaces=NS) == (
-        "2026-11-30T13:00:00Z")
-    assert root.findtext(f"{result}/sts:PackedPolicySize", namespaces=NS) == "50"
-    assert root.findtext("sts:ResponseMetadata/sts:RequestId", namespaces=NS) == "RID"
-
-
-def test_error_xml_shape() -> None:
-    body = wire.error_xml(errors.access_denied("no <binding>"), "RID")
-    root = ElementTree.fromstring(body)
-    assert root.findtext("sts:Error/sts:Code", namespaces=NS) == "AccessDenied"
-    assert root.findtext("sts:Error/sts:Type", namespaces=NS) == "Sender"
-    assert root.findtext("sts:Error/sts:Message", namespaces=NS) == "no <binding>"
-    assert root.findtext("sts:RequestId", namespaces=NS) == "RID"
-    assert ElementTree.fromstring(wire.error_xml(errors.internal_error("x"), "R")).findtext(
-        "sts:Error/sts:Type", namespaces=NS) == "Receiver"
+    def test_error_xml_shape(self) -> None:
+        body = wire.error_xml(errors.access_denied("no <binding>"), "RID")
+        root = ElementTree.fromstring(body)
+        assert root.findtext("sts:Error/sts:Code", namespaces=NS) == "AccessDenied"
+        assert root.findtext("sts:Error/sts:Type", namespaces=NS) == "Sender"
+        assert root.findtext("sts:Error/sts:Message", namespaces=NS) == "no <binding>"
+        assert root.findtext("sts:RequestId", namespaces=NS) == "RID"
+        assert ElementTree.fromstring(wire.error_xml(errors.internal_error("x"), "R")).findtext(
+            "sts:Error/sts:Type", namespaces=NS) == "Receiver"

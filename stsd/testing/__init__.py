@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_testing_kit -*-
 """
 A simulated cluster for tests: strict fakes of the Kubernetes API server
 and MinIO over loopback TLS, and the real stsd daemon run against them.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_fakes -*-
 """A strict in-process fake of the Kubernetes API surface stsd uses.
 
 It verifies TokenReviews the way kube-apiserver does (RS256 signature, issuer,

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_fakes -*-
 """A strict in-process fake of the MinIO APIs stsd and its tests call.
 
 Every request is checked with an independent AWS SigV4 verifier (not the

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_fakes -*-
 """
 Fault injection shared by the fakes: faults keyed by where they apply (a
 path prefix, a route), each for a number of requests or until cleared,

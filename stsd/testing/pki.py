@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_fakes -*-
 """A throwaway certificate authority for tests: one CA, server leaves on demand."""
 
 from __future__ import annotations

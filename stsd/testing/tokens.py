@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_fakes -*-
 """Mint real projected ServiceAccount tokens (RS256) like kube-apiserver does."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_e2e -*-
 """
 A simulated cluster on loopback: a throwaway CA, a ServiceAccount token
 signer, a fake Kubernetes API server and fake MinIO tenants, all over TLS,

@@ -1,0 +1,101 @@
+"""
+What lets one test module serve both runners, pytest and trial.
+
+A test method is a C{SynchronousTestCase} method, which pytest also runs;
+L{cases} is C{pytest.mark.parametrize} for such a method (pytest does not
+parametrize C{unittest} methods): L{expand} turns it into one method per
+case, so both runners count each case. L{pytest_only} names, for trial,
+the tests of a module that need what only pytest gives (a spawned daemon
+behind a pytest fixture, the global reactor under pytest-twisted): trial
+reports each as skipped, with the reason, and pytest does not see them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.trial.unittest import SynchronousTestCase
+
+C = TypeVar("C", bound=type)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def temporary_directory(case: SynchronousTestCase) -> Path:
+    """
+    A new directory, removed when C{case} ends: pytest's C{tmp_path} for a
+    test method (C{case.mktemp} is relative to the working directory, which
+    only trial moves to C{_trial_temp}).
+    """
+    path = Path(tempfile.mkdtemp(prefix="stsd-test-"))
+    case.addCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def cases(names: str | Sequence[str], values: Iterable[Any],
+          ids: Sequence[str] | Callable[[Any], Any] | None = None) -> Callable[[F], F]:
+    """
+    Run the decorated test method once per value, as
+    C{pytest.mark.parametrize(names, values, ids=ids)} would (its class
+    decorated with L{expand}); stacked, once per combination.
+    """
+    def mark(method: F) -> F:
+        listed = names.split(",") if isinstance(names, str) else names
+        stacked = getattr(method, "__cases__", [])
+        method.__cases__ = [([n.strip() for n in listed], list(values), ids)] + stacked  # type: ignore[attr-defined]
+        return method
+    return mark
+
+
+def _case_id(value: Any) -> str:
+    text = re.sub(r"\W+", "_", str(value)).strip("_")
+    return text[:40] if text else "case"
+
+
+def _labelled(names: list[str], values: list[Any], ids: Any) -> list[tuple[dict[str, Any], str]]:
+    labelled = []
+    for index, value in enumerate(values):
+        args = value if len(names) > 1 else (value,)
+        if callable(ids):
+            label = ids(args[0])
+        else:
+            label = ids[index] if ids is not None else args[0] if len(names) == 1 else ""
+        labelled.append((dict(zip(names, args)), f"{index}" + (f"_{_case_id(label)}" if label != "" else "")))
+    return labelled
+
+
+def expand(cls: C) -> C:
+    """One method per case (per combination of stacked cases) of each L{cases} method of C{cls}."""
+    for name, method in list(vars(cls).items()):
+        marked = getattr(method, "__cases__", None)
+        if marked is None:
+            continue
+        delattr(cls, name)
+        for combination in itertools.product(*(_labelled(*each) for each in marked)):
+            kwargs: dict[str, Any] = {}
+            for part, _ in combination:
+                kwargs.update(part)
+
+            def test(self: Any, _method: Any = method, _kwargs: dict[str, Any] = kwargs) -> Any:
+                return _method(self, **_kwargs)
+
+            test.__name__ = f"{name}_" + "_".join(label for _, label in combination)
+            test.__doc__ = method.__doc__
+            setattr(cls, test.__name__, test)
+    return cls
+
+
+def pytest_only(namespace: dict[str, Any], reason: str) -> type[SynchronousTestCase]:
+    """
+    A test case, for trial only, with one skipped test per module-level test
+    function in C{namespace} (those pytest runs with its fixtures).
+    """
+    tests = {name: (lambda self: None) for name, value in namespace.items()
+             if name.startswith("test") and callable(value)}
+    return type("PytestOnly", (SynchronousTestCase,),
+                {"__test__": False, "skip": reason, "__module__": namespace["__name__"], **tests})
