@@ -800,16 +800,6 @@ async def test_many_trickling_connections_do_not_starve_others() -> None:
         await port.stopListening()
 
 
-def test_zz_report_counts(capsys: pytest.CaptureFixture[str]) -> None:
-    # Runs last in this file: print how many hypothesis examples each test ran
-    # (names with a colon count a subset of their test's examples).
-    with capsys.disabled():
-        total = sum(n for name, n in EXAMPLES.items() if ":" not in name)
-        print(f"\nhypothesis examples run in tests/test_hostile.py: {total}")
-        for name, count in sorted(EXAMPLES.items()):
-            print(f"  {name}: {count}")
-
-
 @expand
 class HostileTests(SynchronousTestCase):
     @settings(max_examples=1000, deadline=None)
@@ -1232,6 +1222,17 @@ class HostileTests(SynchronousTestCase):
         clock.advance(0.2)
         assert transport.disconnecting, "an idle keep-alive connection is closed"
         assert transport.value().count(b"HTTP/1.1") == 1, "closed without an answer"
+
+
+def test_zz_report_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    # Runs last in this file (defined after the class, whose tests pytest runs
+    # first): print how many hypothesis examples each test ran
+    # (names with a colon count a subset of their test's examples).
+    with capsys.disabled():
+        total = sum(n for name, n in EXAMPLES.items() if ":" not in name)
+        print(f"\nhypothesis examples run in tests/test_hostile.py: {total}")
+        for name, count in sorted(EXAMPLES.items()):
+            print(f"  {name}: {count}")
 
 
 PytestOnly = pytest_only(globals(), "real loopback connections in pytest-twisted's reactor, "
