@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import io
 import json
 import secrets
 from collections.abc import Callable
@@ -24,26 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from minio.crypto import decrypt, encrypt
 from twisted.web.resource import Resource
 
+from stsd.minio_client import decrypt_payload, encrypt_payload
 from stsd.testing.fake_minio import FakeMinIO, verify_sigv4
 
 _STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
-
-
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self._data = io.BytesIO(data)
-
-    def read(self, size: int = -1) -> bytes:
-        return self._data.read(size)
-
-    def close(self) -> None:
-        pass
-
-    def release_conn(self) -> None:
-        pass
 
 
 @dataclass
@@ -119,7 +104,7 @@ class UsersShim:
         if method != "PUT":
             return _json(request, 405, {"Code": "MethodNotAllowed"})
         try:
-            plain = decrypt(_Body(body), self.minio.secret_key)  # type: ignore[arg-type]
+            plain = decrypt_payload(body, self.minio.secret_key)
             document = json.loads(plain)
         except Exception:
             return _json(request, 400, {"Code": "XMinioAdminConfigBadJSON"})
@@ -162,7 +147,7 @@ class UsersShim:
         answer = {name: {"policyName": ",".join(u.policies), "status": u.status}
                   for name, u in self.users.items()}
         request.setResponseCode(200)
-        return encrypt(json.dumps(answer).encode(), self.minio.secret_key)
+        return encrypt_payload(json.dumps(answer).encode(), self.minio.secret_key)
 
     def _assume_role(self, request: Any, raw_path: str, raw_query: str, header: Any, body: bytes,
                      key_id: str) -> bytes:
