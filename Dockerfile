@@ -48,12 +48,12 @@ USER 65532:65532
 EXPOSE 4223 9090
 
 # For docker/podman; Kubernetes ignores HEALTHCHECK and uses the Deployment's probes.
-# No curl in the slim image: stsd.healthcheck asks /healthz with Python's urllib on the
+# No curl in the slim image: stsd.ops.healthcheck asks /healthz with Python's urllib on the
 # metrics port the config file names (metrics.port); exit status 1 marks the container
 # unhealthy.  Started with another --config?  Set STSD_CONFIG to that file too.
 ENV STSD_CONFIG=/etc/stsd/stsd.yaml
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["python", "-m", "stsd.healthcheck"]
+  CMD ["python", "-m", "stsd.ops.healthcheck"]
 
 # -n: stay in the foreground; --pidfile=: no pidfile (as PID 1 it would look stale).
 ENTRYPOINT ["twistd", "-n", "--pidfile=", "stsd"]

@@ -35,7 +35,7 @@ setup(
         "prometheus-client>=0.20",
     ],
     entry_points={
-        "console_scripts": ["stsd = stsd.check:main"],
+        "console_scripts": ["stsd = stsd.ops.check:main"],
         # The test kit's fixtures for applications' own suites (stsd.testing.pytest_plugin:
         # opt-in, all named stsd_*).
         "pytest11": ["stsd = stsd.testing.pytest_plugin"],

@@ -4,7 +4,7 @@ RSS growth of the exchange's caches under N distinct ~2 KB caller Policies
 
     .venv/bin/python bench/cache_memory.py 15000
 
-Prints RSS before and after (and after clearing stsd.policy's
+Prints RSS before and after (and after clearing stsd.core.policy's
 pattern_contains memo, where it has one) and the bytes the exchange's
 effective-policy and reuse caches account for.
 """
@@ -13,13 +13,13 @@ from __future__ import annotations
 import datetime, gc, json, resource, sys, time
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from stsd.bindings import Binding, BindingIndex
-from stsd.exchange import Exchange
-from stsd.identity import Identity
-from stsd.minio_client import RootCredentials
-from stsd.policy import parse_policy
-from stsd.tenants import EndpointRule, Tenant, TenantIndex
-from stsd.wire import AssumeRoleRequest, IssuedCredentials
+from stsd.state.bindings import Binding, BindingIndex
+from stsd.core.exchange import Exchange
+from stsd.auth.tokenreview import Identity
+from stsd.upstream.minio import RootCredentials
+from stsd.core.policy import parse_policy
+from stsd.state.tenants import EndpointRule, Tenant, TenantIndex
+from stsd.http.wire import AssumeRoleRequest, IssuedCredentials
 
 def rss():
     with open("/proc/self/status") as f:
@@ -55,9 +55,9 @@ run(-1); gc.collect(); before = rss()
 for i in range(n): run(i)
 gc.collect()
 print(f"{n} distinct Policies: RSS {before:.0f} -> {rss():.0f} MiB (+{rss()-before:.0f})")
-import stsd.policy
-memo = getattr(stsd.policy.pattern_contains, "cache_info", None)
+import stsd.core.policy
+memo = getattr(stsd.core.policy.pattern_contains, "cache_info", None)
 if memo is not None:
-    stsd.policy.pattern_contains.cache_clear(); gc.collect()
+    stsd.core.policy.pattern_contains.cache_clear(); gc.collect()
     print(f"after clearing policy.pattern_contains ({memo().currsize} entries): {rss():.0f} MiB")
 print(f"effective-policy cache {ex._effective.bytes} B, reuse cache {ex._minted.bytes} B as weighed")

@@ -1,7 +1,7 @@
 """
 The session-policy bytes stsd sends to MinIO for a ServiceAccount bound to
 50 canned policies (one bucket each), in each authorization mode, measured
-on the real code paths: the L{stsd.exchange.Exchange} of each mode, its
+on the real code paths: the L{stsd.core.exchange.Exchange} of each mode, its
 MinIO client, and the fake MinIO (which now serves users) in memory through
 StubTreq; every AssumeRole form that leaves the client is recorded and its
 C{Policy} parameter measured.
@@ -22,22 +22,22 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from stsd import errors
-from stsd.bindings import Binding, BindingIndex
-from stsd.exchange import Exchange
-from stsd.identity import Identity
-from stsd.minio_client import (
+from stsd.state.bindings import Binding, BindingIndex
+from stsd.core.exchange import Exchange
+from stsd.auth.tokenreview import Identity
+from stsd.upstream.minio import (
     MinIOClient,
     RootCredentials,
     decrypt_json_payload,
     decrypt_payload,
     encrypt_payload,
 )
-from stsd.parent_users import ParentUsers
-from stsd.policy import parse_policy
-from stsd.tenants import EndpointRule, Tenant, TenantIndex
+from stsd.state.parent_users import ParentUsers
+from stsd.core.policy import parse_policy
+from stsd.state.tenants import EndpointRule, Tenant, TenantIndex
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
-from stsd.upstream import TreqTransport
-from stsd.wire import AssumeRoleRequest
+from stsd.upstream.http import TreqTransport
+from stsd.http.wire import AssumeRoleRequest
 
 ROOT = RootCredentials("root", "root-secret-key-for-the-bench")
 

@@ -6,7 +6,7 @@ Times what the daemon does on the reactor for every distinct caller Policy: wire
 parse (and session limits), then exchange.py's intersection with the compacted bound
 policies and the compaction of the result.  Each input is timed --rounds times and the
 median reported, side by side with a typical Policy, as a ratio.  ``--algebra`` loads
-another version of stsd/policy.py (e.g. ``git show main:stsd/policy.py > /tmp/p.py``)
+another version of stsd/core/policy.py (e.g. ``git show main:stsd/core/policy.py > /tmp/p.py``)
 to compare; its caches are cleared before every run so that each one is a fresh Policy,
 as an attacker varying the text would make it.
 
@@ -81,8 +81,8 @@ WORST = {"94 prefix patterns": _many_prefixes(),"long near-miss pair": _long_pai
 
 def _load(path: str | None) -> ModuleType:
     if path is None:
-        import stsd.policy
-        return stsd.policy
+        import stsd.core.policy
+        return stsd.core.policy
     spec = importlib.util.spec_from_file_location("algebra_under_test", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -118,12 +118,12 @@ def _median_ms(fn: Callable[[], object], rounds: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--algebra", help="a stsd/policy.py to load instead of the installed one")
+    parser.add_argument("--algebra", help="a stsd/core/policy.py to load instead of the installed one")
     args = parser.parse_args(argv)
     algebra = _load(args.algebra)
     bound = algebra.compact(algebra.merge([algebra.parse_policy(BOUND)]))
     typical = _median_ms(_request(algebra, bound, TYPICAL), args.rounds)
-    print(f"algebra: {args.algebra or 'stsd.policy'}; median of {args.rounds} rounds")
+    print(f"algebra: {args.algebra or 'stsd.core.policy'}; median of {args.rounds} rounds")
     print(f"{'input':24} {'chars':>5} {'ms':>8} {'x typical':>10}")
     print(f"{'typical Policy':24} {len(TYPICAL):5d} {typical:8.3f} {1:10.1f}")
     worst = 0.0

@@ -7,9 +7,9 @@ For each size, a fresh subprocess (pinned to the daemon core) is handed the
 PolicyBinding list exactly as the API server returns it (the JSON body of
 C{GET /apis/sts.min.io/v1beta1/policybindings}, built here beforehand and
 read from a file: "the list body received") and does what the daemon does
-with it: C{json.loads} (L{stsd.kube.KubernetesClient.list}),
-L{stsd.bindings.parse_binding} of every item and L{BindingIndex.replace}
-(L{stsd.watch}). It reports:
+with it: C{json.loads} (L{stsd.upstream.kube.KubernetesClient.list}),
+L{stsd.state.bindings.parse_binding} of every item and L{BindingIndex.replace}
+(L{stsd.state.watch}). It reports:
 
   - time to ready after the list: from the body in memory to the index
     swapped in, split into JSON parsing, binding parsing and the index;
@@ -123,7 +123,7 @@ def _ns_per_call(fn: Any, keys: Sequence[tuple[str, str, str]], repeat: int = 5)
 
 def child(path: str, count: int) -> dict[str, Any]:
     """In the measuring subprocess: load the list like the daemon does."""
-    from stsd.bindings import BindingIndex, parse_binding
+    from stsd.state.bindings import BindingIndex, parse_binding
 
     gc.collect()
     rss_start = _status_kib("VmRSS") / 1024

@@ -3,6 +3,6 @@
 C{python -m stsd check --config FILE}: the same as the C{stsd} command.
 """
 
-from stsd.check import main
+from stsd.ops.check import main
 
 main()

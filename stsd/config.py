@@ -281,14 +281,14 @@ class ServerConfig:
     tls_cert: str = field(metadata=_spec(_path))
     tls_key: str = field(metadata=_spec(_path))
     request_timeout_seconds: float = field(default=10.0, metadata=_spec(_seconds))
-    # The graceful stop on SIGTERM (stsd.drain): /readyz turns 503 at once,
+    # The graceful stop on SIGTERM (stsd.ops.drain): /readyz turns 503 at once,
     # new connections are taken for the delay, requests in flight then have
     # the grace to finish. terminationGracePeriodSeconds exceeds both.
     shutdown_delay_seconds: float = field(
         default=5.0, metadata=_spec(_non_negative_seconds(300.0)))
     shutdown_grace_seconds: float = field(
         default=20.0, metadata=_spec(_non_negative_seconds(600.0)))
-    # The garbage-collector tuning of stsd.gctuning (freeze after the initial sync).
+    # The garbage-collector tuning of stsd.ops.gctuning (freeze after the initial sync).
     gc_tuning: bool = field(default=True, metadata=_spec(_boolean))
 
 

@@ -28,32 +28,33 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from stsd import config as configuration
-from stsd import kube, logs, tls
-from stsd.bindings import BindingIndex
-from stsd.certreload import CertificateLoadError, CertificateReloader
-from stsd.drain import GracefulStop
-from stsd.exchange import Authenticator, Exchange, Limits
-from stsd.gctuning import freeze_heap_when_ready
-from stsd.identity import TokenReviewAuthenticator
-from stsd.jwks import JWKSAuthenticator, KeySet, LocallyCheckedTokenReview
-from stsd.keepalive import KeepAliveClient
-from stsd.metrics import (
+from stsd.ops import logs
+from stsd.upstream import kube, tls
+from stsd.state.bindings import BindingIndex
+from stsd.ops.certreload import CertificateLoadError, CertificateReloader
+from stsd.ops.drain import GracefulStop
+from stsd.core.exchange import Authenticator, Exchange, Limits
+from stsd.ops.gctuning import freeze_heap_when_ready
+from stsd.auth.tokenreview import TokenReviewAuthenticator
+from stsd.auth.jwks import JWKSAuthenticator, KeySet, LocallyCheckedTokenReview
+from stsd.upstream.keepalive import KeepAliveClient
+from stsd.ops.metrics import (
     Metrics,
     ObservedHTTPClient,
     kubernetes_target,
     metrics_site_root,
 )
-from stsd.minio_client import MinIOClient, ThreadedPayloadCrypto
-from stsd.parent_users import ParentUsers
-from stsd.ratelimit import Rate, RateLimiter
-from stsd.refresh import Refresher
-from stsd.server import MetricsSite, STSResource, STSSite
-from stsd.serviceaccounts import ServiceAccountIndex
-from stsd.tenants import EndpointRule, TenantIndex
-from stsd.tokencache import CachingAuthenticator
+from stsd.upstream.minio import MinIOClient, ThreadedPayloadCrypto
+from stsd.state.parent_users import ParentUsers
+from stsd.core.ratelimit import Rate, RateLimiter
+from stsd.state.refresh import Refresher
+from stsd.http.server import MetricsSite, STSResource, STSSite
+from stsd.state.serviceaccounts import ServiceAccountIndex
+from stsd.state.tenants import EndpointRule, TenantIndex
+from stsd.auth.tokencache import CachingAuthenticator
 from stsd.twisted_private import raise_listen_errors
-from stsd.upstream import make_client
-from stsd.watch import WatchSync
+from stsd.upstream.http import make_client
+from stsd.state.watch import WatchSync
 
 log = Logger()
 

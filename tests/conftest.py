@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from stsd.testing.world import Daemon, World
-from stsd.upstream import close_connections
+from stsd.upstream.http import close_connections
 
 # The hypothesis profiles are registered in tests/__init__.py, for trial too.
 

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 
 from twisted.web.resource import Resource
 
-from stsd.minio_client import decrypt_payload, encrypt_payload
+from stsd.upstream.minio import decrypt_payload, encrypt_payload
 from stsd.testing.fake_minio import FakeMinIO, verify_sigv4
 
 _STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.bindings}: parsing PolicyBindings, the index the exchange
+Tests for L{stsd.state.bindings}: parsing PolicyBindings, the index the exchange
 looks grants up in, and its gradual replacement.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.bindings import Binding, BindingIndex, parse_binding
+from stsd.state.bindings import Binding, BindingIndex, parse_binding
 
 
 def binding_obj(ns: str, name: str, app_ns: str, sa: str, policies: list[str]) -> dict:

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.cache}: single flight, the byte-bounded LRU, the TTL cache
+Tests for L{stsd.core.cache}: single flight, the byte-bounded LRU, the TTL cache
 (single flight, expiry, failures not cached) and its byte bound, and that the
 exchange's caches of policy documents stay within their bytes whatever
 callers send (issue 9, finding 4).
@@ -15,8 +15,8 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.cache import ENTRY_OVERHEAD, ByteLRU, SingleFlight, TTLCache
-from stsd.minio_client import MinIOError
+from stsd.core.cache import ENTRY_OVERHEAD, ByteLRU, SingleFlight, TTLCache
+from stsd.upstream.minio import MinIOError
 
 T = TypeVar("T")
 
@@ -83,13 +83,13 @@ def test_exchange_caches_stay_within_their_bytes(monkeypatch) -> None:
     reuse caches only up to their byte bounds (issue 9, finding 4: with a
     count bound, 15,000 of them grew the daemon by 146 MiB).
     """
-    import stsd.exchange
+    import stsd.core.exchange
     from tests.test_exchange import Harness
 
-    monkeypatch.setattr(stsd.exchange, "EFFECTIVE_CACHE_BYTES", 64 * 1024)
-    monkeypatch.setattr(stsd.exchange, "MINTED_CACHE_BYTES", 64 * 1024)
+    monkeypatch.setattr(stsd.core.exchange, "EFFECTIVE_CACHE_BYTES", 64 * 1024)
+    monkeypatch.setattr(stsd.core.exchange, "MINTED_CACHE_BYTES", 64 * 1024)
     h = Harness()
-    h.exchange = stsd.exchange.Exchange(
+    h.exchange = stsd.core.exchange.Exchange(
         authenticator=h.authenticator, bindings=h.bindings, tenants=h.tenants, minio=h.exchange._minio,
         clock=h.clock, is_ready=lambda: True, reuse_seconds=60)
     for i in range(60):

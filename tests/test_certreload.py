@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.certreload}: the server certificate is reloaded when a
+Tests for L{stsd.ops.certreload}: the server certificate is reloaded when a
 mounted Secret's files change, a bad pair keeps the current one, and
 connections made before a reload are not disturbed.
 
@@ -34,8 +34,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from stsd import certreload
-from stsd.certreload import CertificateLoadError, CertificateReloader, ReloadingServerOptions
+from stsd.ops import certreload
+from stsd.ops.certreload import CertificateLoadError, CertificateReloader, ReloadingServerOptions
 from stsd.testing.pki import TestPKI
 
 INTERVAL = certreload.DEFAULT_INTERVAL

@@ -16,8 +16,8 @@ import yaml
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
-from stsd.check import run_check
-from stsd.rbac import PERMISSIONS
+from stsd.ops.check import run_check
+from stsd.ops.rbac import PERMISSIONS
 from stsd.testing.world import World, free_port
 from tests._trial import pytest_only
 

@@ -266,7 +266,7 @@ class DockerfileTests(SynchronousTestCase):
 
     def test_healthcheck_asks_the_configured_metrics_port(self) -> None:
         options, command = _healthcheck()
-        assert command == ["python", "-m", "stsd.healthcheck"], "no curl in python:slim: Python"
+        assert command == ["python", "-m", "stsd.ops.healthcheck"], "no curl in python:slim: Python"
         assert "timeout" in options and "interval" in options
         # The health check reads the config file the image starts with.
         env = dict(arg.split("=", 1) for rest in _all("ENV") for arg in shlex.split(rest))
@@ -277,14 +277,14 @@ class DockerfileTests(SynchronousTestCase):
 
     def test_healthcheck_default_port_and_unreadable_config(self) -> None:
         tmp_path = temporary_directory(self)
-        from stsd.healthcheck import healthz_url
+        from stsd.ops.healthcheck import healthz_url
 
         config = tmp_path / "stsd.yaml"
         config.write_text("server: {port: 4223}\n")
         assert healthz_url(str(config)) == "http://127.0.0.1:9090/healthz"
         config.write_text("metrics: {interface: '::', port: 9191}\n")
         assert healthz_url(str(config)) == "http://[::1]:9191/healthz"
-        result = subprocess.run([sys.executable, "-m", "stsd.healthcheck"], capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "stsd.ops.healthcheck"], capture_output=True,
                                 text=True, timeout=30, check=False,
                                 env={**os.environ, "STSD_CONFIG": str(tmp_path / "missing.yaml")})
         assert result.returncode == 1 and "unhealthy:" in result.stderr

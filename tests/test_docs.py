@@ -109,7 +109,7 @@ def test_the_design_documents_error_table_is_the_readmes() -> None:
 def test_the_design_document_knows_what_the_code_does() -> None:
     """The points it once got wrong: Secrets, ServiceAccounts, the mode, the order of checks."""
     from stsd.config import TenantsConfig
-    from stsd.rbac import PERMISSIONS
+    from stsd.ops.rbac import PERMISSIONS
 
     text = DESIGN_DOC.read_text()
     verbs = {p.resource: p.verbs for p in PERMISSIONS}

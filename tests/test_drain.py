@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.drain}: the graceful stop on SIGTERM.
+Tests for L{stsd.ops.drain}: the graceful stop on SIGTERM.
 
 In memory first (L{MemoryReactorClock}, the real L{STSSite} and
 L{MetricsSite} over StringTransports): readiness, the listener's stop
@@ -26,12 +26,12 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.drain import LINGER_SECONDS, SHUTTING_DOWN, GracefulStop
-from stsd.exchange import Issued
-from stsd.metrics import Metrics, metrics_site_root
-from stsd.server import MetricsSite, STSResource, STSSite
+from stsd.ops.drain import LINGER_SECONDS, SHUTTING_DOWN, GracefulStop
+from stsd.core.exchange import Issued
+from stsd.ops.metrics import Metrics, metrics_site_root
+from stsd.http.server import MetricsSite, STSResource, STSSite
 from stsd.testing.world import World
-from stsd.upstream import close_connections
+from stsd.upstream.http import close_connections
 from tests.test_e2e import params
 from tests.test_hostile import StandInExchange, connect, responses, valid_request
 from tests._trial import pytest_only

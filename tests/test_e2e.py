@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from stsd import wire
+from stsd.http import wire
 from stsd.testing.world import Daemon, World
 from tests._trial import pytest_only
 
@@ -588,7 +588,7 @@ async def test_identical_requests_reuse_credentials(world: World, daemon: Daemon
 
 @pytest_twisted.ensureDeferred
 async def test_daemon_needs_only_its_cluster_role(world: World, daemon: Daemon, http) -> None:
-    from stsd.rbac import PERMISSIONS
+    from stsd.ops.rbac import PERMISSIONS
 
     answer = await post(http, daemon.sts_url("tenant-1"), params(world.mint()))
     assert answer.status == 200

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from stsd.parent_users import user_name
+from stsd.state.parent_users import user_name
 from stsd.testing.world import Daemon, World
 from tests.test_e2e import ROLE, boto3_sts
 from tests._trial import pytest_only

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.exchange}: the order of checks, the caches, policy
+Tests for L{stsd.core.exchange}: the order of checks, the caches, policy
 selection, and — with hypothesis — that the policy MinIO actually
 receives never allows more than both the bindings and the caller's
 Policy. In memory: the fake MinIO behind StubTreq, a Clock.
@@ -19,15 +19,15 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
-from stsd.bindings import Binding, BindingIndex
-from stsd.exchange import POLICY_TTL, Exchange
-from stsd.identity import Identity
-from stsd.minio_client import MinIOClient, RootCredentials
-from stsd.policy import allows, parse_policy
-from stsd.tenants import EndpointRule, Tenant, TenantIndex
+from stsd.state.bindings import Binding, BindingIndex
+from stsd.core.exchange import POLICY_TTL, Exchange
+from stsd.auth.tokenreview import Identity
+from stsd.upstream.minio import MinIOClient, RootCredentials
+from stsd.core.policy import allows, parse_policy
+from stsd.state.tenants import EndpointRule, Tenant, TenantIndex
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
-from stsd.upstream import TreqTransport
-from stsd.wire import AssumeRoleRequest
+from stsd.upstream.http import TreqTransport
+from stsd.http.wire import AssumeRoleRequest
 from tests.test_policy import PROBES, policies
 
 READONLY = {"Version": "2012-10-17", "Statement": [
@@ -123,8 +123,8 @@ BOUND_NAMES = ("p0", "p1", "p2")
 
 
 def limited_harness(failed: tuple[float, int] = (1, 2), per_sa: tuple[float, int] = (1, 3)):
-    from stsd.exchange import Limits
-    from stsd.ratelimit import Rate, RateLimiter
+    from stsd.core.exchange import Limits
+    from stsd.core.ratelimit import Rate, RateLimiter
 
     h = Harness()
     h.exchange._limits = Limits(
@@ -135,7 +135,7 @@ def limited_harness(failed: tuple[float, int] = (1, 2), per_sa: tuple[float, int
 
 
 def run_as(h: Harness, client: str, token: str = "t.o.k"):
-    from stsd.exchange import Trail
+    from stsd.core.exchange import Trail
 
     request = AssumeRoleRequest(token, 3600, None)
     d = Deferred.fromCoroutine(h.exchange.exchange("tenant-1", request, Trail(client=client)))
@@ -321,7 +321,7 @@ class ExchangeTests(SynchronousTestCase):
         and a random caller Policy, whatever the policy MinIO received allows
         is allowed by the bindings and by the caller's Policy.
         """
-        from stsd.policy import merge, to_json
+        from stsd.core.policy import merge, to_json
 
         h = Harness({name: json.loads(to_json(p)) for name, p in zip(BOUND_NAMES, bound)})
         h.bindings.replace([Binding("tenant-1", "b", "apps", "app-sa", BOUND_NAMES[:len(bound)])])

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_gctuning -*-
-"""Tests for L{stsd.gctuning} and its setting, C{server.gc_tuning}."""
+"""Tests for L{stsd.ops.gctuning} and its setting, C{server.gc_tuning}."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from stsd import tap
-from stsd.gctuning import GC_YOUNG_THRESHOLD, freeze_heap_when_ready
+from stsd.ops.gctuning import GC_YOUNG_THRESHOLD, freeze_heap_when_ready
 from stsd.testing.pki import TestPKI
 from tests.test_tap import config_document, parse, shared_pki, write_config, write_kubeconfig
 

@@ -1,7 +1,7 @@
 """
 Hostile input on the request path.
 
- - hypothesis on L{stsd.wire.parse_request}: random bytes, odd content
+ - hypothesis on L{stsd.http.wire.parse_request}: random bytes, odd content
    types, duplicated, huge and invalid-UTF-8 parameters, random policies;
  - hypothesis on the Klein resource in memory (C{StubTreq}): random methods,
    paths, headers and bodies, and JWT attacks against a stand-in exchange
@@ -51,11 +51,13 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd import errors, wire
-from stsd.bindings import Grant
-from stsd.exchange import Issued
-from stsd.identity import Identity
-from stsd.server import STSResource, STSSite
+from stsd import errors
+
+from stsd.http import wire
+from stsd.state.bindings import Grant
+from stsd.core.exchange import Issued
+from stsd.auth.tokenreview import Identity
+from stsd.http.server import STSResource, STSSite
 from tests.test_wire import TOKEN
 from tests._trial import cases, expand, pytest_only
 

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.identity}: the TokenReview authenticator with a stand-in reviewer,
+Tests for L{stsd.auth.tokenreview}: the TokenReview authenticator with a stand-in reviewer,
 and the ServiceAccount username parser.
 
 No socket and no global reactor: every deadline runs on a L{Clock}.
@@ -17,8 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
-from stsd.identity import Identity, TokenReviewAuthenticator, parse_serviceaccount
-from stsd.kube import KubernetesError
+from stsd.auth.tokenreview import Identity, TokenReviewAuthenticator, parse_serviceaccount
+from stsd.upstream.kube import KubernetesError
 from tests._trial import cases, expand
 
 T = TypeVar("T")

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.jose}: the one decoder of JWT segments, canonical for
+Tests for L{stsd.auth.jose}: the one decoder of JWT segments, canonical for
 verification and lenient for the readers that only look.
 """
 
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.jose import json_segment, number, segment
+from stsd.auth.jose import json_segment, number, segment
 
 
 def b64url(data: bytes) -> str:

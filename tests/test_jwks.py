@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.jwks}: local verification of ServiceAccount tokens against
+Tests for L{stsd.auth.jwks}: local verification of ServiceAccount tokens against
 the cluster's published keys, in memory (the strict fake API server behind
 C{StubTreq}, a L{Clock}), and the TokenReview front that refuses forged
 tokens before they reach the API server.
@@ -29,8 +29,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
-from stsd.identity import Identity, TokenReviewAuthenticator
-from stsd.jwks import (
+from stsd.auth.tokenreview import Identity, TokenReviewAuthenticator
+from stsd.auth.jwks import (
     DISCOVERY_PATH,
     JWKS_PATH,
     JWKSAuthenticator,
@@ -38,7 +38,7 @@ from stsd.jwks import (
     LocallyCheckedTokenReview,
     parse_jwks,
 )
-from stsd.kube import TOKENREVIEW_PATH, KubeAccess, KubernetesClient, KubernetesError
+from stsd.upstream.kube import TOKENREVIEW_PATH, KubeAccess, KubernetesClient, KubernetesError
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.tokens import TokenIssuer
 
@@ -638,7 +638,7 @@ class ParseJWKSTests(SynchronousTestCase):
         self.assertEqual(parse_jwks({"keys": [bare]})[rsa_jwk["kid"]].algorithm, "RS256")
 
     def test_not_a_key_set(self) -> None:
-        from stsd.jwks import JWKSError
+        from stsd.auth.jwks import JWKSError
 
         for document in [None, [], {}, {"keys": {}}, {"keys": "x"}]:
             with self.subTest(document=document):

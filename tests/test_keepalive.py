@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.keepalive}: the keep-alive HTTP/1.1 client of the MinIO
+Tests for L{stsd.upstream.keepalive}: the keep-alive HTTP/1.1 client of the MinIO
 calls. Framing, deadlines, resends and the pool run in memory (the
 client's own endpoint over a L{MemoryReactorClock}, bytes carried by
 C{twisted.test.iosim}, time moved by the test); a few run on loopback:
@@ -24,13 +24,13 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.web.server import Site
 
-from stsd import keepalive, tls
-from stsd.keepalive import KeepAliveClient
+from stsd.upstream import keepalive, tls
+from stsd.upstream.keepalive import KeepAliveClient
 from stsd.twisted_private import UnbufferedTLSFactory
-from stsd.minio_client import MinIOClient, MinIOError, RootCredentials, TenantEndpoint
+from stsd.upstream.minio import MinIOClient, MinIOError, RootCredentials, TenantEndpoint
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.pki import TestPKI
-from stsd.upstream import UpstreamError
+from stsd.upstream.http import UpstreamError
 
 READWRITE = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::*"]}]}

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_keepalive_parser -*-
 """
-L{stsd.keepalive.ResponseParser} and L{stsd.keepalive.parse_response}
+L{stsd.upstream.keepalive.ResponseParser} and L{stsd.upstream.keepalive.parse_response}
 without I/O: fixed cases, and hypothesis over answers of every framing
 (Content-Length, chunked with extensions and trailers, delimited by the
 close, HTTP/1.0, after interim answers) split at random, and over random
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stsd.keepalive import (
+from stsd.upstream.keepalive import (
     MAX_HEAD_BYTES, ResponseError, ResponseParser, parse_response,
 )
 

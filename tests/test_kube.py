@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.kube}: the Kubernetes API client against the strict fake through
+Tests for L{stsd.upstream.kube}: the Kubernetes API client against the strict fake through
 C{StubTreq}, and the in-cluster token re-read.
 
 No socket and no global reactor: every deadline runs on a L{Clock}.
@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.kube import TOKENREVIEW_PATH, KubeAccess, KubernetesClient, KubernetesError
+from stsd.upstream.kube import TOKENREVIEW_PATH, KubeAccess, KubernetesClient, KubernetesError
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
@@ -67,7 +67,7 @@ class KubernetesClientTests(SynchronousTestCase):
         self.assertEqual(json.loads(review.body)["spec"]["audiences"], [AUDIENCE])
 
     def test_list_in_pages_with_transform(self) -> None:
-        from stsd.bindings import parse_binding
+        from stsd.state.bindings import parse_binding
 
         for i in range(7):
             self.fake.add_policybinding(f"ns{i % 2}", f"b{i}", app_namespace="apps",
@@ -174,7 +174,7 @@ class InClusterTokenTests(SynchronousTestCase):
 
         from kubernetes.config.incluster_config import InClusterConfigLoader
 
-        from stsd.kube import load_access
+        from stsd.upstream.kube import load_access
 
         pki = TestPKI.create(tmp_path / "pki")
         token = tmp_path / "token"

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.logs}: the JSON lines (one flat object per line, exact key
+Tests for L{stsd.ops.logs}: the JSON lines (one flat object per line, exact key
 sets for a normal event, an audit event, a failure and a legacy event; no
 secret through a C{repr}), twistd's C{--logfile} honoured and C{--syslog}
 refused, and the per-turn writer once the reactor has stopped.
@@ -37,9 +37,9 @@ from twisted.python.reflect import namedAny
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd import audit, logs
-from stsd.minio_client import RootCredentials
-from stsd.tenants import Tenant
+from stsd.ops import audit, logs
+from stsd.upstream.minio import RootCredentials
+from stsd.state.tenants import Tenant
 from stsd.testing.pki import TestPKI
 from stsd.testing.world import twistd_command
 from tests._trial import pytest_only, temporary_directory
@@ -82,7 +82,7 @@ async def test_factory_name_carries_the_log_file(tmp_path: Path) -> None:
     [line] = target.read_text().splitlines()
     assert json.loads(line)["message"] == "to the file 1"
     with pytest.raises(AttributeError):
-        namedAny("stsd.logs.observe_json_info_zz")
+        namedAny("stsd.ops.logs.observe_json_info_zz")
 
 
 @functools.cache
@@ -190,7 +190,7 @@ class LogsTests(SynchronousTestCase):
         assert set(record) == BASE | set(fields)
         assert {k: record[k] for k in fields} == fields
         assert (record["time"], record["level"], record["logger"], record["message"]) == (
-            STAMP, "info", "stsd.audit", "sts.AssumeRoleWithWebIdentity Success")
+            STAMP, "info", "stsd.ops.audit", "sts.AssumeRoleWithWebIdentity Success")
         # Once: not also as the message, an "audit_json" string or a nested "audit".
         assert text.count("ABC123") == 1
 
@@ -275,7 +275,7 @@ class LogsTests(SynchronousTestCase):
         assert set(json.loads(line)) == BASE | {"x"}
         with pytest.raises(ValueError):
             logs.observer_factory("json", "loud")
-        assert logs.factory_name("json", "info") == "stsd.logs.observe_json_info"
+        assert logs.factory_name("json", "info") == "stsd.ops.logs.observe_json_info"
 
     def test_log_file_from_twistd_options(self) -> None:
         tmp_path = temporary_directory(self)

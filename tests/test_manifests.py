@@ -6,7 +6,7 @@ Built-in kinds are validated against the Kubernetes OpenAPI schemas of
 It has no schemas for custom resources, so the PolicyBinding
 (sts.min.io) and ServiceMonitor (monitoring.coreos.com) are checked
 structurally instead.  Everything else checks what stsd relies on: the
-ClusterRole is exactly stsd.rbac.PERMISSIONS, the pods are hardened and
+ClusterRole is exactly stsd.ops.rbac.PERMISSIONS, the pods are hardened and
 probed on the metrics port, the Service keeps the upstream operator's
 name and port, the ConfigMap is a valid stsd config, and the
 NetworkPolicy opens 4223 to everyone and 9090 to monitoring only.
@@ -27,7 +27,7 @@ import pytest
 import yaml
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from stsd import drain, rbac
+from stsd.ops import drain, rbac
 from stsd.config import ConfigError, ServerConfig, parse_config
 from stsd.testing.pki import TestPKI
 from tests._trial import cases, expand, temporary_directory
@@ -138,7 +138,7 @@ def _ids(paths: list[Path]) -> list[str]:
 # -- kustomization -----------------------------------------------------------------------
 
 
-# -- RBAC: exactly stsd.rbac.PERMISSIONS -------------------------------------------------
+# -- RBAC: exactly stsd.ops.rbac.PERMISSIONS -------------------------------------------------
 
 
 # -- Deployment --------------------------------------------------------------------------
@@ -477,7 +477,7 @@ class ManifestTests(SynchronousTestCase):
     def test_termination_grace_period_covers_the_drain(self) -> None:
         """
         The kubelet kills stsd terminationGracePeriodSeconds after SIGTERM: that
-        must leave room for the drain of the ConfigMap's config (stsd.drain),
+        must leave room for the drain of the ConfigMap's config (stsd.ops.drain),
         its last connections' linger, and a margin.
         """
         defaults = {f.name: f.default for f in dataclasses.fields(ServerConfig)}

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.minio_client}: the MinIO admin and STS client against the strict
+Tests for L{stsd.upstream.minio}: the MinIO admin and STS client against the strict
 fake through C{StubTreq}, and the AssumeRole answer read without and with an
 XML tree.
 
@@ -18,8 +18,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd import upstream
-from stsd.minio_client import (
+from stsd.upstream import http as upstream
+from stsd.upstream.minio import (
     MinIOClient,
     MinIOError,
     RootCredentials,
@@ -28,8 +28,8 @@ from stsd.minio_client import (
 )
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.world import PHOTOS, READONLY, READWRITE
-from stsd.upstream import TreqTransport
-from stsd.wire import STS_NAMESPACE, IssuedCredentials
+from stsd.upstream.http import TreqTransport
+from stsd.http.wire import STS_NAMESPACE, IssuedCredentials
 from tests._trial import cases, expand
 
 T = TypeVar("T")

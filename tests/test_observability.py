@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from stsd import logs
+from stsd.ops import logs
 from stsd.testing.world import Daemon, World
 from tests.test_e2e import params, post
 from tests._trial import pytest_only
@@ -107,7 +107,7 @@ async def test_json_logs_and_audit_events(world: World, json_daemon: Daemon, htt
     startup = [e for e in events if e["message"].startswith("starting stsd with configuration")]
     assert len(startup) == 1 and startup[0]["logger"] == "stsd.tap"
     assert startup[0]["config"]["server"]["port"] == int(json_daemon.url.rsplit(":", 1)[1])
-    audits = [e for e in events if e["logger"] == "stsd.audit"]
+    audits = [e for e in events if e["logger"] == "stsd.ops.audit"]
     mine = [a for a in audits if a["request_id"] == request_id]
     assert len(mine) == 1
     event = mine[0]
@@ -135,7 +135,7 @@ async def test_json_logs_and_audit_events(world: World, json_daemon: Daemon, htt
                         params(world.mint("apps", "unbound-sa")))
     await deferLater(reactor, 0.3, lambda: None)
     events = [json.loads(line) for line in json_daemon.log_text().splitlines()]
-    [refusal] = [e for e in events if e["logger"] == "stsd.audit"
+    [refusal] = [e for e in events if e["logger"] == "stsd.ops.audit"
                  and e["request_id"] == denied.headers["x-amz-request-id"][0]]
     assert refusal["outcome"] == "AccessDenied" and refusal["status"] == 403
     assert refusal["serviceaccount"] == "system:serviceaccount:apps:unbound-sa"
@@ -157,7 +157,7 @@ def test_log_observer_json_and_level() -> None:
     assert "plain 3" in out.getvalue()
     with pytest.raises(ValueError):
         logs.observer_factory("xml", "info")
-    assert logs.factory_name("json", "info") == "stsd.logs.observe_json_info"
+    assert logs.factory_name("json", "info") == "stsd.ops.logs.observe_json_info"
     from twisted.python.reflect import namedAny
 
     assert callable(namedAny(logs.factory_name("text", "error")))
@@ -224,15 +224,14 @@ def test_audit_line_same_as_twisted_classic_text() -> None:
     # classic formatting would.
     from twisted.logger import formatEventAsClassicLogText, formatTime
 
-    from stsd import audit
-
+    from stsd.ops import audit
     captured: list[dict] = []
-    log = Logger(namespace="stsd.audit", observer=captured.append)
+    log = Logger(namespace="stsd.ops.audit", observer=captured.append)
     log.info(logs.AUDIT_FORMAT, audit_json=json.dumps({"a": 1, "b": "x y"}), audit={"a": 1})
     [event] = captured
     fast = logs._text_line()(event)
     assert fast == formatEventAsClassicLogText(event, formatTime=lambda t: formatTime(int(t)))
-    assert fast.endswith(' [stsd.audit#info] {"a": 1, "b": "x y"}\n')
+    assert fast.endswith(' [stsd.ops.audit#info] {"a": 1, "b": "x y"}\n')
     # And audit.emit's events take that path.
     captured.clear()
     original = audit.log.observer
@@ -241,7 +240,7 @@ def test_audit_line_same_as_twisted_classic_text() -> None:
         audit.emit({"event": "x"})
     finally:
         audit.log.observer = original
-    assert logs._text_line()(captured[0]).endswith(' [stsd.audit#info] {"event": "x"}\n')
+    assert logs._text_line()(captured[0]).endswith(' [stsd.ops.audit#info] {"event": "x"}\n')
 
 
 # For trial: these need what only pytest gives; it reports them as skipped.

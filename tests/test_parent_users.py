@@ -1,7 +1,7 @@
 """
 Tests for the parent-user mode, in memory (StubTreq, Clock): the MinIO
 user admin calls with real C{minio.crypto} payloads, the user name and
-secret derivation, the reconciler of L{stsd.parent_users}, and the
+secret derivation, the reconciler of L{stsd.state.parent_users}, and the
 exchange signing AssumeRole as the parent user.
 """
 
@@ -22,10 +22,12 @@ from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd import errors, minio_client
-from stsd.bindings import Binding, BindingIndex
-from stsd.exchange import Exchange
-from stsd.minio_client import (
+from stsd import errors
+
+from stsd.upstream import minio as minio_client
+from stsd.state.bindings import Binding, BindingIndex
+from stsd.core.exchange import Exchange
+from stsd.upstream.minio import (
     MinIOClient,
     MinIOError,
     NoSuchPolicy,
@@ -37,12 +39,12 @@ from stsd.minio_client import (
     decrypt_payload,
     encrypt_payload,
 )
-from stsd.parent_users import ParentUsers, is_owned, user_name, user_secret
-from stsd.policy import parse_policy
-from stsd.tenants import EndpointRule, Tenant, TenantIndex
+from stsd.state.parent_users import ParentUsers, is_owned, user_name, user_secret
+from stsd.core.policy import parse_policy
+from stsd.state.tenants import EndpointRule, Tenant, TenantIndex
 from stsd.testing.fake_minio import FakeMinIO
-from stsd.upstream import TreqTransport
-from stsd.wire import AssumeRoleRequest
+from stsd.upstream.http import TreqTransport
+from stsd.http.wire import AssumeRoleRequest
 from tests.minio_users_shim import User, UsersShim
 from tests.test_exchange import PHOTOS, READONLY, StandInAuthenticator
 
@@ -654,7 +656,7 @@ class ParentUserTests(SynchronousTestCase):
         assert "storage" not in raised.value.message and "injected" not in raised.value.message
 
     def test_deleting_the_serviceaccount_removes_its_user(self) -> None:
-        from stsd.serviceaccounts import ServiceAccountIndex
+        from stsd.state.serviceaccounts import ServiceAccountIndex
 
         w = World()
         index = ServiceAccountIndex(None, w.clock, 60)  # type: ignore[arg-type]  # fed by hand
@@ -686,7 +688,7 @@ class ParentUserTests(SynchronousTestCase):
         assert parent.policies_used == ("readonly",) and name in w.shim.users
 
     def test_the_first_serviceaccount_list_removes_users_of_deleted_ones(self) -> None:
-        from stsd.serviceaccounts import ServiceAccountIndex
+        from stsd.state.serviceaccounts import ServiceAccountIndex
 
         w = World()
         index = ServiceAccountIndex(None, w.clock, 60)  # type: ignore[arg-type]

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.periodic}: the one way stsd runs periodic work, a
+Tests for L{stsd.core.periodic}: the one way stsd runs periodic work, a
 L{TimerService} on an injected L{Clock} whose tick never stops it.
 """
 
@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.periodic import timer_service
+from stsd.core.periodic import timer_service
 
 
 class TimerServiceTests(SynchronousTestCase):

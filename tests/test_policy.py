@@ -1,4 +1,4 @@
-"""Tests for stsd.policy: parsing, the intersection's safety, compaction, round trips."""
+"""Tests for stsd.core.policy: parsing, the intersection's safety, compaction, round trips."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.policy import (
+from stsd.core.policy import (
     Policy,
     PolicyError,
     Statement,
@@ -676,7 +676,7 @@ class PolicyTests(SynchronousTestCase):
         # intersects it with the (cached, compacted) bound policies.  Work is counted in
         # Python lines executed, which neither the machine's load nor a warm cache changes
         # (the old algebra: 389,536 lines; this one 17,485; a typical Policy 3,737).
-        import stsd.policy as algebra
+        import stsd.core.policy as algebra
 
         bound = compact(policy(allow("s3:*", S3 + "*"), deny("s3:DeleteBucket", S3 + "*")))
         text = _pathological_caller()
@@ -690,7 +690,7 @@ class PolicyTests(SynchronousTestCase):
 
     def test_issue9_session_limits(self) -> None:
         # Finding 4: the limits wire.py applies to a caller's Policy (MalformedPolicyDocument).
-        from stsd.policy import check_session_limits
+        from stsd.core.policy import check_session_limits
 
         many = [S3 + f"bucket-{i:03d}/*" for i in range(126)]  # literal and P* patterns: cheap
         check_session_limits(policy(allow(["s3:GetObject", "s3:PutObject"], many)))

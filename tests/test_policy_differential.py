@@ -1,4 +1,4 @@
-"""Differential tests of stsd.policy against the MinIO-semantics evaluator.
+"""Differential tests of stsd.core.policy against the MinIO-semantics evaluator.
 
 For random bound policies and a random caller Policy, stsd's session policy (computed as
 exchange.py computes it) may allow, as MinIO evaluates it, only what the bound policies
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.policy import PolicyError, compact, intersect, merge, parse_policy, to_json
+from stsd.core.policy import PolicyError, compact, intersect, merge, parse_policy, to_json
 from stsd.testing.minio_policy import allowed
 
 S3 = "arn:aws:s3:::"

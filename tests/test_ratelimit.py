@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.ratelimit}: token buckets on a L{Clock}, their LRU bound,
+Tests for L{stsd.core.ratelimit}: token buckets on a L{Clock}, their LRU bound,
 and — with hypothesis — that no window of T seconds ever lets through more
 than C{burst + rate * T} requests for one key.
 """
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.ratelimit import Rate, RateLimiter, retry_after
+from stsd.core.ratelimit import Rate, RateLimiter, retry_after
 from tests._trial import cases, expand
 
 

@@ -1,5 +1,5 @@
 """
-Tests for the background L{stsd.refresh.Refresher} that keeps the
+Tests for the background L{stsd.state.refresh.Refresher} that keeps the
 PolicyBinding and Tenant indexes in step with the cluster.
 """
 
@@ -9,10 +9,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.bindings import BindingIndex
-from stsd.kube import KubernetesError
-from stsd.refresh import BINDINGS_PATH, TENANTS_PATH, Refresher
-from stsd.tenants import EndpointRule, TenantIndex
+from stsd.state.bindings import BindingIndex
+from stsd.upstream.kube import KubernetesError
+from stsd.state.refresh import BINDINGS_PATH, TENANTS_PATH, Refresher
+from stsd.state.tenants import EndpointRule, TenantIndex
 from tests.test_bindings import binding_obj
 from tests.test_tenants import secret_obj, tenant_obj
 

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.server}: the Klein resource in memory (StubTreq), with a
+Tests for L{stsd.http.server}: the Klein resource in memory (StubTreq), with a
 stand-in exchange, so routing and the error rendering are checked alone.
 """
 
@@ -14,11 +14,13 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd import errors, wire
-from stsd.bindings import Grant
-from stsd.exchange import Issued, Trail
-from stsd.identity import Identity
-from stsd.server import STSResource
+from stsd import errors
+
+from stsd.http import wire
+from stsd.state.bindings import Grant
+from stsd.core.exchange import Issued, Trail
+from stsd.auth.tokenreview import Identity
+from stsd.http.server import STSResource
 from tests.test_wire import TOKEN
 
 NS = {"sts": wire.STS_NAMESPACE}
@@ -172,7 +174,7 @@ def post_through_site(exchange: StandInExchange):
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactorClock
 
-    from stsd.server import STSSite
+    from stsd.http.server import STSSite
 
     reactor = MemoryReactorClock()
     resource = STSResource(exchange, default_duration=3600, max_duration=43200,
@@ -216,6 +218,6 @@ class ServerFunctionTests(SynchronousTestCase):
             protocol.connectionLost(Failure(ConnectionError("client left")))
         finally:
             globalLogPublisher.removeObserver(events.append)
-        audits = [e["audit"] for e in events if e.get("log_namespace") == "stsd.audit"]
+        audits = [e["audit"] for e in events if e.get("log_namespace") == "stsd.ops.audit"]
         assert [(a["outcome"], a["status"]) for a in audits] == [("ClientClosedRequest", 499)]
         assert not [e for e in events if e.get("log_level") in (LogLevel.critical, LogLevel.error)]

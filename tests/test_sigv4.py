@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.sigv4}: the signatures are exactly those of the C{minio}
+Tests for L{stsd.upstream.sigv4}: the signatures are exactly those of the C{minio}
 package's signer, headers whose names differ only in case are signed as
 the server reads them (checked by the fake MinIO's verifier), and the
 signing key is derived once per day.
@@ -18,8 +18,8 @@ from minio.signer import sign_v4_s3, sign_v4_sts
 from twisted.trial.unittest import SynchronousTestCase
 import pytest
 
-from stsd import sigv4
-from stsd.sigv4 import Signer
+from stsd.upstream import sigv4
+from stsd.upstream.sigv4 import Signer
 from stsd.testing.fake_minio import verify_sigv4
 
 _text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=20)

@@ -24,8 +24,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import tap
-from stsd.refresh import Refresher
-from stsd.watch import WatchSync
+from stsd.state.refresh import Refresher
+from stsd.state.watch import WatchSync
 from stsd.testing.pki import TestPKI
 from tests._trial import cases, expand, temporary_directory
 
@@ -252,9 +252,9 @@ class TapTests(SynchronousTestCase):
         from twisted.internet.task import Clock
 
         from stsd.config import KubernetesConfig
-        from stsd.metrics import Metrics
+        from stsd.ops.metrics import Metrics
         from stsd.tap import _remembering
-        from stsd.tokencache import CachingAuthenticator
+        from stsd.auth.tokencache import CachingAuthenticator
 
         inner = object()
         cached = _remembering(inner, KubernetesConfig(token_verification="tokenreview",
@@ -269,8 +269,8 @@ class TapTests(SynchronousTestCase):
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", shared_pki())
         monkeypatch = pytest.MonkeyPatch()
         self.addCleanup(monkeypatch.undo)
-        from stsd.drain import GracefulStop
-        from stsd.server import MetricsSite, STSSite
+        from stsd.ops.drain import GracefulStop
+        from stsd.http.server import MetricsSite, STSSite
 
         made: list[dict[str, Any]] = []
         real = tap.KeepAliveClient
@@ -313,7 +313,7 @@ class TapTests(SynchronousTestCase):
         tmp_path = temporary_directory(self)
         pki = shared_pki()
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", shared_pki())
-        from stsd.parent_users import ParentUsers
+        from stsd.state.parent_users import ParentUsers
 
         tenants = {} if authorization is None else {"authorization": authorization}
         options = parse(write_config(tmp_path, config_document(pki, kubeconfig, tenants=tenants)))

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.tenants}: parsing Tenants and their configuration
+Tests for L{stsd.state.tenants}: parsing Tenants and their configuration
 Secrets, root credentials, endpoints and the tenant index.
 """
 
@@ -12,7 +12,7 @@ import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
-from stsd.tenants import (
+from stsd.state.tenants import (
     EndpointRule,
     TenantIndex,
     parse_config_env,

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.tls}: the server's TLS options and the verifying client policy,
+Tests for L{stsd.upstream.tls}: the server's TLS options and the verifying client policy,
 with in-memory handshakes.
 
 No socket and no global reactor: every deadline runs on a L{Clock}.
@@ -14,7 +14,7 @@ from pathlib import Path
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd import tls
+from stsd.upstream import tls
 from stsd.testing.pki import TestPKI
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.tokencache}: the positive TokenReview cache, on a
+Tests for L{stsd.auth.tokencache}: the positive TokenReview cache, on a
 L{Clock}, in front of a stand-in authenticator.
 """
 
@@ -15,8 +15,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
-from stsd.identity import Identity
-from stsd.tokencache import CachingAuthenticator, _expiry
+from stsd.auth.tokenreview import Identity
+from stsd.auth.tokencache import CachingAuthenticator, _expiry
 
 T0 = 1_700_000_000.0
 ALICE = Identity("apps", "alice", "pod-1")

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.upstream}: one upstream request, its deadline (which covers the
+Tests for L{stsd.upstream.http}: one upstream request, its deadline (which covers the
 body), its size bound, and no redirect followed.
 
 No socket and no global reactor: every deadline runs on a L{Clock}.
@@ -17,8 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from stsd import upstream
-
+from stsd.upstream import http as upstream
 T = TypeVar("T")
 
 TIMEOUT = 5.0

@@ -1,6 +1,6 @@
 """
-Tests for L{stsd.watch} (list + watch of PolicyBindings, Tenants and their
-Secrets) and L{stsd.kube.KubernetesClient.watch}.
+Tests for L{stsd.state.watch} (list + watch of PolicyBindings, Tenants and their
+Secrets) and L{stsd.upstream.kube.KubernetesClient.watch}.
 
 Most run in memory: the strict fake API server behind C{StubTreq} (which
 streams a watch response chunk by chunk as the fake writes it: each
@@ -32,17 +32,19 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from stsd import errors, kube, tls
-from stsd.bindings import Binding, BindingIndex
-from stsd.kube import KubeAccess, KubernetesClient, KubernetesError, WatchExpired
-from stsd.rbac import PERMISSIONS
-from stsd.refresh import Refresher
-from stsd.tenants import EndpointRule, TenantIndex
+from stsd import errors
+
+from stsd.upstream import kube, tls
+from stsd.state.bindings import Binding, BindingIndex
+from stsd.upstream.kube import KubeAccess, KubernetesClient, KubernetesError, WatchExpired
+from stsd.ops.rbac import PERMISSIONS
+from stsd.state.refresh import Refresher
+from stsd.state.tenants import EndpointRule, TenantIndex
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
-from stsd.upstream import close_connections, make_client
-from stsd.watch import BINDINGS_PATH, TENANTS_PATH, WATCH_SECONDS, ListWatch, WatchSync
+from stsd.upstream.http import close_connections, make_client
+from stsd.state.watch import BINDINGS_PATH, TENANTS_PATH, WATCH_SECONDS, ListWatch, WatchSync
 
 T = TypeVar("T")
 

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.wire}: request parsing in the order of the error table,
+Tests for L{stsd.http.wire}: request parsing in the order of the error table,
 and the XML the SDKs read.
 """
 
@@ -14,7 +14,9 @@ from xml.etree import ElementTree
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd import errors, wire
+from stsd import errors
+
+from stsd.http import wire
 from tests._trial import cases, expand
 
 NS = {"sts": wire.STS_NAMESPACE}
@@ -89,7 +91,7 @@ class WireTests(SynchronousTestCase):
         ({"body": form(Policy="{not json")}, ("MalformedPolicyDocument", 400)),
         ({"body": form(Policy='{"Statement": "nope"}')}, ("MalformedPolicyDocument", 400)),
         ({"body": form(Policy="[]")}, ("MalformedPolicyDocument", 400)),
-        # over the session limits (stsd.policy.check_session_limits): 9 wildcards in a pattern
+        # over the session limits (stsd.core.policy.check_session_limits): 9 wildcards in a pattern
         ({"body": form(Policy='{"Statement": {"Effect": "Allow", "Action": "s3:*",'
                           ' "Resource": "arn:aws:s3:::*a*a*a*a*a*a*a*a*"}}')},
          ("MalformedPolicyDocument", 400)),

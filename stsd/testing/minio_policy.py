@@ -34,7 +34,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from stsd.minio_actions import (
+from stsd.core.minio_actions import (
     ADMIN_ACTIONS,
     ADMIN_ACTIONS_WITH_RESOURCE,
     IMPLIED_ACTIONS,

@@ -131,7 +131,7 @@ class TestPKI:
 
         # pyOpenSSL >= 24.3 takes cryptography objects directly (and warns on
         # its own deprecated X509/PKey), so no conversion is needed.
-        # (Twisted annotates pyOpenSSL's types only: see stsd.tls.server_options_for.)
+        # (Twisted annotates pyOpenSSL's types only: see stsd.upstream.tls.server_options_for.)
         return CertificateOptions(
             privateKey=self.key,  # type: ignore[arg-type]
             certificate=self.cert,  # type: ignore[arg-type]

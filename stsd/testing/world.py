@@ -27,12 +27,12 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
-from stsd.rbac import PERMISSIONS
+from stsd.ops.rbac import PERMISSIONS
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
-from stsd.upstream import close_connections
+from stsd.upstream.http import close_connections
 
 READWRITE = {
     "Version": "2012-10-17",
@@ -380,8 +380,8 @@ class World:
         A treq client that trusts only this world's CA (close its pool's
         cached connections when done).
         """
-        from stsd import tls
-        from stsd.upstream import make_client
+        from stsd.upstream import tls
+        from stsd.upstream.http import make_client
 
         return make_client(self.reactor, tls.VerifiedHTTPS(
             tls.trust_from_files([str(self.pki.ca_path)], system=False)))
