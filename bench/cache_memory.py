@@ -13,13 +13,12 @@ from __future__ import annotations
 import datetime, gc, json, resource, sys, time
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from stsd.state.bindings import Binding, BindingIndex
 from stsd.core.exchange import Exchange
-from stsd.auth.tokenreview import Identity
-from stsd.upstream.minio import RootCredentials
+from stsd.core.exchange import AssumeRoleRequest
 from stsd.core.policy import parse_policy
-from stsd.state.tenants import EndpointRule, Tenant, TenantIndex
-from stsd.http.wire import AssumeRoleRequest, IssuedCredentials
+from stsd.model import Binding, Identity, IssuedCredentials, RootCredentials, Tenant
+from stsd.state.bindings import BindingIndex
+from stsd.state.tenants import EndpointRule, TenantIndex
 
 def rss():
     with open("/proc/self/status") as f:

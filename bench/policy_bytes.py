@@ -22,22 +22,16 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from stsd import errors
-from stsd.state.bindings import Binding, BindingIndex
 from stsd.core.exchange import Exchange
-from stsd.auth.tokenreview import Identity
-from stsd.upstream.minio import (
-    MinIOClient,
-    RootCredentials,
-    decrypt_json_payload,
-    decrypt_payload,
-    encrypt_payload,
-)
-from stsd.state.parent_users import ParentUsers
+from stsd.core.exchange import AssumeRoleRequest
 from stsd.core.policy import parse_policy
-from stsd.state.tenants import EndpointRule, Tenant, TenantIndex
+from stsd.model import Binding, Identity, RootCredentials, Tenant
+from stsd.state.bindings import BindingIndex
+from stsd.state.parent_users import ParentUsers
+from stsd.state.tenants import EndpointRule, TenantIndex
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.upstream.http import TreqTransport
-from stsd.http.wire import AssumeRoleRequest
+from stsd.upstream.minio import MinIOClient, decrypt_json_payload, decrypt_payload, encrypt_payload
 
 ROOT = RootCredentials("root", "root-secret-key-for-the-bench")
 

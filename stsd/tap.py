@@ -28,33 +28,34 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from stsd import config as configuration
+from stsd.auth.jwks import JWKSAuthenticator, KeySet, LocallyCheckedTokenReview
+from stsd.auth.tokencache import CachingAuthenticator
+from stsd.auth.tokenreview import TokenReviewAuthenticator
+from stsd.core.exchange import Exchange, Limits
+from stsd.core.ratelimit import Rate, RateLimiter
+from stsd.http.server import MetricsSite, STSResource, STSSite
+from stsd.model import Authenticator
 from stsd.ops import logs
-from stsd.upstream import kube, tls
-from stsd.state.bindings import BindingIndex
 from stsd.ops.certreload import CertificateLoadError, CertificateReloader
 from stsd.ops.drain import GracefulStop
-from stsd.core.exchange import Authenticator, Exchange, Limits
 from stsd.ops.gctuning import freeze_heap_when_ready
-from stsd.auth.tokenreview import TokenReviewAuthenticator
-from stsd.auth.jwks import JWKSAuthenticator, KeySet, LocallyCheckedTokenReview
-from stsd.upstream.keepalive import KeepAliveClient
 from stsd.ops.metrics import (
     Metrics,
     ObservedHTTPClient,
     kubernetes_target,
     metrics_site_root,
 )
-from stsd.upstream.minio import MinIOClient, ThreadedPayloadCrypto
+from stsd.state.bindings import BindingIndex
 from stsd.state.parent_users import ParentUsers
-from stsd.core.ratelimit import Rate, RateLimiter
 from stsd.state.refresh import Refresher
-from stsd.http.server import MetricsSite, STSResource, STSSite
 from stsd.state.serviceaccounts import ServiceAccountIndex
 from stsd.state.tenants import EndpointRule, TenantIndex
-from stsd.auth.tokencache import CachingAuthenticator
-from stsd.twisted_private import raise_listen_errors
-from stsd.upstream.http import make_client
 from stsd.state.watch import WatchSync
+from stsd.twisted_private import raise_listen_errors
+from stsd.upstream import kube, tls
+from stsd.upstream.http import make_client
+from stsd.upstream.keepalive import KeepAliveClient
+from stsd.upstream.minio import MinIOClient, ThreadedPayloadCrypto
 
 log = Logger()
 
@@ -124,19 +125,6 @@ class Options(usage.Options):
             raise StartupError(f"kubernetes.kubeconfig: {e}") from None
 
 
-def tenant_trust(config: configuration.Config, access: kube.KubeAccess) -> tls.CertificateTrust:
-    """
-    Tenants are verified against the system store, the cluster's CA (the
-    operator's auto-certificates are signed by it) and C{tenants.ca_file}.
-    """
-    paths = []
-    if config.kubernetes.kubeconfig is None and access.configuration.ssl_ca_cert:
-        paths.append(access.configuration.ssl_ca_cert)
-    if config.tenants.ca_file:
-        paths.append(config.tenants.ca_file)
-    return tls.trust_from_files(paths, system=True)
-
-
 def _limits(config: configuration.LimitsConfig, clock: IReactorTime) -> Limits:
     def limiter(rate: configuration.RateConfig) -> RateLimiter:
         return RateLimiter(Rate(rate.rate, rate.burst), clock, max_keys=config.max_tracked_keys)
@@ -204,7 +192,7 @@ def makeService(options: Options, reactor: IDaemonReactor | None = None) -> ISer
         make_client(reactor, access.https), metrics, kubernetes_target, reactor)
     kubernetes = kube.KubernetesClient(
         access, kube_http, reactor, config.kubernetes.timeout_seconds)
-    minio_http = KeepAliveClient(reactor, tls.VerifiedHTTPS(tenant_trust(config, access)),
+    minio_http = KeepAliveClient(reactor, tls.VerifiedHTTPS(kube.tenant_trust(access, config.tenants.ca_file)),
                                  observe=metrics.observe_upstream,
                                  max_connections=config.tenants.max_connections)
     crypto_pool = _crypto_pool()

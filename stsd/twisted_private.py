@@ -35,7 +35,7 @@ __all__ = [
 #: L{stsd.upstream.tls.CertificateTrust} implements this interface (it has no public
 #: home) so that C{optionsForClientTLS(trustRoot=...)} takes it: Twisted's
 #: own trust roots are the platform's store or a fixed list, never both, and
-#: tenants need both (public CAs and the cluster's CA: tap.tenant_trust).
+#: tenants need both (public CAs and the cluster's CA: upstream.kube.tenant_trust).
 #: Kept for correctness; no public trust root combines the two (not
 #: measured by removal: there is nothing to put in its place).
 #: Twisted calls the method named L{TRUST_ROOT_METHOD} with the SSL context.

@@ -25,8 +25,8 @@ from urllib.parse import parse_qsl
 
 from twisted.web.resource import Resource
 
-from stsd.upstream.minio import decrypt_payload, encrypt_payload
 from stsd.testing.fake_minio import FakeMinIO, verify_sigv4
+from stsd.upstream.minio import decrypt_payload, encrypt_payload
 
 _STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
 

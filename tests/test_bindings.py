@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.state.bindings import Binding, BindingIndex, parse_binding
+from stsd.model import Binding
+from stsd.state.bindings import BindingIndex, parse_binding
 
 
 def binding_obj(ns: str, name: str, app_ns: str, sa: str, policies: list[str]) -> dict:

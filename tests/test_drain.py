@@ -26,10 +26,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.ops.drain import LINGER_SECONDS, SHUTTING_DOWN, GracefulStop
 from stsd.core.exchange import Issued
-from stsd.ops.metrics import Metrics, metrics_site_root
 from stsd.http.server import MetricsSite, STSResource, STSSite
+from stsd.ops.drain import LINGER_SECONDS, SHUTTING_DOWN, GracefulStop
+from stsd.ops.metrics import Metrics, metrics_site_root
 from stsd.testing.world import World
 from stsd.upstream.http import close_connections
 from tests.test_e2e import params

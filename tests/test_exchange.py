@@ -19,15 +19,15 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
-from stsd.state.bindings import Binding, BindingIndex
 from stsd.core.exchange import POLICY_TTL, Exchange
-from stsd.auth.tokenreview import Identity
-from stsd.upstream.minio import MinIOClient, RootCredentials
+from stsd.core.exchange import AssumeRoleRequest
 from stsd.core.policy import allows, parse_policy
-from stsd.state.tenants import EndpointRule, Tenant, TenantIndex
+from stsd.model import Binding, Identity, RootCredentials, Tenant
+from stsd.state.bindings import BindingIndex
+from stsd.state.tenants import EndpointRule, TenantIndex
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.upstream.http import TreqTransport
-from stsd.http.wire import AssumeRoleRequest
+from stsd.upstream.minio import MinIOClient
 from tests.test_policy import PROBES, policies
 
 READONLY = {"Version": "2012-10-17", "Statement": [

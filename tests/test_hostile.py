@@ -53,11 +53,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
 
+from stsd.core.exchange import AssumeRoleRequest, Issued
 from stsd.http import wire
-from stsd.state.bindings import Grant
-from stsd.core.exchange import Issued
-from stsd.auth.tokenreview import Identity
 from stsd.http.server import STSResource, STSSite
+from stsd.model import Grant, Identity
+from stsd.upstream.minio import MINIO_POLICY_LIMIT
 from tests.test_wire import TOKEN
 from tests._trial import cases, expand, pytest_only
 
@@ -87,10 +87,10 @@ class StandInExchange:
     def __init__(self) -> None:
         self.calls = 0
 
-    def check(self, request: wire.AssumeRoleRequest) -> None:
+    def check(self, request: AssumeRoleRequest) -> None:
         pass
 
-    async def exchange(self, namespace: str, request: wire.AssumeRoleRequest,
+    async def exchange(self, namespace: str, request: AssumeRoleRequest,
                        *rest: Any) -> Issued:
         self.calls += 1
         self.check(request)
@@ -128,7 +128,7 @@ class VerifyingExchange(StandInExchange):
     C{kubernetes.io} claims present and current; else AccessDenied.
     """
 
-    def check(self, request: wire.AssumeRoleRequest) -> None:
+    def check(self, request: AssumeRoleRequest) -> None:
         try:
             claims = jwt.decode(
                 request.token, signing_key().public_key(), algorithms=["RS256"],
@@ -310,7 +310,7 @@ def mutants(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def parse(body: bytes, query: bytes, content_type: str | None
-          ) -> tuple[wire.AssumeRoleRequest | None, errors.STSError | None]:
+          ) -> tuple[AssumeRoleRequest | None, errors.STSError | None]:
     """parse_request's only allowed outcomes: a request, or an STSError 400."""
     try:
         request = wire.parse_request(content_type=content_type, body=body, query=query,
@@ -322,7 +322,7 @@ def parse(body: bytes, query: bytes, content_type: str | None
         assert e.type == "Sender"
         event(f"refused: {e.code}")
         return None, e
-    assert isinstance(request, wire.AssumeRoleRequest)
+    assert isinstance(request, AssumeRoleRequest)
     assert 0 < len(request.token) <= wire.MAX_TOKEN_CHARS
     assert 900 <= request.duration_seconds <= 43200
     assert len(body) <= wire.MAX_BODY_BYTES
@@ -833,7 +833,7 @@ class HostileTests(SynchronousTestCase):
         request, error = parse(body, b"", wire.FORM_CONTENT_TYPE)
         if error is not None:
             assert error.code == "MalformedPolicyDocument" or (
-                error.code == "PackedPolicyTooLarge" and len(text) > wire.MINIO_POLICY_LIMIT), error
+                error.code == "PackedPolicyTooLarge" and len(text) > MINIO_POLICY_LIMIT), error
         else:
             assert request is not None and request.policy is not None
 

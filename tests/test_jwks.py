@@ -29,7 +29,6 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
-from stsd.auth.tokenreview import Identity, TokenReviewAuthenticator
 from stsd.auth.jwks import (
     DISCOVERY_PATH,
     JWKS_PATH,
@@ -38,9 +37,11 @@ from stsd.auth.jwks import (
     LocallyCheckedTokenReview,
     parse_jwks,
 )
-from stsd.upstream.kube import TOKENREVIEW_PATH, KubeAccess, KubernetesClient, KubernetesError
+from stsd.auth.tokenreview import TokenReviewAuthenticator
+from stsd.model import Identity
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.tokens import TokenIssuer
+from stsd.upstream.kube import TOKENREVIEW_PATH, KubeAccess, KubernetesClient, KubernetesError
 
 T = TypeVar("T")
 

@@ -24,13 +24,14 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.web.server import Site
 
-from stsd.upstream import keepalive, tls
-from stsd.upstream.keepalive import KeepAliveClient
-from stsd.twisted_private import UnbufferedTLSFactory
-from stsd.upstream.minio import MinIOClient, MinIOError, RootCredentials, TenantEndpoint
+from stsd.model import RootCredentials, TenantEndpoint
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.pki import TestPKI
+from stsd.twisted_private import UnbufferedTLSFactory
+from stsd.upstream import keepalive, tls
 from stsd.upstream.http import UpstreamError
+from stsd.upstream.keepalive import KeepAliveClient
+from stsd.upstream.minio import MinIOClient, MinIOError
 
 READWRITE = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::*"]}]}

@@ -17,10 +17,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.upstream.kube import TOKENREVIEW_PATH, KubeAccess, KubernetesClient, KubernetesError
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
+from stsd.upstream.kube import TOKENREVIEW_PATH, KubeAccess, KubernetesClient, KubernetesError
 
 from tests._trial import temporary_directory
 
@@ -191,3 +191,28 @@ class InClusterTokenTests(SynchronousTestCase):
         loader.token_expires_at = datetime.datetime.now() - datetime.timedelta(seconds=1)
         access.refresh()
         assert access.authorization == "bearer second-token"
+
+    def test_tenants_trust_the_cluster_ca_only_in_the_cluster(self) -> None:
+        """In the cluster the operator's auto-certificates are signed by the
+        cluster CA, so tenants are verified against it (and the system store,
+        and C{tenants.ca_file}); a kubeconfig's CA is not lent to tenants."""
+        tmp_path = temporary_directory(self)
+        from kubernetes.config.incluster_config import InClusterConfigLoader
+
+        from stsd.upstream.kube import load_access, tenant_trust
+
+        cluster = TestPKI.create(tmp_path / "cluster")
+        extra = TestPKI.create(tmp_path / "extra")
+        token = tmp_path / "token"
+        token.write_text("a-token")
+        loader = InClusterConfigLoader(
+            token_filename=str(token), cert_filename=str(cluster.ca_path),
+            environ={"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"})
+        access = load_access(None, in_cluster=loader)
+        self.assertTrue(access.in_cluster)
+        trust = tenant_trust(access, str(extra.ca_path))
+        self.assertTrue(trust.system)
+        self.assertEqual(trust.certificates, (cluster.ca_cert, extra.ca_cert))
+        self.assertEqual(tenant_trust(access, None).certificates, (cluster.ca_cert,))
+        access.in_cluster = False  # as a kubeconfig loads it
+        self.assertEqual(tenant_trust(access, str(extra.ca_path)).certificates, (extra.ca_cert,))

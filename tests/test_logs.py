@@ -37,9 +37,8 @@ from twisted.python.reflect import namedAny
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
+from stsd.model import RootCredentials, Tenant
 from stsd.ops import audit, logs
-from stsd.upstream.minio import RootCredentials
-from stsd.state.tenants import Tenant
 from stsd.testing.pki import TestPKI
 from stsd.testing.world import twistd_command
 from tests._trial import pytest_only, temporary_directory

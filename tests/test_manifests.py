@@ -27,8 +27,8 @@ import pytest
 import yaml
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from stsd.ops import drain, rbac
 from stsd.config import ConfigError, ServerConfig, parse_config
+from stsd.ops import drain, rbac
 from stsd.testing.pki import TestPKI
 from tests._trial import cases, expand, temporary_directory
 

@@ -22,8 +22,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd.config import MetricsConfig
-from stsd.ops.metrics import Metrics, metrics_site_root
 from stsd.http.server import MetricsSite
+from stsd.ops.metrics import Metrics, metrics_site_root
 from tests.test_hostile import responses
 from tests._trial import pytest_only
 

@@ -24,27 +24,17 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
 
-from stsd.upstream import minio as minio_client
-from stsd.state.bindings import Binding, BindingIndex
 from stsd.core.exchange import Exchange
-from stsd.upstream.minio import (
-    MinIOClient,
-    MinIOError,
-    NoSuchPolicy,
-    RootCredentials,
-    TenantEndpoint,
-    ThreadedPayloadCrypto,
-    UserInfo,
-    decrypt_json_payload,
-    decrypt_payload,
-    encrypt_payload,
-)
-from stsd.state.parent_users import ParentUsers, is_owned, user_name, user_secret
+from stsd.core.exchange import AssumeRoleRequest
 from stsd.core.policy import parse_policy
-from stsd.state.tenants import EndpointRule, Tenant, TenantIndex
+from stsd.model import Binding, RootCredentials, Tenant, TenantEndpoint
+from stsd.state.bindings import BindingIndex
+from stsd.state.parent_users import ParentUsers, is_owned, user_name, user_secret
+from stsd.state.tenants import EndpointRule, TenantIndex
 from stsd.testing.fake_minio import FakeMinIO
+from stsd.upstream import minio as minio_client
 from stsd.upstream.http import TreqTransport
-from stsd.http.wire import AssumeRoleRequest
+from stsd.upstream.minio import MinIOClient, MinIOError, NoSuchPolicy, ThreadedPayloadCrypto, UserInfo, decrypt_json_payload, decrypt_payload, encrypt_payload
 from tests.minio_users_shim import User, UsersShim
 from tests.test_exchange import PHOTOS, READONLY, StandInAuthenticator
 

@@ -10,9 +10,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd.state.bindings import BindingIndex
-from stsd.upstream.kube import KubernetesError
 from stsd.state.refresh import BINDINGS_PATH, TENANTS_PATH, Refresher
 from stsd.state.tenants import EndpointRule, TenantIndex
+from stsd.upstream.kube import KubernetesError
 from tests.test_bindings import binding_obj
 from tests.test_tenants import secret_obj, tenant_obj
 

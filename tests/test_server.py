@@ -16,11 +16,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
 
+from stsd.core.exchange import AssumeRoleRequest, Issued, Trail
 from stsd.http import wire
-from stsd.state.bindings import Grant
-from stsd.core.exchange import Issued, Trail
-from stsd.auth.tokenreview import Identity
 from stsd.http.server import STSResource
+from stsd.model import Grant, Identity
 from tests.test_wire import TOKEN
 
 NS = {"sts": wire.STS_NAMESPACE}
@@ -30,10 +29,10 @@ class StandInExchange:
     audience = "sts.min.io"
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, wire.AssumeRoleRequest]] = []
+        self.calls: list[tuple[str, AssumeRoleRequest]] = []
         self.outcome: Exception | None = None
 
-    async def exchange(self, namespace: str, request: wire.AssumeRoleRequest,
+    async def exchange(self, namespace: str, request: AssumeRoleRequest,
                        trail: Trail | None = None) -> Issued:
         self.calls.append((namespace, request))
         if trail is not None:

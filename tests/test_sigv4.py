@@ -18,9 +18,9 @@ from minio.signer import sign_v4_s3, sign_v4_sts
 from twisted.trial.unittest import SynchronousTestCase
 import pytest
 
+from stsd.testing.fake_minio import verify_sigv4
 from stsd.upstream import sigv4
 from stsd.upstream.sigv4 import Signer
-from stsd.testing.fake_minio import verify_sigv4
 
 _text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=20)
 _value = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30)

@@ -14,8 +14,8 @@ from pathlib import Path
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.upstream import tls
 from stsd.testing.pki import TestPKI
+from stsd.upstream import tls
 
 
 # -- TLS -------------------------------------------------------------------------------

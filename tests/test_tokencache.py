@@ -15,8 +15,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
-from stsd.auth.tokenreview import Identity
 from stsd.auth.tokencache import CachingAuthenticator, _expiry
+from stsd.model import Identity
 
 T0 = 1_700_000_000.0
 ALICE = Identity("apps", "alice", "pod-1")

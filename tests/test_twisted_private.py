@@ -39,11 +39,11 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from stsd import twisted_private
-from stsd.upstream.tls import CertificateTrust
 from stsd.twisted_private import (
     OVERRIDDEN, TRUST_ROOT_METHOD, IOpenSSLTrustRoot, UnbufferedTLSFactory, clear_exit_signal,
     line_buffer, quiet_pool, raise_listen_errors, send_now,
 )
+from stsd.upstream.tls import CertificateTrust
 
 
 def resolve(dotted: str) -> Any:

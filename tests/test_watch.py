@@ -34,17 +34,18 @@ from zope.interface import implementer
 
 from stsd import errors
 
-from stsd.upstream import kube, tls
-from stsd.state.bindings import Binding, BindingIndex
-from stsd.upstream.kube import KubeAccess, KubernetesClient, KubernetesError, WatchExpired
+from stsd.model import Binding
 from stsd.ops.rbac import PERMISSIONS
+from stsd.state.bindings import BindingIndex
 from stsd.state.refresh import Refresher
 from stsd.state.tenants import EndpointRule, TenantIndex
+from stsd.state.watch import BINDINGS_PATH, TENANTS_PATH, WATCH_SECONDS, ListWatch, WatchSync
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
+from stsd.upstream import kube, tls
 from stsd.upstream.http import close_connections, make_client
-from stsd.state.watch import BINDINGS_PATH, TENANTS_PATH, WATCH_SECONDS, ListWatch, WatchSync
+from stsd.upstream.kube import KubeAccess, KubernetesClient, KubernetesError, WatchExpired
 
 T = TypeVar("T")
 

@@ -51,9 +51,9 @@ from stsd import errors
 
 from stsd.auth import jose
 from stsd.core.cache import SingleFlight
-from stsd.auth.tokenreview import Identity, parse_serviceaccount
-from stsd.upstream.kube import KubernetesError
 from stsd.core.periodic import PeriodicService, timer_service
+from stsd.model import Authenticator, Identity, parse_serviceaccount
+from stsd.upstream.kube import KubernetesError
 
 __all__ = [
     "DISCOVERY_PATH",
@@ -87,11 +87,6 @@ DEFAULT_LEEWAY_SECONDS = 30.0
 class JSONGetter(Protocol):
     async def get_json(self, path: str, what: str) -> dict[str, Any]: ...
 
-
-class Authenticator(Protocol):
-    audience: str
-
-    async def authenticate(self, token: str) -> Identity: ...
 
 
 @dataclass(frozen=True)

@@ -13,22 +13,15 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
-from stsd.core.cache import SingleFlight
-from stsd.auth.tokenreview import Identity
 from stsd.auth.jose import json_segment, number
+from stsd.core.cache import SingleFlight
+from stsd.model import Authenticator, Identity
 
-__all__ = ["Authenticator", "CachingAuthenticator"]
+__all__ = ["CachingAuthenticator"]
 
-
-class Authenticator(Protocol):
-    @property
-    def audience(self) -> str: ...
-
-    async def authenticate(self, token: str) -> Identity: ...
 
 
 def _expiry(token: str) -> float | None:

@@ -14,7 +14,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
@@ -22,11 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stsd import errors
-from stsd.state.bindings import BindingIndex, Grant
 from stsd.core.cache import ByteLRU, TTLCache
-from stsd.auth.tokenreview import Identity
-from stsd.upstream.minio import REGION_TTL, MinIOClient, MinIOError, TenantEndpoint
-from stsd.state.parent_users import ParentUser, ParentUsers
 from stsd.core.policy import (
     Policy,
     PolicyError,
@@ -38,8 +34,11 @@ from stsd.core.policy import (
     to_json,
 )
 from stsd.core.ratelimit import RateLimiter, retry_after
+from stsd.model import Authenticator, Grant, Identity, IssuedCredentials, TenantEndpoint
+from stsd.state.bindings import BindingIndex
+from stsd.state.parent_users import ParentUser, ParentUsers
 from stsd.state.tenants import TenantIndex
-from stsd.http.wire import MINIO_POLICY_LIMIT, AssumeRoleRequest, IssuedCredentials
+from stsd.upstream.minio import MINIO_POLICY_LIMIT, REGION_TTL, MinIOClient, MinIOError
 
 log = Logger()
 
@@ -65,11 +64,26 @@ SESSION_POLICY = "session-policy"
 PARENT_USER = "parent-user"
 
 
-class Authenticator(Protocol):
-    @property
-    def audience(self) -> str: ...
 
-    async def authenticate(self, token: str) -> Identity: ...
+@dataclass(frozen=True)
+class AssumeRoleRequest:
+    """
+    A well-formed AssumeRoleWithWebIdentity request.
+    """
+
+    token: str
+    duration_seconds: int
+    policy: Policy | None
+    #: The caller's Policy exactly as sent (parent-user mode passes it to
+    #: MinIO whole, for MinIO to intersect with the parent user's policies).
+    policy_text: str | None = None
+
+    def __repr__(self) -> str:
+        # The token is a bearer credential: keep it out of every repr.
+        return (
+            f"AssumeRoleRequest(token=<{len(self.token)} chars>, "
+            f"duration_seconds={self.duration_seconds}, policy={self.policy!r})"
+        )
 
 
 @dataclass

@@ -34,8 +34,8 @@ from stsd import errors
 
 from stsd.http import wire
 
-from stsd.ops import audit
 from stsd.core.exchange import Exchange, Issued, Trail
+from stsd.ops import audit
 from stsd.ops.metrics import Metrics
 from stsd.twisted_private import line_buffer
 

@@ -11,63 +11,27 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 from stsd import errors
-from stsd.config import MIN_DURATION_SECONDS
 from stsd.auth.jose import json_segment
-from stsd.core.policy import Policy, PolicyError, check_session_limits, parse_policy
+from stsd.config import MIN_DURATION_SECONDS
+from stsd.core.exchange import AssumeRoleRequest
+from stsd.core.policy import PolicyError, check_session_limits, parse_policy
+from stsd.model import STS_NAMESPACE, IssuedCredentials, is_dns_label
+from stsd.upstream.minio import MINIO_POLICY_LIMIT
 
-STS_NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
 ACTION = "AssumeRoleWithWebIdentity"
 VERSION = "2011-06-15"
 MAX_BODY_BYTES = 64 * 1024
 MAX_TOKEN_CHARS = 20_000  # AWS's limit for WebIdentityToken
-MINIO_POLICY_LIMIT = 2048  # MinIO refuses longer session policies
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
-# A DNS-1123 label: what Kubernetes accepts as a namespace name.
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 _B64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}\Z")
 
 
-@dataclass(frozen=True)
-class AssumeRoleRequest:
-    """
-    A well-formed AssumeRoleWithWebIdentity request.
-    """
-
-    token: str
-    duration_seconds: int
-    policy: Policy | None
-    #: The caller's Policy exactly as sent (parent-user mode passes it to
-    #: MinIO whole, for MinIO to intersect with the parent user's policies).
-    policy_text: str | None = None
-
-    def __repr__(self) -> str:
-        # The token is a bearer credential: keep it out of every repr.
-        return (
-            f"AssumeRoleRequest(token=<{len(self.token)} chars>, "
-            f"duration_seconds={self.duration_seconds}, policy={self.policy!r})"
-        )
-
-
-@dataclass(frozen=True)
-class IssuedCredentials:
-    access_key_id: str
-    secret_access_key: str
-    session_token: str
-    expiration: datetime
-
-    def __repr__(self) -> str:
-        return f"IssuedCredentials(access_key_id={self.access_key_id!r}, <secret hidden>)"
-
-
-def is_dns_label(name: str) -> bool:
-    return bool(_DNS_LABEL.match(name))
 
 
 def check_namespace(name: str) -> str:

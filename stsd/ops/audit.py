@@ -17,8 +17,8 @@ from typing import Any
 from twisted.logger import Logger
 
 from stsd.core.exchange import Issued, Trail
-from stsd.ops.logs import AUDIT_FORMAT
 from stsd.http.wire import format_expiration
+from stsd.ops.logs import AUDIT_FORMAT
 
 log = Logger(namespace="stsd.ops.audit")
 

@@ -41,8 +41,8 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from stsd.upstream import tls
 from stsd.core.periodic import PeriodicService, timer_service
+from stsd.upstream import tls
 
 if TYPE_CHECKING:
     from twisted.protocols.tls import TLSMemoryBIOProtocol

@@ -17,20 +17,19 @@ from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
-from twisted.web.client import Agent
 from twisted.python import usage
 
 from stsd import config as configuration
-from stsd.upstream import kube, tls
+from stsd.model import Tenant, TenantEndpoint
 from stsd.ops.certreload import CertificateLoadError, load_certificate
-from stsd.upstream.keepalive import KeepAliveClient
-from stsd.upstream.minio import MinIOClient, TenantEndpoint, ThreadedPayloadCrypto
-from stsd.state.parent_users import is_owned
 from stsd.ops.rbac import PERMISSIONS, Permission
+from stsd.state.parent_users import is_owned
 from stsd.state.tenants import TENANTS_PATH
-from stsd.tap import tenant_trust
-from stsd.state.tenants import EndpointRule, Tenant, parse_tenant, root_credentials, secret_config_env
+from stsd.state.tenants import EndpointRule, parse_tenant, root_credentials, secret_config_env
+from stsd.upstream import kube, tls
 from stsd.upstream.http import close_connections, make_client
+from stsd.upstream.keepalive import KeepAliveClient
+from stsd.upstream.minio import MinIOClient, ThreadedPayloadCrypto
 
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
@@ -90,7 +89,7 @@ async def run_check(reactor: Any, config_path: str, out: IO[str]) -> bool:
         return False
     timeout = config.kubernetes.timeout_seconds
     kube_http = make_client(reactor, access.https)
-    minio_http = KeepAliveClient(reactor, tls.VerifiedHTTPS(tenant_trust(config, access)))
+    minio_http = KeepAliveClient(reactor, tls.VerifiedHTTPS(kube.tenant_trust(access, config.tenants.ca_file)))
     client = kube.KubernetesClient(access, kube_http, reactor, timeout)
     try:
         await _check_cluster(report, reactor, config, access, client, minio_http)

@@ -11,42 +11,21 @@ single watch events (L{BindingIndex.apply}); both keep it consistent.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from sys import intern
 from typing import Any, TypeGuard
 
 from twisted.logger import Logger
 
+from stsd.model import AppKey, Binding, Grant
+
 log = Logger()
 
-AppKey = tuple[str, str, str]  # (tenant namespace, app namespace, serviceaccount)
 ObjectKey = tuple[str, str]  # (namespace, name) of the PolicyBinding
 REPLACE_CHUNK = 5_000
 #: Where the API server serves PolicyBindings (listed and watched).
 BINDINGS_PATH = "/apis/sts.min.io/v1beta1/policybindings"
 
 
-@dataclass(frozen=True, slots=True)
-class Binding:
-    namespace: str
-    name: str
-    app_namespace: str
-    serviceaccount: str
-    policies: tuple[str, ...]
-
-    @property
-    def app_key(self) -> AppKey:
-        return (self.namespace, self.app_namespace, self.serviceaccount)
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """
-    What the bindings of one ServiceAccount in one tenant namespace give.
-    """
-
-    bindings: tuple[str, ...]  # binding names, for the audit trail
-    policies: tuple[str, ...]  # sorted, distinct policy names
 
 
 def parse_binding(obj: Mapping[str, Any]) -> Binding | None:

@@ -38,19 +38,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from stsd import errors
-from stsd.state.bindings import AppKey, BindingIndex
 from stsd.core.cache import TTLCache
-from stsd.upstream.minio import (
-    MinIOClient,
-    MinIOError,
-    REGION_TTL,
-    NoSuchPolicy,
-    RootCredentials,
-    TenantEndpoint,
-)
 from stsd.core.periodic import PeriodicService, timer_service
+from stsd.model import AppKey, RootCredentials, TenantEndpoint
+from stsd.state.bindings import BindingIndex
 from stsd.state.serviceaccounts import SAKey, ServiceAccountIndex
 from stsd.state.tenants import TenantIndex
+from stsd.upstream.minio import MinIOClient, MinIOError, REGION_TTL, NoSuchPolicy
 
 log = Logger()
 

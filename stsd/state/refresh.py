@@ -17,9 +17,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from stsd.state.bindings import BINDINGS_PATH, BindingIndex, parse_binding
-from stsd.upstream.kube import KubernetesError
 from stsd.core.periodic import PeriodicService, timer_service
+from stsd.state.bindings import BINDINGS_PATH, BindingIndex, parse_binding
 from stsd.state.tenants import (
     TENANTS_PATH,
     TenantIndex,
@@ -27,6 +26,7 @@ from stsd.state.tenants import (
     root_credentials,
     secret_config_env,
 )
+from stsd.upstream.kube import KubernetesError
 
 __all__ = ["BINDINGS_PATH", "TENANTS_PATH", "Lister", "Refresher"]
 

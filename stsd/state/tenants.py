@@ -15,12 +15,11 @@ import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from twisted.logger import Logger
 
 from stsd import errors
-from stsd.upstream.minio import RootCredentials, TenantEndpoint
+from stsd.model import RootCredentials, Tenant, TenantEndpoint
 
 log = Logger()
 
@@ -30,25 +29,6 @@ TENANTS_PATH = "/apis/minio.min.io/v2/tenants"
 _USER_KEYS = ("MINIO_ROOT_USER", "MINIO_ACCESS_KEY")
 _PASSWORD_KEYS = ("MINIO_ROOT_PASSWORD", "MINIO_SECRET_KEY")
 
-
-@dataclass(frozen=True)
-class Tenant:
-    namespace: str
-    name: str
-    tls: bool
-    secret_name: str | None
-    env: Mapping[str, str]  # spec.env literal values (config.env overrides them)
-
-    @property
-    def secret_path(self) -> str:
-        """The API path of the Secret holding the root credentials."""
-        # The name comes from the Tenant's spec: quoted, it stays one path segment.
-        return (f"/api/v1/namespaces/{quote(self.namespace, safe='')}"
-                f"/secrets/{quote(str(self.secret_name), safe='')}")
-
-    def __repr__(self) -> str:
-        # spec.env may carry credentials too.
-        return f"Tenant({self.namespace}/{self.name}, tls={self.tls}, secret={self.secret_name})"
 
 
 def parse_tenant(obj: Mapping[str, Any]) -> Tenant | None:

@@ -33,18 +33,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from stsd.state.bindings import BINDINGS_PATH, Binding, BindingIndex, parse_binding
-from stsd.upstream.kube import KubernetesError, WatchExpired
-from stsd.upstream.minio import RootCredentials
 from stsd.core.periodic import timer_service
-from stsd.state.tenants import (
-    TENANTS_PATH,
-    Tenant,
-    TenantIndex,
-    parse_tenant,
-    root_credentials,
-    secret_config_env,
-)
+from stsd.model import Binding, RootCredentials, Tenant
+from stsd.state.bindings import BINDINGS_PATH, BindingIndex, parse_binding
+from stsd.state.tenants import TENANTS_PATH, TenantIndex, parse_tenant, root_credentials, secret_config_env
+from stsd.upstream.kube import KubernetesError, WatchExpired
 
 log = Logger()
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_upstream -*-
+# -*- test-case-name: tests.test_upstream_http -*-
 """
 Calls to upstream HTTP services (Kubernetes, MinIO) with treq: a bounded
 persistent connection pool per client and a deadline on the whole call.

@@ -79,6 +79,8 @@ class KubeAccess:
     https: tls.VerifiedHTTPS
     configuration: Configuration
     authorization: str | None = None
+    #: Loaded from the pod's service account (not a kubeconfig).
+    in_cluster: bool = False
 
     def refresh(self) -> None:
         """
@@ -133,9 +135,24 @@ def load_access(
         host=configuration.host.rstrip("/"),
         https=tls.VerifiedHTTPS(trust, client_cert, client_key),
         configuration=configuration,
+        in_cluster=kubeconfig is None,
     )
     access.refresh()
     return access
+
+
+def tenant_trust(access: KubeAccess, ca_file: str | None) -> tls.CertificateTrust:
+    """
+    What tenants are verified against: the system store, the cluster's CA
+    when running in the cluster (the operator's auto-certificates are signed
+    by it) and C{ca_file} (C{tenants.ca_file}).
+    """
+    paths = []
+    if access.in_cluster and access.configuration.ssl_ca_cert:
+        paths.append(access.configuration.ssl_ca_cert)
+    if ca_file:
+        paths.append(ca_file)
+    return tls.trust_from_files(paths, system=True)
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:

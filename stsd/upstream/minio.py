@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_minio_client -*-
+# -*- test-case-name: tests.test_minio -*-
 """
 A tenant's MinIO: server region, canned policy documents, AssumeRole,
 signed with SigV4 (L{stsd.upstream.sigv4}, checked against the C{minio} package's
@@ -25,14 +25,16 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from stsd.upstream.sigv4 import Signer
+from stsd.model import STS_NAMESPACE, IssuedCredentials, RootCredentials, TenantEndpoint
 from stsd.upstream.http import Response, Transport, UpstreamError
-from stsd.http.wire import STS_NAMESPACE, IssuedCredentials
+from stsd.upstream.sigv4 import Signer
 
 _NS = {"sts": STS_NAMESPACE}
 _FORM_CACHE_SIZE = 1024
 #: How long a tenant's region (L{MinIOClient.region}) is remembered.
 REGION_TTL = 300.0
+#: MinIO refuses longer session policies (bytes).
+MINIO_POLICY_LIMIT = 2048
 
 
 class MinIOError(Exception):
@@ -157,27 +159,6 @@ class UserInfo:
     status: str
 
 
-@dataclass(frozen=True)
-class RootCredentials:
-    access_key: str
-    secret_key: str
-
-    def __repr__(self) -> str:
-        return "RootCredentials(<hidden>)"
-
-
-@dataclass(frozen=True)
-class TenantEndpoint:
-    """
-    Where a tenant's MinIO answers and with which root credentials.
-
-    @ivar name: C{namespace/tenant}, for messages.
-    @ivar url: base URL; a path prefix is kept (reverse proxies, tests).
-    """
-
-    name: str
-    url: str
-    credentials: RootCredentials
 
 
 def _quote(value: str) -> str:

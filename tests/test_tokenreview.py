@@ -1,25 +1,22 @@
 """
-Tests for L{stsd.auth.tokenreview}: the TokenReview authenticator with a stand-in reviewer,
-and the ServiceAccount username parser.
+Tests for L{stsd.auth.tokenreview}: the TokenReview authenticator with a stand-in reviewer.
+
 
 No socket and no global reactor: every deadline runs on a L{Clock}.
 """
 
 from __future__ import annotations
 
-import string
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from hypothesis import given
-from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import errors
-from stsd.auth.tokenreview import Identity, TokenReviewAuthenticator, parse_serviceaccount
+from stsd.auth.tokenreview import TokenReviewAuthenticator
+from stsd.model import Identity
 from stsd.upstream.kube import KubernetesError
-from tests._trial import cases, expand
 
 T = TypeVar("T")
 
@@ -131,35 +128,3 @@ class AuthenticatorTests(SynchronousTestCase):
         error = self.sts_error(KubernetesError("TokenReview: HTTP 500: boom"))
         self.assertEqual((error.code, error.status), ("IDPCommunicationError", 400))
         self.assertNotIn("boom", error.message)
-
-
-_USERNAME_ALPHABET = string.ascii_letters + string.digits + ":-._ \n"
-
-
-@expand
-class ParseServiceAccountTests(SynchronousTestCase):
-    @given(st.one_of(
-        st.text(alphabet=_USERNAME_ALPHABET, max_size=80),
-        st.text(alphabet=_USERNAME_ALPHABET, max_size=60).map(lambda s: "system:serviceaccount:" + s),
-        st.tuples(st.from_regex(r"[a-z0-9-]{1,64}", fullmatch=True),
-                  st.from_regex(r"[a-z0-9.-]{1,70}", fullmatch=True))
-        .map(lambda p: f"system:serviceaccount:{p[0]}:{p[1]}"),
-        st.text(max_size=40),
-    ))
-    def test_parse_serviceaccount_round_trips(self, username: str) -> None:
-        parsed = parse_serviceaccount(username)
-        if parsed is not None:
-            namespace, name = parsed
-            assert f"system:serviceaccount:{namespace}:{name}" == username
-            assert ":" not in namespace and ":" not in name
-            assert namespace == namespace.lower() and name == name.lower()
-
-    @given(st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True),
-           st.from_regex(r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?){0,3}",
-                         fullmatch=True))
-    def test_parse_serviceaccount_accepts_valid_names(self, namespace: str, name: str) -> None:
-        assert parse_serviceaccount(f"system:serviceaccount:{namespace}:{name}") == (namespace, name)
-
-    @cases("username", [None, 42, b"system:serviceaccount:a:b", ["x"]])
-    def test_parse_serviceaccount_not_a_string(self, username: object) -> None:
-        assert parse_serviceaccount(username) is None

@@ -18,18 +18,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from stsd.upstream import http as upstream
-from stsd.upstream.minio import (
-    MinIOClient,
-    MinIOError,
-    RootCredentials,
-    TenantEndpoint,
-    _plain_credentials,
-)
+from stsd.model import STS_NAMESPACE, IssuedCredentials, RootCredentials, TenantEndpoint
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.world import PHOTOS, READONLY, READWRITE
+from stsd.upstream import http as upstream
 from stsd.upstream.http import TreqTransport
-from stsd.http.wire import STS_NAMESPACE, IssuedCredentials
+from stsd.upstream.minio import MinIOClient, MinIOError, _plain_credentials
 from tests._trial import cases, expand
 
 T = TypeVar("T")
