@@ -6,7 +6,7 @@ PYTHON ?= .venv/bin/python
 BENCH_OUT ?= build/bench
 BENCH_ARGS ?=
 
-.PHONY: demo test typecheck apidocs bench bench-throughput bench-scale
+.PHONY: demo test typecheck apidocs bench bench-throughput bench-scale bench-versus
 
 demo:
 	.venv/bin/python -m stsd.demo
@@ -38,3 +38,10 @@ bench-scale:
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk"; exit 1; }
 	@mkdir -p $(BENCH_OUT)
 	$(PYTHON) -m bench.scale --daemon --output $(BENCH_OUT)/scale.json
+
+# This tree against another checkout (VERSUS=DIR, with its own .venv), round by round.
+bench-versus:
+	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk"; exit 1; }
+	@test -n "$(VERSUS)" || { echo "VERSUS=DIR: a checkout of another revision with its .venv"; exit 1; }
+	@mkdir -p $(BENCH_OUT)
+	$(PYTHON) -m bench.run --versus $(VERSUS) --output $(BENCH_OUT)/versus.json $(BENCH_ARGS)

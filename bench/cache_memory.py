@@ -10,8 +10,8 @@ effective-policy and reuse caches account for.
 """
 from __future__ import annotations
 
-import datetime, gc, json, resource, sys, time
-from twisted.internet.defer import Deferred, succeed
+import datetime, gc, json, sys, time
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from stsd.core.exchange import Exchange
 from stsd.core.exchange import AssumeRoleRequest

@@ -102,10 +102,23 @@ class _Child(ProcessProtocol):
         self.ended.callback(code)
 
 
-def _env() -> dict[str, str]:
+def _env(root: Path = ROOT) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     return env
+
+
+#: The suffix of a mode run by the daemon of the C{--versus} checkout.
+VERSUS = "@versus"
+
+
+def versus_twistd(checkout: Path) -> list[str]:
+    """The C{twistd} of another checkout's environment (C{CHECKOUT/.venv})."""
+    script = checkout / ".venv" / "bin" / "twistd"
+    if not script.exists():
+        raise SystemExit(f"--versus: {script} not found (make the checkout's venv: "
+                         f"python3 -m venv .venv && .venv/bin/pip install -r requirements-test.lock -e .)")
+    return [str(script)]
 
 
 def _affinity(pid: int) -> set[str]:
@@ -169,10 +182,11 @@ async def start_baseline(world: World, core: int, directory: Path) -> Server:
 
 async def start_stsd(world: World, verification: str, core: int, *, name: str | None = None,
                      ready_timeout: float = 30.0, args: Sequence[str] = (),
-                     **overrides: dict[str, Any]) -> Server:
+                     checkout: Path | None = None, **overrides: dict[str, Any]) -> Server:
     """
     C{twistd -n --pidfile= stsd --config FILE} (what L{World.start_daemon}
     runs) prefixed by C{taskset -c CORE}; its log goes straight to a file.
+    With C{checkout}, the daemon is that checkout's (its code, its venv).
     """
     name = name or f"stsd-{verification}"
     port = free_port()
@@ -189,11 +203,13 @@ async def start_stsd(world: World, verification: str, core: int, *, name: str | 
     config_path.write_text(yaml.safe_dump(config))
     log_path = world.directory / f"{name}.log"
     log = log_path.open("ab")
-    argv = ["taskset", "-c", str(core), *twistd_command(), "-n", "--pidfile=", "stsd",
+    twistd = twistd_command() if checkout is None else versus_twistd(checkout)
+    argv = ["taskset", "-c", str(core), *twistd, "-n", "--pidfile=", "stsd",
             "--config", str(config_path), *args]
     protocol = _Child()
     transport = world.reactor.spawnProcess(
-        protocol, argv[0], argv, env=_env(), childFDs={0: "w", 1: log.fileno(), 2: log.fileno()})
+        protocol, argv[0], argv, env=_env(checkout or ROOT),
+        childFDs={0: "w", 1: log.fileno(), 2: log.fileno()})
     log.close()
     daemon = Daemon(f"https://127.0.0.1:{port}", config_path, log_path, protocol, transport)  # type: ignore[arg-type]
     world._daemons.append(daemon)
@@ -430,6 +446,43 @@ def summarize(rounds: list[Round], modes: Sequence[str]) -> list[dict[str, Any]]
     return rows
 
 
+def versus_pairs(rounds: list[Round], modes: Sequence[str]) -> list[dict[str, Any]]:
+    """
+    For each mode run by both daemons: the median, over rounds, of this
+    tree's figure divided by the other checkout's in the same round (only
+    rounds where both were valid and quiet).
+    """
+    out = []
+    for mode in modes:
+        if mode == "baseline" or mode.endswith(VERSUS):
+            continue
+        mine = {r.round: r for r in rounds if r.mode == mode and r.valid and not r.noisy}
+        other = {r.round: r for r in rounds if r.mode == mode + VERSUS and r.valid and not r.noisy}
+        both = sorted(set(mine) & set(other))
+
+        def ratio(key: str) -> float:
+            return _median([getattr(mine[n], key) / getattr(other[n], key) for n in both
+                            if getattr(other[n], key)])
+
+        out.append({"mode": mode, "pairs": len(both),
+                    "credentials_per_s": ratio("credentials_per_s"),
+                    "cpu_ms_per_credential": ratio("cpu_ms_per_credential"),
+                    "p99_ms": ratio("p99_ms")})
+    return out
+
+
+def versus_table(pairs: list[dict[str, Any]]) -> str:
+    head = f"{'mode':<20} {'pairs':>5} {'cred/s':>7} {'CPU ms/cred':>11} {'p99 ms':>7}"
+    lines = [head, "-" * len(head)]
+    def x(value: float, width: int) -> str:
+        return (_fmt(value, ".3f") + ("" if math.isnan(value) else "x")).rjust(width)
+
+    for p in pairs:
+        lines.append(f"{p['mode']:<20} {p['pairs']:>5} {x(p['credentials_per_s'], 7)} "
+                     f"{x(p['cpu_ms_per_credential'], 11)} {x(p['p99_ms'], 7)}")
+    return "\n".join(lines)
+
+
 def _bottleneck(row: dict[str, Any], mode: str) -> str:
     daemon, load = row["daemon_core_busy"], row["fakes_busy"] + row["wrk_busy"]
     if daemon >= 0.9:
@@ -448,14 +501,14 @@ def _fmt(value: float, spec: str) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'mode':<20} {'cred/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/cred':>11} "
+    head = (f"{'mode':<26} {'cred/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/cred':>11} "
             f"{'k8s/cred':>8} {'MinIO/cred':>10} {'x (a)':>6}  {'daemon':>6} {'fakes':>6} {'wrk':>5} "
             f"{'other':>9}  bottleneck")
     lines = [head, "-" * len(head)]
     for r in rows:
         base = r["mode"] == "baseline"
         lines.append(
-            f"{r['mode']:<20} {_fmt(r['credentials_per_s'], '8.0f')} {_fmt(r['p50_ms'], '7.2f')} "
+            f"{r['mode']:<26} {_fmt(r['credentials_per_s'], '8.0f')} {_fmt(r['p50_ms'], '7.2f')} "
             f"{_fmt(r['p99_ms'], '7.2f')} {_fmt(r['cpu_ms_per_credential'], '11.3f')} "
             f"{'-' if base else _fmt(r['kube_calls_per_credential'], '8.4f'):>8} "
             f"{'-' if base else _fmt(r['minio_calls_per_credential'], '10.4f'):>10} "
@@ -617,6 +670,10 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     result: dict[str, Any] = {}
     try:
         modes = [m for m in MODES if m in args.modes]
+        if args.versus:
+            # Each stsd mode right after the same mode of the other checkout:
+            # paired rounds, so the machine's drift hits both alike.
+            modes = [v for m in modes for v in ((m,) if m == "baseline" else (m, m + VERSUS))]
         print(f"stsd benchmark: daemon on core {args.daemon_core}; fakes and wrk on core "
               f"{args.load_core}; wrk -t{args.threads} -c{args.connections}, "
               f"{args.rounds} alternating rounds of {args.duration:g} s per mode "
@@ -628,6 +685,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 servers[verification] = await start_stsd(
                     world, verification, args.daemon_core, args=args.daemon_args.split(),
                     tenants={"authorization": args.authorization})
+                if args.versus:
+                    servers[verification + VERSUS] = await start_stsd(
+                        world, verification, args.daemon_core, name=f"stsd-{verification}-versus",
+                        args=args.daemon_args.split(), checkout=Path(args.versus),
+                        tenants={"authorization": args.authorization})
         for name, server in servers.items():
             print(f"  {name}: pid {server.pid}, CPUs {','.join(sorted(_affinity(server.pid)))}, "
                   f"RSS {_rss_mib(server.pid):.0f} MiB", flush=True)
@@ -640,9 +702,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         rate_seen: dict[str, float] = {}
 
         def server_for(mode: str) -> Server:
-            return servers["baseline" if mode == "baseline" else mode.split("-")[0]]
+            base, versus, _ = mode.partition(VERSUS)
+            return servers["baseline" if base == "baseline" else base.split("-")[0] + versus]
 
         async def token_file(mode: str, label: str, seconds: float) -> tuple[Path, bool]:
+            mode = mode.removesuffix(VERSUS)
             if not mode.endswith("fresh"):
                 return fixed["jwks" if mode.startswith("jwks") else "tokenreview"], False
             rate = rate_seen.get(mode, args.fresh_rate_guess)
@@ -683,6 +747,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
 
         rows = summarize(rounds, modes)
         checks = targets(rows)
+        paired = versus_pairs(rounds, modes) if args.versus else []
+        if args.versus:
+            # Both daemons call the same fakes, whose counters cannot tell
+            # them apart: each one's background calls land in the other's rounds.
+            checks = [c for c in checks if "calls per credential" not in c[0]]
         result = {
             "settings": {k: v for k, v in vars(args).items() if k != "output"},
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -691,6 +760,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             "summary": rows,
             "targets": [{"target": t, "met": m, "value": v} for t, m, v in checks],
         }
+        if args.versus:
+            result["versus"] = {"checkout": args.versus, "pairs": paired}
         for name, server in servers.items():
             result.setdefault("rss_mib_after", {})[name] = round(_rss_mib(server.pid), 1)
 
@@ -724,6 +795,12 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             print(f"\nNOTE: in {', '.join(saturated)} the load core (the fakes' Python process "
                   "verifying RS256/SigV4, plus wrk) was saturated before the daemon's core: "
                   "those credentials/s are a lower bound for stsd, set by the simulated cluster.")
+        if args.versus:
+            print(f"\nthis tree against {args.versus}, round by round (each ratio: this tree's "
+                  "round over the other's round that ran right after it; medians):")
+            print(versus_table(paired))
+            print("(the calls-per-credential figures and targets are left out of a --versus run: "
+                  "both daemons call the same fakes; run without --versus for them)")
         print("\ntargets:")
         for t, met, value in checks:
             print(f"  [{'met' if met else 'NOT met'}] {t}: {value}")
@@ -797,6 +874,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="copy py-spy's raw (collapsed stacks) output here")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    p.add_argument("--versus", default=None, metavar="CHECKOUT",
+                   help="another checkout of stsd with its own .venv (e.g. `git worktree add "
+                        "/tmp/old REV`): every stsd mode also runs that checkout's daemon, in "
+                        "the same rounds, and this tree's figures are printed as ratios to its")
     args = p.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(args.modes) - set(MODES)
