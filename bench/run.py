@@ -611,7 +611,8 @@ AREAS = (
     ("log lines + audit events", ("twisted/logger/", "stsd/ops/audit.py", "stsd/ops/logs.py",
                                   "twisted/python/log.py")),
     ("metrics (prometheus_client)", ("prometheus_client/", "stsd/ops/metrics.py")),
-    ("token verification (JWT/JWKS, cache)", ("jwt/", "stsd/auth/jwks.py", "stsd/auth/tokencache.py",
+    ("token verification (JWT/JWKS, cache)", ("jwt/", "stsd/auth/jwt.py", "stsd/auth/keyset.py",
+                                              "stsd/auth/tokencache.py",
                                               "stsd/auth/tokenreview.py")),
     ("upstream HTTP clients (treq/Agent, SigV4, XML)", (
         "treq/", "twisted/web/client.py", "twisted/web/_newclient.py", "twisted/web/http_headers.py",

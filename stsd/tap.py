@@ -28,7 +28,8 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from stsd import config as configuration
-from stsd.auth.jwks import JWKSAuthenticator, KeySet, LocallyCheckedTokenReview
+from stsd.auth.jwt import JWKSAuthenticator, LocallyCheckedTokenReview
+from stsd.auth.keyset import KeySet
 from stsd.auth.tokencache import CachingAuthenticator
 from stsd.auth.tokenreview import TokenReviewAuthenticator
 from stsd.core.exchange import Exchange, Limits

@@ -3,7 +3,7 @@
 The segments of a compact JWS (RFC 7515), the shape of every JWT stsd
 reads, decoded in one place: the request parser's shape check
 (L{stsd.http.wire}), the token cache reading an accepted token's C{exp}
-(L{stsd.auth.tokencache}) and local verification (L{stsd.auth.jwks}) all use these.
+(L{stsd.auth.tokencache}) and local verification (L{stsd.auth.jwt}) all use these.
 
 Verification decodes I{canonically}: a token has exactly one spelling, so
 no altered string is accepted. The others only read, and decode as

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stsd.auth.jwks import DISCOVERY_PATH, JWKS_PATH
+from stsd.auth.keyset import DISCOVERY_PATH, JWKS_PATH
 
 
 @dataclass(frozen=True)
