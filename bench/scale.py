@@ -9,7 +9,7 @@ C{GET /apis/sts.min.io/v1beta1/policybindings}, built here beforehand and
 read from a file: "the list body received") and does what the daemon does
 with it: C{json.loads} (L{stsd.upstream.kube.KubernetesClient.list}),
 L{stsd.state.bindings.parse_binding} of every item and L{BindingIndex.replace}
-(L{stsd.state.watch}). It reports:
+(L{stsd.state.sync}). It reports:
 
   - time to ready after the list: from the body in memory to the index
     swapped in, split into JSON parsing, binding parsing and the index;
@@ -136,7 +136,7 @@ def child(path: str, count: int) -> dict[str, Any]:
     document = json.loads(body)  # KubernetesClient._call
     items = [i for i in document.get("items") or [] if isinstance(i, dict)]  # .list
     t1 = time.perf_counter()
-    parsed = [b for b in (parse_binding(i) for i in items) if b is not None]  # watch.py
+    parsed = [b for b in (parse_binding(i) for i in items) if b is not None]  # sync.py (transform=)
     t2 = time.perf_counter()
     index.replace(parsed)
     t3 = time.perf_counter()

@@ -51,7 +51,7 @@ from stsd.state.parent_users import ParentUsers
 from stsd.state.refresh import Refresher
 from stsd.state.serviceaccounts import ServiceAccountIndex
 from stsd.state.tenants import EndpointRule, TenantIndex
-from stsd.state.watch import WatchSync
+from stsd.state.sync import WatchSync
 from stsd.twisted_private import raise_listen_errors
 from stsd.upstream import kube, tls
 from stsd.upstream.http import make_client

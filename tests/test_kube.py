@@ -1,6 +1,7 @@
 """
 Tests for L{stsd.upstream.kube}: the Kubernetes API client against the strict fake through
-C{StubTreq}, and the in-cluster token re-read.
+C{StubTreq}, its watch against a stream the test writes by hand, and the in-cluster token
+re-read.
 
 No socket and no global reactor: every deadline runs on a L{Clock}.
 """
@@ -13,14 +14,23 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
-from stsd.upstream.kube import TOKENREVIEW_PATH, KubeAccess, KubernetesClient, KubernetesError
+from stsd.upstream import kube
+from stsd.upstream.kube import (
+    TOKENREVIEW_PATH,
+    KubeAccess,
+    KubernetesClient,
+    KubernetesError,
+    WatchExpired,
+)
 
 from tests._trial import temporary_directory
 
@@ -36,6 +46,15 @@ def run(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
     return Deferred.fromCoroutine(coroutine)
 
 
+def kube_client(http: Any, clock: Clock,
+                authorization: str = f"Bearer {CLIENT_TOKEN}") -> KubernetesClient:
+    access = KubeAccess(
+        host="https://kube.test", https=None, configuration=None,  # type: ignore[arg-type]
+        authorization=authorization,
+    )
+    return KubernetesClient(access, http, clock, TIMEOUT)
+
+
 # -- Kubernetes ------------------------------------------------------------------------
 
 
@@ -48,11 +67,7 @@ class KubernetesClientTests(SynchronousTestCase):
         self.stub = StubTreq(self.fake.resource())
 
     def client(self, authorization: str = f"Bearer {CLIENT_TOKEN}") -> KubernetesClient:
-        access = KubeAccess(
-            host="https://kube.test", https=None, configuration=None,  # type: ignore[arg-type]
-            authorization=authorization,
-        )
-        return KubernetesClient(access, self.stub, self.clock, TIMEOUT)  # type: ignore[arg-type]
+        return kube_client(self.stub, self.clock, authorization)
 
     def test_token_review_authenticated(self) -> None:
         token = self.fake.token_for("apps", "photo-sa", pod="pod-7")
@@ -163,6 +178,179 @@ class KubernetesClientTests(SynchronousTestCase):
         d = run(self.client().token_review("x", AUDIENCE))
         self.stub.flush()
         self.failureResultOf(d, KubernetesError)
+
+
+# -- watch ------------------------------------------------------------------------------
+
+
+class Streamer(Resource):
+    """
+    A watch endpoint the test writes to by hand.
+    """
+
+    isLeaf = True
+
+    def __init__(self, code: int = 200, body: bytes | None = None) -> None:
+        super().__init__()
+        self.code, self.body = code, body
+        self.requests: list[Request] = []
+        self.lost: list[object] = []
+
+    def render_GET(self, request: Request) -> Any:
+        self.requests.append(request)
+        request.setResponseCode(self.code)
+        request.setHeader("content-type", "application/json")
+        if self.body is not None:
+            return self.body
+        request.notifyFinish().addBoth(self.lost.append)
+        request.write(b"")
+        return NOT_DONE_YET
+
+
+class ClientWatchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def watch(self, server: Streamer, **kwargs: Any) -> tuple[StubTreq, Deferred[None]]:
+        stub = StubTreq(server)
+        client = kube_client(stub, self.clock)
+        kwargs.setdefault("timeout_seconds", 60)
+        d = run(client.watch("/api/v1/namespaces/t/secrets?fieldSelector=metadata.name%3Ds", "12",
+                             lambda t, o: self.events.append((t, o)), what="Secret t/s", **kwargs))
+        stub.flush()
+        return stub, d
+
+    def test_events_split_across_chunks(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server)
+        [request] = server.requests
+        self.assertEqual(request.args[b"fieldSelector"], [b"metadata.name=s"])
+        self.assertEqual(request.args[b"resourceVersion"], [b"12"])
+        self.assertEqual(request.args[b"allowWatchBookmarks"], [b"true"])
+        self.assertEqual(request.getHeader("authorization"), f"Bearer {CLIENT_TOKEN}")
+        for chunk in (b'{"type":"ADDED","object":{"metadata":{"name":"a"',
+                      b'}}}\n\n{"type":"BOOK', b'MARK","object":{}}\n{"type":"DELETED",',
+                      b'"object":{"x":1}}\n'):
+            request.write(chunk)
+            stub.flush()
+        self.assertEqual(self.events, [("ADDED", {"metadata": {"name": "a"}}),
+                                       ("BOOKMARK", {}), ("DELETED", {"x": 1})])
+        request.finish()
+        stub.flush()
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_overlong_line_is_refused_and_the_connection_closed(self) -> None:
+        self.patch(kube, "MAX_WATCH_LINE_BYTES", 100)
+        server = Streamer()
+        stub, d = self.watch(server)
+        server.requests[0].write(b'{"type":"ADDED","object":{"data":"' + b"x" * 60)
+        stub.flush()
+        self.assertNoResult(d)
+        server.requests[0].write(b"x" * 60)
+        stub.flush()
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), "watch Secret t/s: an event longer than 100 bytes")
+        self.assertEqual(len(server.lost), 1)
+
+    def test_silent_stream_is_given_up(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server, idle_seconds=40)
+        self.clock.advance(39)
+        server.requests[0].write(b'{"type":"BOOKMARK","object":{}}\n')
+        stub.flush()
+        self.clock.advance(39)  # data reset the deadline
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), "watch Secret t/s: no data for 40 seconds")
+        stub.flush()
+        self.assertEqual(len(server.lost), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_default_idle_deadline_is_past_the_server_timeout(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server, timeout_seconds=60)
+        self.clock.advance(60 + TIMEOUT - 0.001)
+        self.assertNoResult(d)
+        self.clock.advance(0.001)
+        self.failureResultOf(d, KubernetesError)
+
+    def test_no_headers_in_time(self) -> None:
+        class Hang(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Request) -> Any:
+                return NOT_DONE_YET
+
+        stub = StubTreq(Hang())
+        d = run(kube_client(stub, self.clock).watch(
+            "/x", "1", lambda t, o: None, timeout_seconds=60, what="things"))
+        stub.flush()
+        self.clock.advance(TIMEOUT)
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), f"watch things: no answer within {TIMEOUT:g} seconds")
+
+    def test_http_errors(self) -> None:
+        forbidden = json.dumps({"kind": "Status", "code": 403, "message": "secrets is forbidden"})
+        _, d = self.watch(Streamer(403, forbidden.encode()))
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), "watch Secret t/s: HTTP 403: secrets is forbidden")
+        _, d = self.watch(Streamer(410, b'{"message": "too old resource version"}'))
+        self.failureResultOf(d, WatchExpired)
+        _, d = self.watch(Streamer(500, b"<html>oops</html>"))
+        self.assertEqual(str(self.failureResultOf(d, KubernetesError).value),
+                         "watch Secret t/s: HTTP 500: no message")
+
+    def test_malformed_event_is_not_quoted(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server)
+        server.requests[0].write(b'{"type":"ADDED","object":{"data":{"config.env":"SECRETVALUE"}}\n')
+        stub.flush()
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), "watch Secret t/s: an event that is not JSON")
+        stub, d = self.watch(server)
+        server.requests[1].write(b'["SECRETVALUE"]\n')
+        stub.flush()
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertEqual(str(failure.value), "watch Secret t/s: a malformed event")
+        self.assertEqual(len(server.lost), 2)
+
+    def test_cut_mid_stream_and_partial_end(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server)
+        server.requests[0].write(b'{"type":"ADDED","object":{}}\n{"type":')
+        stub.flush()
+        server.requests[0].transport.abortConnection()
+        stub.flush()
+        failure = self.failureResultOf(d, KubernetesError)
+        self.assertTrue(str(failure.value).startswith("watch Secret t/s: connection lost mid-stream"))
+        self.assertEqual(self.events, [("ADDED", {})])
+
+    def test_on_event_exception_ends_the_watch_as_itself(self) -> None:
+        server = Streamer()
+        stub = StubTreq(server)
+
+        def explode(etype: str, obj: dict[str, Any]) -> None:
+            raise ZeroDivisionError(etype)
+
+        d = run(kube_client(stub, self.clock).watch(
+            "/x", "1", explode, timeout_seconds=60))
+        stub.flush()
+        server.requests[0].write(b'{"type":"ADDED","object":{}}\n')
+        stub.flush()
+        self.failureResultOf(d, ZeroDivisionError)
+        self.assertEqual(len(server.lost), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancel_closes_the_connection(self) -> None:
+        server = Streamer()
+        stub, d = self.watch(server)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        stub.flush()
+        self.assertEqual(len(server.lost), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class InClusterTokenTests(SynchronousTestCase):

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from stsd import tap
 from stsd.state.refresh import Refresher
-from stsd.state.watch import WatchSync
+from stsd.state.sync import WatchSync
 from stsd.testing.pki import TestPKI
 from tests._trial import cases, expand, temporary_directory
 

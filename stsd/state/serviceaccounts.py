@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from stsd.state.watch import WATCH_SECONDS, ListWatch, Watcher
+from stsd.state.listwatch import WATCH_SECONDS, ListWatch, Watcher, object_key
 
 log = Logger()
 
@@ -32,13 +32,10 @@ SAKey = tuple[str, str]  # (namespace, name)
 
 
 def serviceaccount_key(obj: dict[str, Any]) -> SAKey | None:
-    metadata = obj.get("metadata") if isinstance(obj, dict) else None
-    if not isinstance(metadata, dict):
+    key = object_key(obj) if isinstance(obj, dict) else None
+    if key is None or not all(key):
         return None
-    namespace, name = metadata.get("namespace"), metadata.get("name")
-    if not isinstance(namespace, str) or not isinstance(name, str) or not namespace or not name:
-        return None
-    return (intern(namespace), intern(name))
+    return (intern(key[0]), intern(key[1]))
 
 
 class ServiceAccountIndex(Service):

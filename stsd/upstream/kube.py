@@ -47,6 +47,11 @@ MAX_WATCH_LINE_BYTES = 16 * 1024 * 1024
 MAX_WATCH_ERROR_BYTES = 64 * 1024
 
 
+#: What a watch calls with each event as it arrives: its C{type} (C{ADDED},
+#: C{MODIFIED}, C{DELETED}, C{BOOKMARK}, C{ERROR}) and its C{object}.
+OnWatchEvent = Callable[[str, dict[str, Any]], None]
+
+
 class KubernetesError(Exception):
     """
     The API server failed or answered something unusable.
@@ -329,7 +334,7 @@ class KubernetesClient:
         self,
         path: str,
         resource_version: str,
-        on_event: Callable[[str, dict[str, Any]], None],
+        on_event: OnWatchEvent,
         *,
         timeout_seconds: int,
         what: str = "objects",
@@ -409,7 +414,7 @@ class _EventStream(Protocol):
     def __init__(
         self,
         target: str,
-        on_event: Callable[[str, dict[str, Any]], None],
+        on_event: OnWatchEvent,
         clock: IReactorTime,
         idle_seconds: float,
         max_line: int,

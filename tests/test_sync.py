@@ -1,6 +1,6 @@
 """
-Tests for L{stsd.state.watch} (list + watch of PolicyBindings, Tenants and their
-Secrets) and L{stsd.upstream.kube.KubernetesClient.watch}.
+Tests for L{stsd.state.sync} (list + watch of PolicyBindings, Tenants and their
+Secrets).
 
 Most run in memory: the strict fake API server behind C{StubTreq} (which
 streams a watch response chunk by chunk as the fake writes it: each
@@ -12,42 +12,42 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import statistics
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives.asymmetric import rsa
 from treq.testing import StubTreq
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import Site
 from zope.interface import implementer
 
 from stsd import errors
-
 from stsd.model import Binding
 from stsd.ops.rbac import PERMISSIONS
-from stsd.state.bindings import BindingIndex
+from stsd.state.bindings import BINDINGS_PATH, BindingIndex
+from stsd.state.listwatch import WATCH_SECONDS
 from stsd.state.refresh import Refresher
-from stsd.state.tenants import EndpointRule, TenantIndex
-from stsd.state.watch import BINDINGS_PATH, TENANTS_PATH, WATCH_SECONDS, ListWatch, WatchSync
+from stsd.state.sync import WatchSync
+from stsd.state.tenants import TENANTS_PATH, EndpointRule, TenantIndex
 from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
-from stsd.upstream import kube, tls
+from stsd.upstream import tls
 from stsd.upstream.http import close_connections, make_client
-from stsd.upstream.kube import KubeAccess, KubernetesClient, KubernetesError, WatchExpired
+from stsd.upstream.kube import KubeAccess, KubernetesClient
 
-T = TypeVar("T")
+from tests._trial import pytest_only
+from tests.test_listwatch import Jitter
 
 ROLE = [(p.group, p.resource, verb) for p in PERMISSIONS for verb in p.verbs]
 
@@ -63,24 +63,6 @@ PASSWORD_2 = "rotated-root-password-Zk27"
 @functools.cache
 def _rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
-    return Deferred.fromCoroutine(coroutine)
-
-
-class Jitter:
-    """
-    The injected random source: always C{value}, and counts its calls.
-    """
-
-    def __init__(self, value: float = 0.5) -> None:
-        self.value = value
-        self.calls = 0
-
-    def __call__(self) -> float:
-        self.calls += 1
-        return self.value
 
 
 @implementer(ILogObserver)
@@ -812,364 +794,6 @@ class StopTests(InMemory):
         self.assertEqual(len(reactor.tcpClients), 2)
 
 
-# -- ListWatch's decisions, with a scripted API ---------------------------------------------
-
-
-class ScriptedAPI:
-    """
-    Each list and watch waits for the test to answer it.
-    """
-
-    def __init__(self) -> None:
-        self.lists: list[Deferred[tuple[list[dict[str, Any]], str]]] = []
-        self.watches: list[tuple[str, Callable[[str, dict[str, Any]], None], Deferred[None]]] = []
-
-    async def list(self, path: str, what: str, *,
-                   transform: Any = None) -> tuple[list[dict[str, Any]], str]:
-        d: Deferred[tuple[list[dict[str, Any]], str]] = Deferred()
-        self.lists.append(d)
-        return await d
-
-    async def watch(self, path: str, resource_version: str,
-                    on_event: Callable[[str, dict[str, Any]], None], *,
-                    timeout_seconds: int, what: str = "objects") -> None:
-        d: Deferred[None] = Deferred()
-        self.watches.append((resource_version, on_event, d))
-        await d
-
-
-def _version(rv: str) -> dict[str, Any]:
-    return {"metadata": {"resourceVersion": rv}}
-
-
-class ListWatchTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.api = ScriptedAPI()
-        self.replaced: list[tuple[list[dict[str, Any]], str]] = []
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.jitter = Jitter(1.0)
-        self.lw = ListWatch(
-            self.api, "/things", "things",
-            on_replace=lambda items, rv: self.replaced.append((items, rv)),
-            on_event=lambda etype, obj: self.events.append((etype, obj)),
-            clock=self.clock, resync_seconds=3600, random=self.jitter,
-        )
-
-    def backoff(self) -> float:
-        """The delay of the pending backoff (the earliest timer)."""
-        return min(c.getTime() for c in self.clock.getDelayedCalls()) - self.clock.seconds()
-
-    def listed(self, rv: str = "5") -> Callable[[str, dict[str, Any]], None]:
-        self.api.lists[-1].callback(([], rv))
-        rv_watched, on_event, _ = self.api.watches[-1]
-        self.assertEqual(rv_watched, rv)
-        return on_event
-
-    def test_events_bookmarks_and_unknown_types(self) -> None:
-        self.lw.startService()
-        on_event = self.listed("5")
-        on_event("ADDED", _version("6"))
-        on_event("BOOKMARK", _version("9"))
-        on_event("SOMETHING", _version("10"))
-        self.assertEqual([e for e, _ in self.events], ["ADDED"])
-        self.assertEqual(self.lw.resource_version, "9")
-        self.successResultOf(self.lw.stopService())
-
-    def deliver(self, etype: str, obj: dict[str, Any]) -> None:
-        """As the client does: an exception from on_event ends the watch with it."""
-        _, on_event, d = self.api.watches[-1]
-        try:
-            on_event(etype, obj)
-        except Exception as e:
-            d.errback(e)
-
-    def test_410_relists_at_once_then_backs_off_if_repeated(self) -> None:
-        expired = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}
-        self.lw.startService()
-        self.listed("5")
-        self.deliver("ERROR", expired)
-        self.assertEqual(len(self.api.lists), 2, "listed again at once")
-        self.listed("8")
-        self.deliver("ERROR", expired)  # again, with nothing in between
-        self.assertEqual(len(self.api.lists), 2)
-        self.assertEqual(self.backoff(), 1.0)  # 1.0 * min(30, 0.5 * 2**1)
-        self.clock.advance(1.0)
-        self.listed("9")
-        self.deliver("ADDED", _version("10"))
-        # Any other ERROR: back off (the third failure in a row), then list.
-        self.deliver("ERROR", {"kind": "Status", "code": 500, "reason": "InternalError"})
-        self.assertEqual(self.backoff(), 2.0)
-        self.clock.advance(2.0)
-        self.assertEqual(len(self.api.lists), 4)
-        self.assertEqual([rv for _, rv in self.replaced], ["5", "8", "9"])
-        self.successResultOf(self.lw.stopService())
-
-    def test_http_410_on_the_watch_relists_at_once(self) -> None:
-        self.lw.startService()
-        self.listed("5")
-        self.api.watches[-1][2].errback(WatchExpired("watch things: HTTP 410: too old"))
-        self.assertEqual(len(self.api.lists), 2)
-        self.assertEqual(self.jitter.calls, 0)
-        self.successResultOf(self.lw.stopService())
-
-    def test_watch_that_ran_a_while_is_resumed_at_once(self) -> None:
-        self.lw.startService()
-        self.listed("5")
-        self.clock.advance(1.0)
-        self.api.watches[-1][2].callback(None)
-        self.assertEqual([w[0] for w in self.api.watches], ["5", "5"])
-        self.assertEqual(len(self.api.lists), 1)
-        self.assertEqual(self.lw.synced_at, 1.0)
-        self.successResultOf(self.lw.stopService())
-
-    def test_safety_net_tick_relists_and_restarts_the_watch(self) -> None:
-        self.lw.startService()
-        self.listed("5")
-        first = self.api.watches[-1][2]
-        self.clock.advance(3600)
-        self.assertTrue(first.called, "the old watch was cancelled")
-        self.assertEqual(len(self.api.lists), 2)
-        self.listed("11")
-        self.assertEqual(self.lw.resource_version, "11")
-        self.assertEqual(self.flushLoggedErrors(), [])
-        self.successResultOf(self.lw.stopService())
-
-    def test_backoff_doubles_to_the_cap_with_full_jitter(self) -> None:
-        self.lw.startService()
-        delays = []
-        for _ in range(9):
-            self.api.lists[-1].errback(KubernetesError("list things: HTTP 500"))
-            delays.append(self.backoff())
-            self.clock.advance(delays[-1])
-        self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
-        self.assertEqual(self.jitter.calls, 9)
-        self.jitter.value = 0.25
-        self.api.lists[-1].errback(KubernetesError("list things: HTTP 500"))
-        self.assertEqual(self.backoff(), 7.5)
-        self.assertEqual(self.replaced, [])
-        self.assertFalse(self.lw.listed)
-        self.assertTrue(self.lw.attempted)
-        self.successResultOf(self.lw.stopService())
-
-    def test_backoff_starts_over_after_a_quiet_minute(self) -> None:
-        self.lw.startService()
-        self.api.lists[-1].errback(KubernetesError("x"))
-        self.clock.advance(self.backoff())
-        self.api.lists[-1].errback(KubernetesError("x"))
-        self.clock.advance(self.backoff())  # 1.0 s
-        on_event = self.listed()
-        on_event("MODIFIED", _version("7"))
-        # Cut again and again: each one waits longer...
-        self.clock.advance(58.9)
-        self.api.watches[-1][2].errback(KubernetesError("watch things: connection lost"))
-        self.assertEqual(self.backoff(), 2.0)
-        self.clock.advance(2.0)
-        self.listed()
-        # ...but a minute without failure starts over.
-        self.clock.advance(60)
-        self.api.watches[-1][2].errback(KubernetesError("watch things: connection lost"))
-        self.assertEqual(self.backoff(), 0.5)
-        self.successResultOf(self.lw.stopService())
-
-    def test_resync_during_a_list_or_backoff_does_not_cut_it(self) -> None:
-        self.lw.startService()
-        self.lw.resync()
-        self.assertEqual(len(self.api.lists), 1)
-        self.assertFalse(self.api.lists[0].called)
-        self.api.lists[-1].errback(KubernetesError("x"))
-        self.lw.resync()
-        self.assertEqual(len(self.api.lists), 1)
-        self.clock.advance(0.5)
-        self.assertEqual(len(self.api.lists), 2)
-        self.successResultOf(self.lw.stopService())
-
-    def test_nothing_is_applied_after_stop(self) -> None:
-        self.lw.startService()
-        on_event = self.listed()
-        self.successResultOf(self.lw.stopService())
-        self.assertEqual(len(self.replaced), 1)
-        with self.assertRaises(CancelledError):
-            on_event("ADDED", _version("6"))
-        self.assertEqual(self.events, [])
-        self.clock.advance(7200)
-        self.assertEqual(len(self.api.lists), 1)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-
-# -- KubernetesClient.watch ---------------------------------------------------------------
-
-
-class Streamer(Resource):
-    """
-    A watch endpoint the test writes to by hand.
-    """
-
-    isLeaf = True
-
-    def __init__(self, code: int = 200, body: bytes | None = None) -> None:
-        super().__init__()
-        self.code, self.body = code, body
-        self.requests: list[Request] = []
-        self.lost: list[object] = []
-
-    def render_GET(self, request: Request) -> Any:
-        self.requests.append(request)
-        request.setResponseCode(self.code)
-        request.setHeader("content-type", "application/json")
-        if self.body is not None:
-            return self.body
-        request.notifyFinish().addBoth(self.lost.append)
-        request.write(b"")
-        return NOT_DONE_YET
-
-
-class ClientWatchTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def watch(self, server: Streamer, **kwargs: Any) -> tuple[StubTreq, Deferred[None]]:
-        stub = StubTreq(server)
-        client = kube_client(KUBE, stub, self.clock)
-        kwargs.setdefault("timeout_seconds", 60)
-        d = run(client.watch("/api/v1/namespaces/t/secrets?fieldSelector=metadata.name%3Ds", "12",
-                             lambda t, o: self.events.append((t, o)), what="Secret t/s", **kwargs))
-        stub.flush()
-        return stub, d
-
-    def test_events_split_across_chunks(self) -> None:
-        server = Streamer()
-        stub, d = self.watch(server)
-        [request] = server.requests
-        self.assertEqual(request.args[b"fieldSelector"], [b"metadata.name=s"])
-        self.assertEqual(request.args[b"resourceVersion"], [b"12"])
-        self.assertEqual(request.args[b"allowWatchBookmarks"], [b"true"])
-        self.assertEqual(request.getHeader("authorization"), f"Bearer {CLIENT}")
-        for chunk in (b'{"type":"ADDED","object":{"metadata":{"name":"a"',
-                      b'}}}\n\n{"type":"BOOK', b'MARK","object":{}}\n{"type":"DELETED",',
-                      b'"object":{"x":1}}\n'):
-            request.write(chunk)
-            stub.flush()
-        self.assertEqual(self.events, [("ADDED", {"metadata": {"name": "a"}}),
-                                       ("BOOKMARK", {}), ("DELETED", {"x": 1})])
-        request.finish()
-        stub.flush()
-        self.assertIsNone(self.successResultOf(d))
-
-    def test_overlong_line_is_refused_and_the_connection_closed(self) -> None:
-        self.patch(kube, "MAX_WATCH_LINE_BYTES", 100)
-        server = Streamer()
-        stub, d = self.watch(server)
-        server.requests[0].write(b'{"type":"ADDED","object":{"data":"' + b"x" * 60)
-        stub.flush()
-        self.assertNoResult(d)
-        server.requests[0].write(b"x" * 60)
-        stub.flush()
-        failure = self.failureResultOf(d, KubernetesError)
-        self.assertEqual(str(failure.value), "watch Secret t/s: an event longer than 100 bytes")
-        self.assertEqual(len(server.lost), 1)
-
-    def test_silent_stream_is_given_up(self) -> None:
-        server = Streamer()
-        stub, d = self.watch(server, idle_seconds=40)
-        self.clock.advance(39)
-        server.requests[0].write(b'{"type":"BOOKMARK","object":{}}\n')
-        stub.flush()
-        self.clock.advance(39)  # data reset the deadline
-        self.assertNoResult(d)
-        self.clock.advance(1)
-        failure = self.failureResultOf(d, KubernetesError)
-        self.assertEqual(str(failure.value), "watch Secret t/s: no data for 40 seconds")
-        stub.flush()
-        self.assertEqual(len(server.lost), 1)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_default_idle_deadline_is_past_the_server_timeout(self) -> None:
-        server = Streamer()
-        stub, d = self.watch(server, timeout_seconds=60)
-        self.clock.advance(60 + TIMEOUT - 0.001)
-        self.assertNoResult(d)
-        self.clock.advance(0.001)
-        self.failureResultOf(d, KubernetesError)
-
-    def test_no_headers_in_time(self) -> None:
-        class Hang(Resource):
-            isLeaf = True
-
-            def render_GET(self, request: Request) -> Any:
-                return NOT_DONE_YET
-
-        stub = StubTreq(Hang())
-        d = run(kube_client(KUBE, stub, self.clock).watch(
-            "/x", "1", lambda t, o: None, timeout_seconds=60, what="things"))
-        stub.flush()
-        self.clock.advance(TIMEOUT)
-        failure = self.failureResultOf(d, KubernetesError)
-        self.assertEqual(str(failure.value), f"watch things: no answer within {TIMEOUT:g} seconds")
-
-    def test_http_errors(self) -> None:
-        forbidden = json.dumps({"kind": "Status", "code": 403, "message": "secrets is forbidden"})
-        _, d = self.watch(Streamer(403, forbidden.encode()))
-        failure = self.failureResultOf(d, KubernetesError)
-        self.assertEqual(str(failure.value), "watch Secret t/s: HTTP 403: secrets is forbidden")
-        _, d = self.watch(Streamer(410, b'{"message": "too old resource version"}'))
-        self.failureResultOf(d, WatchExpired)
-        _, d = self.watch(Streamer(500, b"<html>oops</html>"))
-        self.assertEqual(str(self.failureResultOf(d, KubernetesError).value),
-                         "watch Secret t/s: HTTP 500: no message")
-
-    def test_malformed_event_is_not_quoted(self) -> None:
-        server = Streamer()
-        stub, d = self.watch(server)
-        server.requests[0].write(b'{"type":"ADDED","object":{"data":{"config.env":"SECRETVALUE"}}\n')
-        stub.flush()
-        failure = self.failureResultOf(d, KubernetesError)
-        self.assertEqual(str(failure.value), "watch Secret t/s: an event that is not JSON")
-        stub, d = self.watch(server)
-        server.requests[1].write(b'["SECRETVALUE"]\n')
-        stub.flush()
-        failure = self.failureResultOf(d, KubernetesError)
-        self.assertEqual(str(failure.value), "watch Secret t/s: a malformed event")
-        self.assertEqual(len(server.lost), 2)
-
-    def test_cut_mid_stream_and_partial_end(self) -> None:
-        server = Streamer()
-        stub, d = self.watch(server)
-        server.requests[0].write(b'{"type":"ADDED","object":{}}\n{"type":')
-        stub.flush()
-        server.requests[0].transport.abortConnection()
-        stub.flush()
-        failure = self.failureResultOf(d, KubernetesError)
-        self.assertTrue(str(failure.value).startswith("watch Secret t/s: connection lost mid-stream"))
-        self.assertEqual(self.events, [("ADDED", {})])
-
-    def test_on_event_exception_ends_the_watch_as_itself(self) -> None:
-        server = Streamer()
-        stub = StubTreq(server)
-
-        def explode(etype: str, obj: dict[str, Any]) -> None:
-            raise ZeroDivisionError(etype)
-
-        d = run(kube_client(KUBE, stub, self.clock).watch(
-            "/x", "1", explode, timeout_seconds=60))
-        stub.flush()
-        server.requests[0].write(b'{"type":"ADDED","object":{}}\n')
-        stub.flush()
-        self.failureResultOf(d, ZeroDivisionError)
-        self.assertEqual(len(server.lost), 1)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_cancel_closes_the_connection(self) -> None:
-        server = Streamer()
-        stub, d = self.watch(server)
-        d.cancel()
-        self.failureResultOf(d, CancelledError)
-        stub.flush()
-        self.assertEqual(len(server.lost), 1)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-
 # -- over real loopback TLS ---------------------------------------------------------------
 
 
@@ -1297,3 +921,7 @@ async def test_cut_over_loopback_tls_relists_with_changes_made_meanwhile(tmp_pat
         assert grant is not None and grant.policies == ("photos",)
     finally:
         await world.close()
+
+
+PytestOnly = pytest_only(globals(), "real loopback TLS in pytest-twisted's reactor (a trial "
+                                    "TestCase cannot run that reactor under pytest): run under pytest")
