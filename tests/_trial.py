@@ -8,18 +8,28 @@ case, so both runners count each case. L{pytest_only} names, for trial,
 the tests of a module that need what only pytest gives (a spawned daemon
 behind a pytest fixture, the global reactor under pytest-twisted): trial
 reports each as skipped, with the reason, and pytest does not see them.
+L{on_reactor} runs a test method that needs the global reactor (loopback
+sockets, threads) under both runners; L{serve_loopback} listens for it and
+closes every connection when it ends.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 C = TypeVar("C", bound=type)
@@ -99,3 +109,83 @@ def pytest_only(namespace: dict[str, Any], reason: str) -> type[SynchronousTestC
              if name.startswith("test") and callable(value)}
     return type("PytestOnly", (SynchronousTestCase,),
                 {"__test__": False, "skip": reason, "__module__": namespace["__name__"], **tests})
+
+
+# A test on the global reactor may take this long before it is failed (trial's TestCase default).
+REACTOR_TEST_TIMEOUT = 120.0
+
+S = TypeVar("S", bound=SynchronousTestCase)
+
+
+def on_reactor(method: Callable[[S], Coroutine[Any, Any, None]]) -> Callable[[S], None]:
+    """
+    Run an C{async} test method of a C{SynchronousTestCase} to its end on the
+    global reactor, under either runner.
+
+    Under pytest, pytest-twisted runs the reactor in a greenlet: the test
+    waits there (C{pytest_twisted.blockon}), as a C{pytest_twisted.ensureDeferred}
+    function does. trial's own C{TestCase} cannot run there (it would run the
+    reactor a second time, and its janitor would empty pytest-twisted's
+    reactor), and trial runs a C{SynchronousTestCase} without a reactor: the
+    test runs the reactor until its Deferred fires, as trial's C{TestCase} does.
+    The test closes what it opened (L{serve_loopback} does for a server).
+    """
+    @functools.wraps(method)
+    def test(self: S) -> None:
+        from twisted.internet import reactor
+
+        done = Deferred.fromCoroutine(method(self))
+        if "PYTEST_CURRENT_TEST" in os.environ:
+            import pytest_twisted
+
+            pytest_twisted.blockon(done)
+            return
+        outcome: list[object] = []
+        done.addBoth(outcome.append)
+        if not outcome:
+            timeout = reactor.callLater(REACTOR_TEST_TIMEOUT, done.cancel)  # type: ignore[attr-defined]
+            done.addBoth(lambda _: timeout.active() and timeout.cancel())
+            done.addBoth(lambda _: reactor.crash())  # type: ignore[attr-defined]
+            reactor.run()  # type: ignore[attr-defined]
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+    return test
+
+
+class _Tracked(ProtocolWrapper):
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        super().connectionLost(reason)
+        gone, self.gone = self.gone, None
+        if gone is not None:
+            gone.callback(None)
+
+    gone: Deferred[None] | None = None
+
+
+class _Tracking(WrappingFactory):
+    protocol = _Tracked
+
+
+async def serve_loopback(factory: Factory, run: Callable[[IListeningPort], Coroutine[Any, Any, None]],
+                         tls: Any = None) -> None:
+    """
+    Listen on 127.0.0.1 (with TLS when given C{tls}, its context factory),
+    run C{run} with the port, then, whatever its outcome, close every
+    connection the server still has and stop listening, and wait until both
+    are done: the reactor is left as it was.
+    """
+    from twisted.internet import reactor
+
+    tracking = _Tracking(factory)
+    port = (reactor.listenSSL(0, tracking, tls, interface="127.0.0.1")  # type: ignore[attr-defined]
+            if tls is not None else
+            reactor.listenTCP(0, tracking, interface="127.0.0.1"))  # type: ignore[attr-defined]
+    try:
+        await run(port)
+    finally:
+        await port.stopListening()
+        open_ = list(tracking.protocols)
+        for protocol in open_:
+            protocol.gone = Deferred()
+            protocol.transport.abortConnection()
+        await gatherResults([p.gone for p in open_ if p.gone is not None])
