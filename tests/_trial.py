@@ -114,10 +114,7 @@ def pytest_only(namespace: dict[str, Any], reason: str) -> type[SynchronousTestC
 # A test on the global reactor may take this long before it is failed (trial's TestCase default).
 REACTOR_TEST_TIMEOUT = 120.0
 
-S = TypeVar("S", bound=SynchronousTestCase)
-
-
-def on_reactor(method: Callable[[S], Coroutine[Any, Any, None]]) -> Callable[[S], None]:
+def on_reactor(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     """
     Run an C{async} test method of a C{SynchronousTestCase} to its end on the
     global reactor, under either runner.
@@ -131,10 +128,10 @@ def on_reactor(method: Callable[[S], Coroutine[Any, Any, None]]) -> Callable[[S]
     The test closes what it opened (L{serve_loopback} does for a server).
     """
     @functools.wraps(method)
-    def test(self: S) -> None:
+    def test(self: SynchronousTestCase, **cases: Any) -> None:
         from twisted.internet import reactor
 
-        done = Deferred.fromCoroutine(method(self))
+        done = Deferred.fromCoroutine(method(self, **cases))
         if "PYTEST_CURRENT_TEST" in os.environ:
             import pytest_twisted
 
@@ -189,3 +186,20 @@ async def serve_loopback(factory: Factory, run: Callable[[IListeningPort], Corou
             protocol.gone = Deferred()
             protocol.transport.abortConnection()
         await gatherResults([p.gone for p in open_ if p.gone is not None])
+
+
+def in_memory(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """
+    Run an C{async} test method whose every wait is answered in memory
+    (C{StubTreq}, a L{Clock}, a fake called by the test): it has finished
+    when the call returns, or the test fails saying it still waits.
+    """
+    @functools.wraps(method)
+    def test(self: SynchronousTestCase, **cases: Any) -> None:
+        outcome: list[object] = []
+        Deferred.fromCoroutine(method(self, **cases)).addBoth(outcome.append)
+        if not outcome:
+            self.fail("the test still waits: something it awaits is not answered in memory")
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+    return test
