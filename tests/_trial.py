@@ -15,13 +15,14 @@ closes every connection when it ends.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -163,13 +164,13 @@ class _Tracking(WrappingFactory):
     protocol = _Tracked
 
 
-async def serve_loopback(factory: Factory, run: Callable[[IListeningPort], Coroutine[Any, Any, None]],
-                         tls: Any = None) -> None:
+@contextlib.asynccontextmanager
+async def serve_loopback(factory: Factory, tls: Any = None) -> AsyncIterator[IListeningPort]:
     """
-    Listen on 127.0.0.1 (with TLS when given C{tls}, its context factory),
-    run C{run} with the port, then, whatever its outcome, close every
-    connection the server still has and stop listening, and wait until both
-    are done: the reactor is left as it was.
+    Listen on 127.0.0.1 (over TLS with C{tls}, a context factory) for the
+    block, then, whatever its outcome, stop listening, close every
+    connection the server still has, and wait until both are done: the
+    reactor is left as it was.
     """
     from twisted.internet import reactor
 
@@ -178,14 +179,14 @@ async def serve_loopback(factory: Factory, run: Callable[[IListeningPort], Corou
             if tls is not None else
             reactor.listenTCP(0, tracking, interface="127.0.0.1"))  # type: ignore[attr-defined]
     try:
-        await run(port)
+        yield port
     finally:
         await port.stopListening()
-        open_ = list(tracking.protocols)
-        for protocol in open_:
+        still_open = list(tracking.protocols)
+        for protocol in still_open:
             protocol.gone = Deferred()
             protocol.transport.abortConnection()
-        await gatherResults([p.gone for p in open_ if p.gone is not None])
+        await gatherResults([p.gone for p in still_open if p.gone is not None])
 
 
 def in_memory(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:

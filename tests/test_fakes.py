@@ -544,7 +544,7 @@ class LoopbackTLSTests(KubernetesCase):
         assert pki.server_options()._options & no_old == no_old
         assert b"BEGIN PRIVATE KEY" in pki.key_path.read_bytes()
 
-        async def run(port: IListeningPort) -> None:
+        async with serve_loopback(Site(kube.resource()), pki.server_options()) as port:
             try:
                 url = f"https://127.0.0.1:{port.getHost().port}/apis/sts.min.io/v1beta1/policybindings"  # type: ignore[attr-defined]
                 agent = _tls_agent(pki)
@@ -569,8 +569,6 @@ class LoopbackTLSTests(KubernetesCase):
             finally:
                 kube.shutdown()
 
-        await serve_loopback(Site(kube.resource()), run, pki.server_options())
-
     @on_reactor
     async def test_tls_client_refuses_a_certificate_for_another_host(self) -> None:
         from cryptography import x509
@@ -582,13 +580,11 @@ class LoopbackTLSTests(KubernetesCase):
         options = CertificateOptions(privateKey=serialization.load_pem_private_key(key_pem, None),
                                      certificate=x509.load_pem_x509_certificate(cert_pem))
 
-        async def run(port: IListeningPort) -> None:
+        async with serve_loopback(Site(kube.resource()), options) as port:
             with self.assertRaises(Exception):
                 await treq.get(f"https://127.0.0.1:{port.getHost().port}/openid/v1/jwks",  # type: ignore[attr-defined]
                                headers=AUTH, agent=_tls_agent(pki))
             assert kube.requests == []
-
-        await serve_loopback(Site(kube.resource()), run, options)
 
 
 # -- MinIO -----------------------------------------------------------------------------

@@ -407,7 +407,7 @@ class LoopbackTests(SynchronousTestCase):
     async def test_minio_over_verified_tls(self) -> None:
         minio = self.minio
 
-        async def run(port: IListeningPort) -> None:
+        async with serve_loopback(self.minio_site, self.pki.server_options()) as port:
             http = verified_client(self.pki.ca_cert)
             tenant = self.tenant(port)
             client = MinIOClient(http, reactor, 5)
@@ -427,14 +427,12 @@ class LoopbackTests(SynchronousTestCase):
             finally:
                 await http.close()
 
-        await serve_loopback(self.minio_site, run, self.pki.server_options())
-
     @on_reactor
     async def test_untrusted_certificate_refused(self) -> None:
         minio = self.minio
         other = TestPKI.create(temporary_directory(self) / "other")
 
-        async def run(port: IListeningPort) -> None:
+        async with serve_loopback(self.minio_site, self.pki.server_options()) as port:
             http = verified_client(other.ca_cert)
             before = minio.count("assumerole")
             try:
@@ -447,11 +445,9 @@ class LoopbackTests(SynchronousTestCase):
             finally:
                 await http.close()
 
-        await serve_loopback(self.minio_site, run, self.pki.server_options())
-
     @on_reactor
     async def test_connections_disable_nagle(self) -> None:
-        async def run(port: IListeningPort) -> None:
+        async with serve_loopback(Script(default=ok(b"ok")).factory()) as port:
             client = verified_client()
             try:
                 await get(client, url_of(port))
@@ -460,13 +456,11 @@ class LoopbackTests(SynchronousTestCase):
             finally:
                 await client.close()
 
-        await serve_loopback(Script(default=ok(b"ok")).factory(), run)
-
     @on_reactor
     async def test_request_leaves_before_the_reactor_turn_ends(self) -> None:
         # Written and sent within the call: the server has it before this
         # reactor turn ends (and with it every other request of the turn).
-        async def run(port: IListeningPort) -> None:
+        async with serve_loopback(Script(default=ok(b"ok")).factory()) as port:
             client = verified_client()
             try:
                 await get(client, url_of(port))  # a connection in the pool
@@ -477,8 +471,6 @@ class LoopbackTests(SynchronousTestCase):
                 assert (await d).body == b"ok"
             finally:
                 await client.close()
-
-        await serve_loopback(Script(default=ok(b"ok")).factory(), run)
 
 
 # -- the bound on connections per host (tenants.max_connections) ----------------------
