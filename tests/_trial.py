@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import alsoProvides
 
 C = TypeVar("C", bound=type)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -161,7 +162,17 @@ class _Tracked(ProtocolWrapper):
 
 
 class _Tracking(WrappingFactory):
+    """Keeps the server's connections; offers the wrapped factory's protocols (ALPN) as its own."""
+
     protocol = _Tracked
+
+    def __init__(self, wrappedFactory: Factory) -> None:  # noqa: N803
+        super().__init__(wrappedFactory)
+        negotiating = IProtocolNegotiationFactory(wrappedFactory, None)
+        if negotiating is not None:
+            # Without it TLS would negotiate no protocol, and refuse a client offering one.
+            alsoProvides(self, IProtocolNegotiationFactory)
+            self.acceptableProtocols = negotiating.acceptableProtocols
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ madmin payload decryptor against the C{minio} package's encryption.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -17,17 +18,16 @@ from unittest import mock
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
-import pytest
-import pytest_twisted
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 from minio import crypto
 from treq.testing import StubTreq
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
@@ -41,7 +41,7 @@ from stsd.testing.madmin_crypto import (
     encrypt_data,
 )
 from stsd.testing.pki import TestPKI
-from tests._trial import pytest_only
+from tests._trial import cases, expand, in_memory, on_reactor, serve_loopback, temporary_directory
 
 AK, SK = "rootuser", "rootpass/with+chars"
 REGION = "eu-central-1"
@@ -120,31 +120,31 @@ class MadminPayloadTests(SynchronousTestCase):
 
     @cases("why,password,data", _refused(), ids=[r[0] for r in _refused()])
     def test_decryptor_refuses_what_madmin_refuses(self, why, password, data) -> None:
-        with pytest.raises(MadminCryptoError):
+        with self.assertRaises(MadminCryptoError):
             decrypt_data(password, data)
+
 
 # -- admin user APIs ------------------------------------------------------------------
 
 
-@pytest.fixture
-def wall_clock():
-    c = Clock()
-    c.advance(time.time())
-    return c
+class UsersCase(SynchronousTestCase):
+    """A fake MinIO reached through C{StubTreq}, on a L{Clock} at the wall-clock time."""
 
+    def setUp(self) -> None:
+        self.wall_clock = Clock()
+        self.wall_clock.advance(time.time())
+        self.minio = FakeMinIO(access_key=AK, secret_key=SK, region=REGION, clock=self.wall_clock,
+                               policies={"readwrite": READWRITE, "readonly": READONLY, "no-delete": NO_DELETE,
+                                         "photos": PHOTOS_ONLY})
+        self.addCleanup(self.minio.shutdown)
+        self.stub = StubTreq(self.minio.resource())
 
-@pytest.fixture
-def minio(wall_clock):
-    fake = FakeMinIO(access_key=AK, secret_key=SK, region=REGION, clock=wall_clock,
-                     policies={"readwrite": READWRITE, "readonly": READONLY, "no-delete": NO_DELETE,
-                               "photos": PHOTOS_ONLY})
-    yield fake
-    fake.shutdown()
-
-
-@pytest.fixture
-def stub(minio):
-    return StubTreq(minio.resource())
+    def photos(self) -> None:
+        """Two buckets, an object in each."""
+        self.minio.make_bucket("photos")
+        self.minio.make_bucket("docs")
+        self.minio.put_object("photos", "a.jpg", b"jpeg")
+        self.minio.put_object("docs", "a.txt", b"text")
 
 
 def signed(method, url, body=b"", *, service="s3", region="us-east-1", key=AK, secret=SK, token=None,
@@ -213,14 +213,6 @@ def s3_code(content: bytes) -> str:
 async def s3(stub, method, path, creds, body=b"", at=None):
     key, secret, token = creds
     return await call(stub, method, path, body, region=REGION, key=key, secret=secret, token=token, at=at)
-
-
-@pytest.fixture
-def photos(minio):
-    minio.make_bucket("photos")
-    minio.make_bucket("docs")
-    minio.put_object("photos", "a.jpg", b"jpeg")
-    minio.put_object("docs", "a.txt", b"text")
 
 
 class UsersTests(UsersCase):
@@ -418,7 +410,7 @@ class UsersTests(UsersCase):
         minio.fail("s3", "500")
         resp, content = await call(stub, "GET", "/bucket/key")
         assert resp.code == 500 and content == b"Internal Server Error\n"
-        with pytest.raises(ValueError):
+        with self.assertRaises(ValueError):
             minio.fail("no-such-route", "500")
 
     @in_memory
@@ -449,7 +441,8 @@ class UsersTests(UsersCase):
 
     @in_memory
     async def test_s3_is_authorized_by_the_parents_current_policies(self) -> None:
-        minio, stub, photos = self.minio, self.stub, self.photos()
+        minio, stub = self.minio, self.stub
+        self.photos()
         minio.add_user("app-user", "app-secret-1", ["readwrite", "no-delete"])
         creds = credentials((await assume(stub, "app-user", "app-secret-1"))[1])
         resp, content = await s3(stub, "GET", "/photos/a.jpg", creds)
@@ -477,7 +470,8 @@ class UsersTests(UsersCase):
 
     @in_memory
     async def test_s3_intersects_the_session_policy(self) -> None:
-        minio, stub, photos = self.minio, self.stub, self.photos()
+        minio, stub = self.minio, self.stub
+        self.photos()
         minio.add_user("app-user", "app-secret-1", ["readonly"])
         creds = credentials((await assume(stub, "app-user", "app-secret-1", PHOTOS_ONLY))[1])
         resp, content = await s3(stub, "GET", "/photos/a.jpg", creds)
@@ -495,7 +489,8 @@ class UsersTests(UsersCase):
 
     @in_memory
     async def test_removed_expired_and_mistokened_credentials_are_refused(self) -> None:
-        minio, stub, photos, wall_clock = self.minio, self.stub, self.photos(), self.wall_clock
+        minio, stub, wall_clock = self.minio, self.stub, self.wall_clock
+        self.photos()
         minio.add_user("app-user", "app-secret-1", ["readwrite"])
         key, secret, token = credentials((await assume(stub, "app-user", "app-secret-1"))[1])
         resp, content = await s3(stub, "GET", "/photos/a.jpg", (key, secret, None))
@@ -523,7 +518,8 @@ class UsersTests(UsersCase):
 
     @in_memory
     async def test_s3_operations_and_their_errors(self) -> None:
-        minio, stub, photos = self.minio, self.stub, self.photos()
+        minio, stub = self.minio, self.stub
+        self.photos()
         creds = (AK, SK, None)
         resp, content = await s3(stub, "GET", "/nobucket/a", creds)
         assert (resp.code, s3_code(content)) == (404, "NoSuchBucket")
@@ -556,7 +552,8 @@ class UsersTests(UsersCase):
 
     @in_memory
     async def test_list_bucket_conditions_reach_the_evaluator(self) -> None:
-        minio, stub, photos = self.minio, self.stub, self.photos()
+        minio, stub = self.minio, self.stub
+        self.photos()
         prefix_only = {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": ["arn:aws:s3:::photos"],
              "Condition": {"StringLike": {"s3:prefix": ["public/*"]}}}]}
@@ -571,126 +568,134 @@ class UsersTests(UsersCase):
 # -- real clients on loopback TLS -----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tls_minio(tmp_path_factory):
-    pki = TestPKI.create(tmp_path_factory.mktemp("pki"))
-    minio = FakeMinIO(access_key=AK, secret_key=SK, region=REGION,
-                      policies={"readwrite": READWRITE, "no-delete": NO_DELETE}, run_in_thread=deferToThread)
-    port = reactor.listenSSL(0, Site(FakeMinIORouter({"tenant-1": minio})), pki.server_options(),
-                             interface="127.0.0.1")
-    yield pki, minio, port.getHost().port
-    pytest_twisted.blockon(port.stopListening())
+class LoopbackCase(SynchronousTestCase):
+    """
+    The fake MinIO behind its router over loopback TLS (served by each test);
+    its payload crypto and the clients run in the test's own thread pool.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.pki = TestPKI.create(temporary_directory(self))
+        self.pool = ThreadPool(minthreads=0, maxthreads=4, name="test-clients")
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        self.in_thread = functools.partial(deferToThreadPool, reactor, self.pool)
+        self.minio = FakeMinIO(access_key=AK, secret_key=SK, region=REGION,
+                               policies={"readwrite": READWRITE, "no-delete": NO_DELETE},
+                               run_in_thread=self.in_thread)
+        self.site = Site(FakeMinIORouter({"tenant-1": self.minio}))
 
 
 class LoopbackClientsTests(LoopbackCase):
     """Real clients (boto3, minio-py) in threads, over loopback TLS."""
 
-    @in_memory
+    @on_reactor
     async def test_boto3_uses_minted_credentials_through_the_router(self) -> None:
-        tls_minio = self.tls_minio
-        pki, minio, port = tls_minio
-        minio.add_user("boto-user", "boto-secret-1", ["readwrite", "no-delete"])
-        minio.make_bucket("photos")
-        endpoint = f"https://localhost:{port}/tenant-1"
-        # Minted on the fake: boto3's STS client signs no x-amz-content-sha256, which the fake demands.
-        key, secret, token = minio.mint("boto-user").credentials
+        pki, minio = self.pki, self.minio
+        async with serve_loopback(self.site, pki.server_options()) as listening:
+            port = listening.getHost().port  # type: ignore[attr-defined]
+            minio.add_user("boto-user", "boto-secret-1", ["readwrite", "no-delete"])
+            minio.make_bucket("photos")
+            endpoint = f"https://localhost:{port}/tenant-1"
+            # Minted on the fake: boto3's STS client signs no x-amz-content-sha256, which the fake demands.
+            key, secret, token = minio.mint("boto-user").credentials
 
-        def run():
-            import boto3
-            from botocore.exceptions import ClientError
+            def run():
+                import boto3
+                from botocore.exceptions import ClientError
 
-            s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION, verify=str(pki.ca_path),
-                              aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=token)
-            s3.put_object(Bucket="photos", Key="dir/a b.jpg", Body=b"jpeg-bytes")
-            got = s3.get_object(Bucket="photos", Key="dir/a b.jpg")["Body"].read()
-            head = s3.head_object(Bucket="photos", Key="dir/a b.jpg")["ContentLength"]
-            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="photos", Prefix="dir/")["Contents"]]
-            try:
-                s3.delete_object(Bucket="photos", Key="dir/a b.jpg")
-                denied = None
-            except ClientError as e:
-                denied = e.response["Error"]["Code"]
-            return got, head, keys, denied
+                s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION, verify=str(pki.ca_path),
+                                  aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=token)
+                s3.put_object(Bucket="photos", Key="dir/a b.jpg", Body=b"jpeg-bytes")
+                got = s3.get_object(Bucket="photos", Key="dir/a b.jpg")["Body"].read()
+                head = s3.head_object(Bucket="photos", Key="dir/a b.jpg")["ContentLength"]
+                keys = [o["Key"] for o in s3.list_objects_v2(Bucket="photos", Prefix="dir/")["Contents"]]
+                try:
+                    s3.delete_object(Bucket="photos", Key="dir/a b.jpg")
+                    denied = None
+                except ClientError as e:
+                    denied = e.response["Error"]["Code"]
+                return got, head, keys, denied
 
-        got, head, keys, denied = await deferToThread(run)
-        assert (got, head, keys, denied) == (b"jpeg-bytes", 10, ["dir/a b.jpg"], "AccessDenied")
-        assert minio.get_object("photos", "dir/a b.jpg") == b"jpeg-bytes"
+            got, head, keys, denied = await self.in_thread(run)
+            assert (got, head, keys, denied) == (b"jpeg-bytes", 10, ["dir/a b.jpg"], "AccessDenied")
+            assert minio.get_object("photos", "dir/a b.jpg") == b"jpeg-bytes"
 
-    @in_memory
+    @on_reactor
     async def test_minio_py_uses_minted_credentials_and_loses_them_with_the_user(self) -> None:
-        tls_minio = self.tls_minio
-        pki, minio, port = tls_minio
-        minio.add_user("py-user", "py-secret-1", ["readwrite"])
-        minio.make_bucket("docs")
-        key, secret, token = minio.mint("py-user").credentials
+        pki, minio = self.pki, self.minio
+        async with serve_loopback(self.site, pki.server_options()) as listening:
+            port = listening.getHost().port  # type: ignore[attr-defined]
+            minio.add_user("py-user", "py-secret-1", ["readwrite"])
+            minio.make_bucket("docs")
+            key, secret, token = minio.mint("py-user").credentials
 
-        def client():
-            import urllib3
-            from minio import Minio
+            def client():
+                import urllib3
+                from minio import Minio
 
-            # minio-py allows no path in its endpoint: the router finds the tenant by access key.
-            return Minio(f"localhost:{port}", access_key=key, secret_key=secret, session_token=token, secure=True,
-                         region=REGION,
-                         http_client=urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(pki.ca_path)))
+                # minio-py allows no path in its endpoint: the router finds the tenant by access key.
+                return Minio(f"localhost:{port}", access_key=key, secret_key=secret, session_token=token, secure=True,
+                             region=REGION,
+                             http_client=urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(pki.ca_path)))
 
-        def use():
-            c = client()
-            c.put_object("docs", "n.txt", io.BytesIO(b"note"), 4)
-            data = c.get_object("docs", "n.txt").read()
-            names = [o.object_name for o in c.list_objects("docs")]
-            stat = c.stat_object("docs", "n.txt").size
-            return data, names, stat
+            def use():
+                c = client()
+                c.put_object("docs", "n.txt", io.BytesIO(b"note"), 4)
+                data = c.get_object("docs", "n.txt").read()
+                names = [o.object_name for o in c.list_objects("docs")]
+                stat = c.stat_object("docs", "n.txt").size
+                return data, names, stat
 
-        assert await deferToThread(use) == (b"note", ["n.txt"], 4)
-        minio.remove_user("py-user")
+            assert await self.in_thread(use) == (b"note", ["n.txt"], 4)
+            minio.remove_user("py-user")
 
-        def refused():
-            from minio.error import S3Error
+            def refused():
+                from minio.error import S3Error
+
+                try:
+                    client().get_object("docs", "n.txt")
+                except S3Error as e:
+                    return e.code
+                return None
+
+            assert await self.in_thread(refused) == "InvalidAccessKeyId"
+            assert minio.live_credentials("py-user") == []
+
+    @on_reactor
+    async def test_minio_admin_client_manages_users(self) -> None:
+        """minio-py's MinioAdmin (MinIO's own admin client) drives the fake's user APIs."""
+        pki, minio = self.pki, self.minio
+        async with serve_loopback(self.site, pki.server_options()) as listening:
+            port = listening.getHost().port  # type: ignore[attr-defined]
+
+            def manage():
+                import urllib3
+                from minio import MinioAdmin
+                from minio.credentials import StaticProvider
+
+                # No path allowed in the endpoint: the router finds the tenant by access key.
+                admin = MinioAdmin(endpoint=f"localhost:{port}", credentials=StaticProvider(AK, SK),
+                                   region=REGION, http_client=urllib3.PoolManager(
+                                       cert_reqs="CERT_REQUIRED", ca_certs=str(pki.ca_path), retries=False))
+                admin.user_add("admin-made", "admin-made-secret")
+                admin.policy_set("readwrite", user="admin-made")
+                attached = json.loads(admin.attach_policy(["no-delete"], user="admin-made"))
+                listing = json.loads(admin.user_list())
+                info = json.loads(admin.user_info("admin-made"))
+                detached = json.loads(admin.detach_policy(["readwrite"], user="admin-made"))
+                after = minio.user_policies("admin-made")
+                admin.user_remove("admin-made")
+                return attached, listing, info, detached, after
 
             try:
-                client().get_object("docs", "n.txt")
-            except S3Error as e:
-                return e.code
-            return None
-
-        assert await deferToThread(refused) == "InvalidAccessKeyId"
-        assert minio.live_credentials("py-user") == []
-
-    @in_memory
-    async def test_minio_admin_client_manages_users(self) -> None:
-        tls_minio = self.tls_minio
-        """minio-py's MinioAdmin (MinIO's own admin client) drives the fake's user APIs."""
-        pki, minio, port = tls_minio
-
-        def manage():
-            import urllib3
-            from minio import MinioAdmin
-            from minio.credentials import StaticProvider
-
-            # No path allowed in the endpoint: the router finds the tenant by access key.
-            admin = MinioAdmin(endpoint=f"localhost:{port}", credentials=StaticProvider(AK, SK),
-                               region=REGION, http_client=urllib3.PoolManager(
-                                   cert_reqs="CERT_REQUIRED", ca_certs=str(pki.ca_path), retries=False))
-            admin.user_add("admin-made", "admin-made-secret")
-            admin.policy_set("readwrite", user="admin-made")
-            attached = json.loads(admin.attach_policy(["no-delete"], user="admin-made"))
-            listing = json.loads(admin.user_list())
-            info = json.loads(admin.user_info("admin-made"))
-            detached = json.loads(admin.detach_policy(["readwrite"], user="admin-made"))
-            after = minio.user_policies("admin-made")
-            admin.user_remove("admin-made")
-            return attached, listing, info, detached, after
-
-        try:
-            attached, listing, info, detached, after = await deferToThread(manage)
-        except Exception as e:  # pragma: no cover - names the client's complaint
-            raise AssertionError(f"MinioAdmin failed: {e!r}") from None
-        assert attached["policiesAttached"] == ["no-delete"]
-        assert listing["admin-made"]["policyName"] == "readwrite,no-delete"
-        assert info["status"] == "enabled" and detached["policiesDetached"] == ["readwrite"]
-        assert after == ("no-delete",) and "admin-made" not in minio.users
-        assert minio.count("add-user") >= 1 and minio.count("remove-user") == 1
-
-# For trial: these need what only pytest gives; it reports them as skipped.
-PytestOnly = pytest_only(
-    globals(), "not converted yet: pytest fixtures and pytest-twisted; run under pytest")
+                attached, listing, info, detached, after = await self.in_thread(manage)
+            except Exception as e:  # pragma: no cover - names the client's complaint
+                raise AssertionError(f"MinioAdmin failed: {e!r}") from None
+            assert attached["policiesAttached"] == ["no-delete"]
+            assert listing["admin-made"]["policyName"] == "readwrite,no-delete"
+            assert info["status"] == "enabled" and detached["policiesDetached"] == ["readwrite"]
+            assert after == ("no-delete",) and "admin-made" not in minio.users
+            assert minio.count("add-user") >= 1 and minio.count("remove-user") == 1
