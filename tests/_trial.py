@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IListeningPort, IProtocolNegotiationFactory
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -116,18 +116,24 @@ def pytest_only(namespace: dict[str, Any], reason: str) -> type[SynchronousTestC
 # A test on the global reactor may take this long before it is failed (trial's TestCase default).
 REACTOR_TEST_TIMEOUT = 120.0
 
+
+def _raise_failure(outcome: object) -> None:
+    if isinstance(outcome, Failure):
+        outcome.raiseException()
+
+
 def on_reactor(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     """
     Run an C{async} test method of a C{SynchronousTestCase} to its end on the
-    global reactor, under either runner.
+    global reactor, under either runner; it closes what it opens
+    (L{serve_loopback} does for a server).
 
-    Under pytest, pytest-twisted runs the reactor in a greenlet: the test
-    waits there (C{pytest_twisted.blockon}), as a C{pytest_twisted.ensureDeferred}
-    function does. trial's own C{TestCase} cannot run there (it would run the
-    reactor a second time, and its janitor would empty pytest-twisted's
-    reactor), and trial runs a C{SynchronousTestCase} without a reactor: the
-    test runs the reactor until its Deferred fires, as trial's C{TestCase} does.
-    The test closes what it opened (L{serve_loopback} does for a server).
+    Under pytest, pytest-twisted runs the reactor in a greenlet and the test
+    waits for it there (C{pytest_twisted.blockon}), as an C{ensureDeferred}
+    function does: trial's C{TestCase} cannot run there (it runs the reactor
+    itself, and its janitor strips it of every socket). Under trial, which
+    runs no reactor for a C{SynchronousTestCase}, the test runs the reactor
+    until its Deferred fires, as trial's C{TestCase} does.
     """
     @functools.wraps(method)
     def test(self: SynchronousTestCase, **cases: Any) -> None:
@@ -146,19 +152,20 @@ def on_reactor(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[...
             done.addBoth(lambda _: timeout.active() and timeout.cancel())
             done.addBoth(lambda _: reactor.crash())  # type: ignore[attr-defined]
             reactor.run()  # type: ignore[attr-defined]
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
+        _raise_failure(outcome[0])
     return test
 
 
 class _Tracked(ProtocolWrapper):
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+    """A server connection; C{gone}, when set, fires once it is closed."""
+
+    gone: Deferred[None] | None = None
+
+    def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
         gone, self.gone = self.gone, None
         if gone is not None:
             gone.callback(None)
-
-    gone: Deferred[None] | None = None
 
 
 class _Tracking(WrappingFactory):
@@ -166,7 +173,7 @@ class _Tracking(WrappingFactory):
 
     protocol = _Tracked
 
-    def __init__(self, wrappedFactory: Factory) -> None:  # noqa: N803
+    def __init__(self, wrappedFactory: Factory) -> None:
         super().__init__(wrappedFactory)
         negotiating = IProtocolNegotiationFactory(wrappedFactory, None)
         if negotiating is not None:
@@ -212,6 +219,5 @@ def in_memory(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[...,
         Deferred.fromCoroutine(method(self, **cases)).addBoth(outcome.append)
         if not outcome:
             self.fail("the test still waits: something it awaits is not answered in memory")
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
+        _raise_failure(outcome[0])
     return test

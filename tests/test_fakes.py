@@ -24,7 +24,6 @@ from minio.signer import sign_v4_s3, sign_v4_sts
 from minio.time import to_amz_date
 from treq.testing import StubTreq
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
