@@ -9,8 +9,9 @@ parser alone: tests/test_keepalive_parser.py.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from twisted.internet import reactor
@@ -390,6 +391,22 @@ def verified_client(*authorities: Any) -> KeepAliveClient:
     return KeepAliveClient(reactor, tls.VerifiedHTTPS(tls.CertificateTrust(authorities)))
 
 
+@contextlib.asynccontextmanager
+async def pooled() -> AsyncIterator[tuple[KeepAliveClient, Any, str]]:
+    """
+    A client with one connection in its pool (its first call done), to a
+    scripted server on loopback answering every request; its URL.
+    """
+    async with serve_loopback(Script(default=ok(b"ok")).factory()) as port:
+        client = verified_client()
+        try:
+            await get(client, url_of(port))
+            [connection] = [c for idle in client._idle.values() for c in idle]
+            yield client, connection, url_of(port)
+        finally:
+            await client.close()
+
+
 class LoopbackTests(SynchronousTestCase):
     """On the global reactor: each test closes its client, then its server (L{serve_loopback})."""
 
@@ -447,30 +464,18 @@ class LoopbackTests(SynchronousTestCase):
 
     @on_reactor
     async def test_connections_disable_nagle(self) -> None:
-        async with serve_loopback(Script(default=ok(b"ok")).factory()) as port:
-            client = verified_client()
-            try:
-                await get(client, url_of(port))
-                [connection] = [c for idle in client._idle.values() for c in idle]
-                assert connection.transport.getTcpNoDelay()
-            finally:
-                await client.close()
+        async with pooled() as (client, connection, url):
+            assert connection.transport.getTcpNoDelay()
 
     @on_reactor
     async def test_request_leaves_before_the_reactor_turn_ends(self) -> None:
         # Written and sent within the call: the server has it before this
         # reactor turn ends (and with it every other request of the turn).
-        async with serve_loopback(Script(default=ok(b"ok")).factory()) as port:
-            client = verified_client()
-            try:
-                await get(client, url_of(port))  # a connection in the pool
-                [connection] = [c for idle in client._idle.values() for c in idle]
-                d = client.request("GET", url_of(port) + "again", target="t", timeout=5)
-                socket = connection.transport
-                assert socket._tempDataLen == 0 and socket.dataBuffer == b"", "nothing left to send"
-                assert (await d).body == b"ok"
-            finally:
-                await client.close()
+        async with pooled() as (client, connection, url):
+            d = client.request("GET", url + "again", target="t", timeout=5)
+            socket = connection.transport
+            assert socket._tempDataLen == 0 and socket.dataBuffer == b"", "nothing left to send"
+            assert (await d).body == b"ok"
 
 
 # -- the bound on connections per host (tenants.max_connections) ----------------------
