@@ -124,7 +124,7 @@ class MadminPayloadTests(SynchronousTestCase):
             decrypt_data(password, data)
 
 
-# -- admin user APIs ------------------------------------------------------------------
+# -- the fake MinIO through StubTreq: helpers -----------------------------------------
 
 
 class UsersCase(SynchronousTestCase):
@@ -185,9 +185,6 @@ async def attach(stub, operation, user, policies, *, content_type="application/o
                       content_type=content_type)
 
 
-# -- AssumeRole signed by a user ---------------------------------------------------------
-
-
 async def assume(stub, key, secret, policy=None, token=None):
     form = {"Action": "AssumeRole", "Version": "2011-06-15", "DurationSeconds": "900"}
     if policy is not None:
@@ -203,9 +200,6 @@ def credentials(content: bytes) -> tuple[str, str, str]:
     return tuple(creds.findtext(f"s:{n}", namespaces=ns) for n in ("AccessKeyId", "SecretAccessKey", "SessionToken"))
 
 
-# -- S3, authorized as MinIO does --------------------------------------------------------
-
-
 def s3_code(content: bytes) -> str:
     return ElementTree.fromstring(content).findtext("Code")
 
@@ -217,6 +211,8 @@ async def s3(stub, method, path, creds, body=b"", at=None):
 
 class UsersTests(UsersCase):
     """Admin user APIs, user-signed AssumeRole and S3, through C{StubTreq}."""
+
+    # -- admin user APIs ---------------------------------------------------------------
 
     @in_memory
     async def test_add_user_decrypts_the_body_and_an_update_keeps_the_policies(self) -> None:
@@ -413,6 +409,8 @@ class UsersTests(UsersCase):
         with self.assertRaises(ValueError):
             minio.fail("no-such-route", "500")
 
+    # -- AssumeRole signed by a user ---------------------------------------------------
+
     @in_memory
     async def test_a_user_may_assume_a_role_with_or_without_a_session_policy(self) -> None:
         minio, stub = self.minio, self.stub
@@ -438,6 +436,8 @@ class UsersTests(UsersCase):
         resp, content = await assume(stub, "nobody", "app-secret-1")
         assert resp.code == 403 and b"<Code>AccessDenied</Code>" in content and b"Access Key Id" in content
         assert len(minio.minted) == 3
+
+    # -- S3, authorized as MinIO does --------------------------------------------------
 
     @in_memory
     async def test_s3_is_authorized_by_the_parents_current_policies(self) -> None:

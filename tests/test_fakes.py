@@ -86,7 +86,7 @@ def _forge_hs256(issuer: TokenIssuer, claims: dict) -> str:
     return f"{head}.{body}.{_b64(sig)}"
 
 
-# -- TokenReview ------------------------------------------------------------------
+# -- helpers: TokenReview ---------------------------------------------------------
 
 
 def _bad_tokens():
@@ -158,10 +158,7 @@ def _bad_tokens():
             (not_a_jwt, "token lookup failed")]
 
 
-# -- objects and lists -------------------------------------------------------------
-
-
-# -- watches -------------------------------------------------------------------------
+# -- helpers: watches, faults ---------------------------------------------------------
 
 
 class _Stream:
@@ -190,9 +187,6 @@ async def _watch(stub, url, **params):
     return _Stream(stub, resp)
 
 
-# -- faults ----------------------------------------------------------------------------
-
-
 def _outcome(d) -> list:
     """The Deferred's result once it has one (consumed, so no unhandled errors)."""
     box: list = []
@@ -203,6 +197,8 @@ def _outcome(d) -> list:
 @expand
 class KubernetesTests(KubernetesCase):
     """TokenReview, objects and lists, watches and faults of the fake Kubernetes API."""
+
+    # -- TokenReview -------------------------------------------------------------------
 
     @in_memory
     async def test_valid_token_is_authenticated(self) -> None:
@@ -346,6 +342,8 @@ class KubernetesTests(KubernetesCase):
                                                            "verify_nbf": False})
         assert claims["sub"] == "system:serviceaccount:apps:sa"
 
+    # -- objects and lists -------------------------------------------------------------
+
     @in_memory
     async def test_lists_carry_resource_versions(self) -> None:
         kube, stub = self.kube, self.stub
@@ -406,6 +404,8 @@ class KubernetesTests(KubernetesCase):
         assert doc["items"] == []
         resp = await stub.get(f"{KUBE}/api/v1/secrets", params={"labelSelector": "a=b"}, headers=AUTH)
         assert resp.code == 400
+
+    # -- watches -----------------------------------------------------------------------
 
     @in_memory
     async def test_watch_delivers_events_in_order_with_bookmarks(self) -> None:
@@ -471,6 +471,8 @@ class KubernetesTests(KubernetesCase):
         clock.advance(1)
         stream.pump()
         assert stream.result == [None] and kube.open_watches == 0
+
+    # -- faults ------------------------------------------------------------------------
 
     @in_memory
     async def test_fault_500_then_recovers(self) -> None:
