@@ -8,19 +8,31 @@ case, so both runners count each case. L{pytest_only} names, for trial,
 the tests of a module that need what only pytest gives (a spawned daemon
 behind a pytest fixture, the global reactor under pytest-twisted): trial
 reports each as skipped, with the reason, and pytest does not see them.
+L{on_reactor} runs a test method that needs the global reactor (loopback
+sockets, threads) under both runners; L{serve_loopback} listens for it and
+closes every connection when it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
+import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IListeningPort, IProtocolNegotiationFactory
+from twisted.internet.protocol import Factory
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import alsoProvides
 
 C = TypeVar("C", bound=type)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -99,3 +111,113 @@ def pytest_only(namespace: dict[str, Any], reason: str) -> type[SynchronousTestC
              if name.startswith("test") and callable(value)}
     return type("PytestOnly", (SynchronousTestCase,),
                 {"__test__": False, "skip": reason, "__module__": namespace["__name__"], **tests})
+
+
+# A test on the global reactor may take this long before it is failed (trial's TestCase default).
+REACTOR_TEST_TIMEOUT = 120.0
+
+
+def _raise_failure(outcome: object) -> None:
+    if isinstance(outcome, Failure):
+        outcome.raiseException()
+
+
+def on_reactor(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """
+    Run an C{async} test method of a C{SynchronousTestCase} to its end on the
+    global reactor, under either runner; it closes what it opens
+    (L{serve_loopback} does for a server).
+
+    Under pytest, pytest-twisted runs the reactor in a greenlet and the test
+    waits for it there (C{pytest_twisted.blockon}), as an C{ensureDeferred}
+    function does: trial's C{TestCase} cannot run there (it runs the reactor
+    itself, and its janitor strips it of every socket). Under trial, which
+    runs no reactor for a C{SynchronousTestCase}, the test runs the reactor
+    until its Deferred fires, as trial's C{TestCase} does.
+    """
+    @functools.wraps(method)
+    def test(self: SynchronousTestCase, **cases: Any) -> None:
+        from twisted.internet import reactor
+
+        done = Deferred.fromCoroutine(method(self, **cases))
+        if "PYTEST_CURRENT_TEST" in os.environ:
+            import pytest_twisted
+
+            pytest_twisted.blockon(done)
+            return
+        outcome: list[object] = []
+        done.addBoth(outcome.append)
+        if not outcome:
+            timeout = reactor.callLater(REACTOR_TEST_TIMEOUT, done.cancel)  # type: ignore[attr-defined]
+            done.addBoth(lambda _: timeout.active() and timeout.cancel())
+            done.addBoth(lambda _: reactor.crash())  # type: ignore[attr-defined]
+            reactor.run()  # type: ignore[attr-defined]
+        _raise_failure(outcome[0])
+    return test
+
+
+class _Tracked(ProtocolWrapper):
+    """A server connection; C{gone}, when set, fires once it is closed."""
+
+    gone: Deferred[None] | None = None
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        gone, self.gone = self.gone, None
+        if gone is not None:
+            gone.callback(None)
+
+
+class _Tracking(WrappingFactory):
+    """Keeps the server's connections; offers the wrapped factory's protocols (ALPN) as its own."""
+
+    protocol = _Tracked
+
+    def __init__(self, wrappedFactory: Factory) -> None:
+        super().__init__(wrappedFactory)
+        negotiating = IProtocolNegotiationFactory(wrappedFactory, None)
+        if negotiating is not None:
+            # Without it TLS would negotiate no protocol, and refuse a client offering one.
+            alsoProvides(self, IProtocolNegotiationFactory)
+            self.acceptableProtocols = negotiating.acceptableProtocols
+
+
+@contextlib.asynccontextmanager
+async def serve_loopback(factory: Factory, tls: Any = None) -> AsyncIterator[IListeningPort]:
+    """
+    Listen on 127.0.0.1 (over TLS with C{tls}, a context factory) for the
+    block, then, whatever its outcome, stop listening, close every
+    connection the server still has, and wait until both are done: the
+    reactor is left as it was.
+    """
+    from twisted.internet import reactor
+
+    tracking = _Tracking(factory)
+    port = (reactor.listenSSL(0, tracking, tls, interface="127.0.0.1")  # type: ignore[attr-defined]
+            if tls is not None else
+            reactor.listenTCP(0, tracking, interface="127.0.0.1"))  # type: ignore[attr-defined]
+    try:
+        yield port
+    finally:
+        await port.stopListening()
+        still_open = list(tracking.protocols)
+        for protocol in still_open:
+            protocol.gone = Deferred()
+            protocol.transport.abortConnection()
+        await gatherResults([p.gone for p in still_open if p.gone is not None])
+
+
+def in_memory(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """
+    Run an C{async} test method whose every wait is answered in memory
+    (C{StubTreq}, a L{Clock}, a fake called by the test): it has finished
+    when the call returns, or the test fails saying it still waits.
+    """
+    @functools.wraps(method)
+    def test(self: SynchronousTestCase, **cases: Any) -> None:
+        outcome: list[object] = []
+        Deferred.fromCoroutine(method(self, **cases)).addBoth(outcome.append)
+        if not outcome:
+            self.fail("the test still waits: something it awaits is not answered in memory")
+        _raise_failure(outcome[0])
+    return test
