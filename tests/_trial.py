@@ -6,8 +6,10 @@ L{cases} is C{pytest.mark.parametrize} for such a method (pytest does not
 parametrize C{unittest} methods): L{expand} turns it into one method per
 case, so both runners count each case. L{pytest_only} names, for trial,
 the tests of a module that need what only pytest gives (a spawned daemon
-behind a pytest fixture, the global reactor under pytest-twisted): trial
-reports each as skipped, with the reason, and pytest does not see them.
+behind a pytest fixture): trial reports each as skipped, with the reason,
+and pytest does not see them. L{pytest_twisted_functions} is the other way
+round, for the tests of a trial C{TestCase} that need the global reactor:
+pytest runs each as a pytest-twisted function.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import itertools
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.trial.unittest import SynchronousTestCase
+import pytest_twisted
+from twisted.internet.defer import maybeDeferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 C = TypeVar("C", bound=type)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -93,9 +97,45 @@ def expand(cls: C) -> C:
 def pytest_only(namespace: dict[str, Any], reason: str) -> type[SynchronousTestCase]:
     """
     A test case, for trial only, with one skipped test per module-level test
-    function in C{namespace} (those pytest runs with its fixtures).
+    function in C{namespace} (those pytest runs with its fixtures), but those
+    of L{pytest_twisted_functions} (trial runs their methods).
     """
     tests = {name: (lambda self: None) for name, value in namespace.items()
-             if name.startswith("test") and callable(value)}
+             if name.startswith("test") and callable(value) and not hasattr(value, "trial_case")}
     return type("PytestOnly", (SynchronousTestCase,),
                 {"__test__": False, "skip": reason, "__module__": namespace["__name__"], **tests})
+
+
+def pytest_twisted_functions(case: type[TestCase]) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+    """
+    For pytest, each test method of C{case} (a trial C{TestCase}, for tests
+    that need the global reactor: real loopback connections) as a
+    pytest-twisted test function, to put in the module's namespace; pytest
+    no longer collects C{case} itself (it would run it as trial does, by
+    spinning the reactor that pytest-twisted already runs).
+
+    A function runs C{setUp}, the test and C{tearDown}, waiting for each
+    one's Deferred or coroutine, then the cleanups, which must not return a
+    Deferred (C{unittest} calls them).
+    """
+    case.__test__ = False  # type: ignore[attr-defined]
+
+    def function(name: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def test() -> None:
+            instance = case(name)
+            try:
+                await maybeDeferred(instance.setUp)
+                try:
+                    await maybeDeferred(getattr(instance, name))
+                finally:
+                    await maybeDeferred(instance.tearDown)
+            finally:
+                if not instance.doCleanups():
+                    raise AssertionError(f"a cleanup of {case.__name__}.{name} failed")
+        test.__name__ = test.__qualname__ = name
+        test.__doc__ = getattr(case, name).__doc__
+        test.trial_case = case  # type: ignore[attr-defined]  # (trial runs it: not pytest_only)
+        return pytest_twisted.ensureDeferred(test)  # type: ignore[no-any-return]
+
+    return {name: function(name) for name in dir(case)
+            if name.startswith("test") and callable(getattr(case, name))}
