@@ -95,6 +95,7 @@ def shared_config_file() -> Path:
 
 class TwistdLogFileTests(TestCase):
     async def test_factory_name_carries_the_log_file(self) -> None:
+        await deferLater(reactor, 0, lambda: None)  # (trial calls a test before its reactor runs)
         target = temporary_directory(self) / "dir.with.dots" / "stsd.log"
         target.parent.mkdir()
         name = logs.factory_name("json", "info", str(target))
@@ -107,6 +108,7 @@ class TwistdLogFileTests(TestCase):
             namedAny("stsd.ops.logs.observe_json_info_zz")
 
     async def test_twistd_logfile_option_is_honoured(self) -> None:
+        await deferLater(reactor, 0, lambda: None)  # (trial calls a test before its reactor runs)
         target, config_file = temporary_directory(self) / "stsd.log", shared_config_file()
         options = ServerOptions()
         options.parseOptions(["-n", "--pidfile=", "-l", str(target), "stsd", "--config",
