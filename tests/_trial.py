@@ -114,24 +114,30 @@ def pytest_twisted_functions(case: type[TestCase]) -> dict[str, Callable[[], Cor
     no longer collects C{case} itself (it would run it as trial does, by
     spinning the reactor that pytest-twisted already runs).
 
-    A function runs C{setUp}, the test and C{tearDown}, waiting for each
-    one's Deferred or coroutine, then the cleanups, which must not return a
-    Deferred (C{unittest} calls them).
+    A function runs what trial would, in trial's order, waiting for each
+    Deferred or coroutine: C{setUp}, the test, the cleanups (last added
+    first), then C{tearDown} if C{setUp} passed.
     """
     case.__test__ = False  # type: ignore[attr-defined]
 
     def function(name: str) -> Callable[[], Coroutine[Any, Any, None]]:
         async def test() -> None:
             instance = case(name)
+            cleanups: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+            instance.addCleanup = lambda f, *a, **kw: cleanups.append((f, a, kw))  # type: ignore[method-assign]
+            set_up = False
             try:
-                await maybeDeferred(instance.setUp)
                 try:
+                    await maybeDeferred(instance.setUp)
+                    set_up = True
                     await maybeDeferred(getattr(instance, name))
                 finally:
-                    await maybeDeferred(instance.tearDown)
+                    while cleanups:
+                        f, args, kwargs = cleanups.pop()
+                        await maybeDeferred(f, *args, **kwargs)
             finally:
-                if not instance.doCleanups():
-                    raise AssertionError(f"a cleanup of {case.__name__}.{name} failed")
+                if set_up:
+                    await maybeDeferred(instance.tearDown)
         test.__name__ = test.__qualname__ = name
         test.__doc__ = getattr(case, name).__doc__
         test.trial_case = case  # type: ignore[attr-defined]  # (trial runs it: not pytest_only)
