@@ -6,11 +6,13 @@ L{cases} is C{pytest.mark.parametrize} for such a method (pytest does not
 parametrize C{unittest} methods): L{expand} turns it into one method per
 case, so both runners count each case. L{pytest_only} names, for trial,
 the tests of a module that need what only pytest gives (a spawned daemon
-behind a pytest fixture, the global reactor under pytest-twisted): trial
-reports each as skipped, with the reason, and pytest does not see them.
-L{on_reactor} runs a test method that needs the global reactor (loopback
-sockets, threads) under both runners; L{serve_loopback} listens for it and
-closes every connection when it ends.
+behind a pytest fixture): trial reports each as skipped, with the reason,
+and pytest does not see them. L{pytest_twisted_functions} is the other way
+round, for the tests of a trial C{TestCase} that need the global reactor:
+pytest runs each as a pytest-twisted function. L{on_reactor} runs a test
+method that needs the global reactor (loopback sockets, threads) under both
+runners; L{serve_loopback} listens for it and closes every connection when
+it ends.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequen
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, gatherResults
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import alsoProvides
 
 C = TypeVar("C", bound=type)
@@ -105,10 +108,11 @@ def expand(cls: C) -> C:
 def pytest_only(namespace: dict[str, Any], reason: str) -> type[SynchronousTestCase]:
     """
     A test case, for trial only, with one skipped test per module-level test
-    function in C{namespace} (those pytest runs with its fixtures).
+    function in C{namespace} (those pytest runs with its fixtures), but those
+    of L{pytest_twisted_functions} (trial runs their methods).
     """
     tests = {name: (lambda self: None) for name, value in namespace.items()
-             if name.startswith("test") and callable(value)}
+             if name.startswith("test") and callable(value) and not hasattr(value, "trial_case")}
     return type("PytestOnly", (SynchronousTestCase,),
                 {"__test__": False, "skip": reason, "__module__": namespace["__name__"], **tests})
 
@@ -141,8 +145,6 @@ def on_reactor(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[...
 
         done = Deferred.fromCoroutine(method(self, **cases))
         if "PYTEST_CURRENT_TEST" in os.environ:
-            import pytest_twisted
-
             pytest_twisted.blockon(done)
             return
         outcome: list[object] = []
@@ -221,3 +223,44 @@ def in_memory(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[...,
             self.fail("the test still waits: something it awaits is not answered in memory")
         _raise_failure(outcome[0])
     return test
+
+
+def pytest_twisted_functions(case: type[TestCase]) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+    """
+    For pytest, each test method of C{case} (a trial C{TestCase}, for tests
+    that need the global reactor: real loopback connections) as a
+    pytest-twisted test function, to put in the module's namespace; pytest
+    no longer collects C{case} itself (it would run it as trial does, by
+    spinning the reactor that pytest-twisted already runs).
+
+    A function runs what trial would, in trial's order, waiting for each
+    Deferred or coroutine: C{setUp}, the test, the cleanups (last added
+    first), then C{tearDown} if C{setUp} passed.
+    """
+    case.__test__ = False  # type: ignore[attr-defined]
+
+    def function(name: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def test() -> None:
+            instance = case(name)
+            cleanups: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+            instance.addCleanup = lambda f, *a, **kw: cleanups.append((f, a, kw))  # type: ignore[method-assign]
+            set_up = False
+            try:
+                try:
+                    await maybeDeferred(instance.setUp)
+                    set_up = True
+                    await maybeDeferred(getattr(instance, name))
+                finally:
+                    while cleanups:
+                        f, args, kwargs = cleanups.pop()
+                        await maybeDeferred(f, *args, **kwargs)
+            finally:
+                if set_up:
+                    await maybeDeferred(instance.tearDown)
+        test.__name__ = test.__qualname__ = name
+        test.__doc__ = getattr(case, name).__doc__
+        test.trial_case = case  # type: ignore[attr-defined]  # (trial runs it: not pytest_only)
+        return pytest_twisted.ensureDeferred(test)  # type: ignore[no-any-return]
+
+    return {name: function(name) for name in dir(case)
+            if name.startswith("test") and callable(getattr(case, name))}

@@ -16,8 +16,6 @@ import pathlib
 import time
 from collections.abc import Callable
 
-import pytest
-import pytest_twisted
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,12 +29,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from stsd.ops import certreload
 from stsd.ops.certreload import CertificateLoadError, CertificateReloader, ReloadingServerOptions
 from stsd.testing.pki import TestPKI
+from tests._trial import cases, expand, pytest_twisted_functions, temporary_directory
 
 INTERVAL = certreload.DEFAULT_INTERVAL
 Pair = tuple[bytes, bytes]
@@ -94,35 +94,14 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-@pytest.fixture
-def pki(tmp_path: pathlib.Path) -> TestPKI:
-    return TestPKI.create(tmp_path / "pki", hostnames=("localhost",), ips=("127.0.0.1",))
-
-
-@pytest.fixture
-def secret(tmp_path: pathlib.Path, pki: TestPKI) -> MountedSecret:
-    root = tmp_path / "secret"
+def mounted_secret(directory: pathlib.Path) -> tuple[TestPKI, MountedSecret]:
+    """A CA and a leaf for localhost, the leaf's pair mounted as a Secret, in C{directory}."""
+    pki = TestPKI.create(directory / "pki", hostnames=("localhost",), ips=("127.0.0.1",))
+    root = directory / "secret"
     root.mkdir()
     mounted = MountedSecret(root)
     mounted.write(pki.cert_path.read_bytes(), pki.key_path.read_bytes())
-    return mounted
-
-
-@pytest.fixture
-def clock() -> Clock:
-    # Certificate validity is judged by this clock: start it at the real time.
-    c = Clock()
-    c.advance(time.time())
-    return c
-
-
-@pytest.fixture
-def reloader(secret: MountedSecret, clock: Clock):
-    r = CertificateReloader(secret.cert_path, secret.key_path, clock, INTERVAL)
-    r.startService()
-    yield r
-    if r.running:
-        r.stopService()
+    return pki, mounted
 
 
 def leaf_of(options: ReloadingServerOptions) -> x509.Certificate:
@@ -142,277 +121,254 @@ def warnings_in(events: list[dict]) -> list[dict]:
 # --- in memory ---------------------------------------------------------------
 
 
-def test_serves_the_mounted_pair(pki: TestPKI, secret: MountedSecret, clock: Clock) -> None:
-    reloader = CertificateReloader(secret.cert_path, secret.key_path, clock)
-    assert verifyObject(IOpenSSLServerConnectionCreator, reloader.options)
-    assert reloader.certificate == pki.cert
-    assert leaf_of(reloader.options) == pki.cert
-    assert reloader.not_after == pki.cert.not_valid_after_utc
-    assert reloader.loaded_at == clock.seconds()
-    assert (reloader.reloads, reloader.failures, reloader.last_error) == (0, 0, None)
-    # getContext (older callers) gives the current options' context.
-    assert reloader.options.getContext() is reloader.options.current.getContext()
+@expand
+class CertificateReloaderTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.pki, self.secret = mounted_secret(temporary_directory(self))
+        # Certificate validity is judged by this clock: start it at the real time.
+        self.clock = Clock()
+        self.clock.advance(time.time())
 
+    def started_reloader(self) -> CertificateReloader:
+        reloader = CertificateReloader(self.secret.cert_path, self.secret.key_path, self.clock, INTERVAL)
+        reloader.startService()
+        self.addCleanup(lambda: reloader.running and reloader.stopService())
+        return reloader
 
-def test_symlink_swap_is_reloaded_within_the_interval(
-    pki: TestPKI, secret: MountedSecret, clock: Clock, reloader: CertificateReloader
-) -> None:
-    before = reloader.options.current
-    cert_pem, key_pem = new_leaf(pki)
-    # Older modification times than the files they replace: only the
-    # contents tell that they changed.
-    secret.write(cert_pem, key_pem, mtime=time.time() - 86400)
+    def test_serves_the_mounted_pair(self) -> None:
+        reloader = CertificateReloader(self.secret.cert_path, self.secret.key_path, self.clock)
+        assert verifyObject(IOpenSSLServerConnectionCreator, reloader.options)
+        assert reloader.certificate == self.pki.cert
+        assert leaf_of(reloader.options) == self.pki.cert
+        assert reloader.not_after == self.pki.cert.not_valid_after_utc
+        assert reloader.loaded_at == self.clock.seconds()
+        assert (reloader.reloads, reloader.failures, reloader.last_error) == (0, 0, None)
+        # getContext (older callers) gives the current options' context.
+        assert reloader.options.getContext() is reloader.options.current.getContext()
 
-    clock.advance(INTERVAL - 0.5)
-    assert reloader.options.current is before
-    clock.advance(0.5)
+    def test_symlink_swap_is_reloaded_within_the_interval(self) -> None:
+        reloader = self.started_reloader()
+        before = reloader.options.current
+        cert_pem, key_pem = new_leaf(self.pki)
+        # Older modification times than the files they replace: only the
+        # contents tell that they changed.
+        self.secret.write(cert_pem, key_pem, mtime=time.time() - 86400)
 
-    new = x509.load_pem_x509_certificate(cert_pem)
-    assert reloader.options.current is not before
-    assert leaf_of(reloader.options) == new
-    assert reloader.certificate == new
-    assert reloader.not_after == new.not_valid_after_utc
-    assert reloader.loaded_at == clock.seconds()
-    assert (reloader.reloads, reloader.failures, reloader.last_error) == (1, 0, None)
-    # The options serving earlier connections are left as they were.
-    assert before.certificate == pki.cert
+        self.clock.advance(INTERVAL - 0.5)
+        assert reloader.options.current is before
+        self.clock.advance(0.5)
 
+        new = x509.load_pem_x509_certificate(cert_pem)
+        assert reloader.options.current is not before
+        assert leaf_of(reloader.options) == new
+        assert reloader.certificate == new
+        assert reloader.not_after == new.not_valid_after_utc
+        assert reloader.loaded_at == self.clock.seconds()
+        assert (reloader.reloads, reloader.failures, reloader.last_error) == (1, 0, None)
+        # The options serving earlier connections are left as they were.
+        assert before.certificate == self.pki.cert
 
-def test_unchanged_files_are_not_reloaded(
-    secret: MountedSecret, clock: Clock, reloader: CertificateReloader
-) -> None:
-    before = reloader.options.current
-    os.utime(secret.cert_path, None)  # newer mtime, same contents
-    clock.pump([INTERVAL] * 5)
-    assert reloader.options.current is before
-    assert (reloader.reloads, reloader.failures) == (0, 0)
+    def test_unchanged_files_are_not_reloaded(self) -> None:
+        reloader = self.started_reloader()
+        before = reloader.options.current
+        os.utime(self.secret.cert_path, None)  # newer mtime, same contents
+        self.clock.pump([INTERVAL] * 5)
+        assert reloader.options.current is before
+        assert (reloader.reloads, reloader.failures) == (0, 0)
 
+    def test_new_connections_get_the_new_context_earlier_ones_keep_theirs(self) -> None:
+        reloader = self.started_reloader()
+        # Through Twisted's TLS layer, as a listening port uses it.
+        factory = TLSMemoryBIOFactory(
+            reloader.options, False, Factory.forProtocol(Protocol), clock=self.clock
+        )
 
-def test_new_connections_get_the_new_context_earlier_ones_keep_theirs(
-    pki: TestPKI, secret: MountedSecret, clock: Clock, reloader: CertificateReloader
-) -> None:
-    # Through Twisted's TLS layer, as a listening port uses it.
-    factory = TLSMemoryBIOFactory(
-        reloader.options, False, Factory.forProtocol(Protocol), clock=clock
-    )
+        def accept():  # type: ignore[no-untyped-def]
+            protocol = factory.buildProtocol(None)
+            protocol.makeConnection(StringTransport())
+            return protocol
 
-    def accept():  # type: ignore[no-untyped-def]
-        protocol = factory.buildProtocol(None)
-        protocol.makeConnection(StringTransport())
-        return protocol
+        first = accept()
+        old_context = reloader.options.current.getContext()
+        assert first._tlsConnection.get_context() is old_context
 
-    first = accept()
-    old_context = reloader.options.current.getContext()
-    assert first._tlsConnection.get_context() is old_context
+        self.secret.write(*new_leaf(self.pki))
+        self.clock.advance(INTERVAL)
+        assert reloader.reloads == 1
 
-    secret.write(*new_leaf(pki))
-    clock.advance(INTERVAL)
-    assert reloader.reloads == 1
+        second = accept()
+        assert second._tlsConnection.get_context() is reloader.options.current.getContext()
+        assert second._tlsConnection.get_context() is not old_context
+        assert first._tlsConnection.get_context() is old_context
+        for protocol in (first, second):
+            protocol.transport.loseConnection()
 
-    second = accept()
-    assert second._tlsConnection.get_context() is reloader.options.current.getContext()
-    assert second._tlsConnection.get_context() is not old_context
-    assert first._tlsConnection.get_context() is old_context
-    for protocol in (first, second):
-        protocol.transport.loseConnection()
+    def test_garbage_certificate_keeps_the_current_one_then_a_good_one_loads(self) -> None:
+        reloader = self.started_reloader()
+        before = reloader.options.current
+        _, key_pem = new_leaf(self.pki)
+        with capturedLogs() as events:
+            self.secret.write(b"-----BEGIN CERTIFICATE-----\nnot base64\n", key_pem)
+            self.clock.advance(INTERVAL)
+            assert reloader.options.current is before
+            assert reloader.failures == 1
+            assert reloader.last_error is not None and "tls.crt" in reloader.last_error
+            # Retried every tick (counted), logged once.
+            self.clock.advance(INTERVAL)
+            assert reloader.failures == 2
+        [warning] = warnings_in(list(events))
+        assert warning["log_level"] == LogLevel.warn
+        assert warning["cert_path"] == self.secret.cert_path
+        assert warning["key_path"] == self.secret.key_path
+        assert "tls.crt" in warning["reason"]
+        assert "keeping the current one" in formatEvent(warning)
 
+        cert_pem, key_pem = new_leaf(self.pki)
+        self.secret.write(cert_pem, key_pem)
+        self.clock.advance(INTERVAL)
+        assert leaf_of(reloader.options) == x509.load_pem_x509_certificate(cert_pem)
+        assert (reloader.reloads, reloader.failures, reloader.last_error) == (1, 2, None)
 
-def test_garbage_certificate_keeps_the_current_one_then_a_good_one_loads(
-    pki: TestPKI, secret: MountedSecret, clock: Clock, reloader: CertificateReloader
-) -> None:
-    before = reloader.options.current
-    _, key_pem = new_leaf(pki)
-    with capturedLogs() as events:
-        secret.write(b"-----BEGIN CERTIFICATE-----\nnot base64\n", key_pem)
-        clock.advance(INTERVAL)
+    def test_mismatched_key_keeps_the_current_one_and_never_logs_the_key(self) -> None:
+        reloader = self.started_reloader()
+        before = reloader.options.current
+        cert_pem, _ = new_leaf(self.pki)
+        _, other_key_pem = new_leaf(self.pki)
+        with capturedLogs() as events:
+            self.secret.write(cert_pem, other_key_pem)
+            self.clock.advance(INTERVAL)
         assert reloader.options.current is before
         assert reloader.failures == 1
-        assert reloader.last_error is not None and "tls.crt" in reloader.last_error
-        # Retried every tick (counted), logged once.
-        clock.advance(INTERVAL)
-        assert reloader.failures == 2
-    [warning] = warnings_in(list(events))
-    assert warning["log_level"] == LogLevel.warn
-    assert warning["cert_path"] == secret.cert_path
-    assert warning["key_path"] == secret.key_path
-    assert "tls.crt" in warning["reason"]
-    assert "keeping the current one" in formatEvent(warning)
+        [warning] = warnings_in(list(events))
+        assert "is not the key of" in warning["reason"]
+        key_body = other_key_pem.decode().splitlines()[1]
+        assert key_body not in repr(list(events))
+        assert all(key_body not in formatEvent(e) for e in events)
 
-    cert_pem, key_pem = new_leaf(pki)
-    secret.write(cert_pem, key_pem)
-    clock.advance(INTERVAL)
-    assert leaf_of(reloader.options) == x509.load_pem_x509_certificate(cert_pem)
-    assert (reloader.reloads, reloader.failures, reloader.last_error) == (1, 2, None)
+        good = new_leaf(self.pki)
+        self.secret.write(*good)
+        self.clock.advance(INTERVAL)
+        assert leaf_of(reloader.options) == x509.load_pem_x509_certificate(good[0])
 
+    @cases("damage", [
+        lambda c, k: (c[: len(c) // 2], k),
+        lambda c, k: (c, k[: len(k) // 2]),
+        lambda c, k: (c, b""),
+        lambda c, k: (k, c),
+    ], ids=["half-written certificate", "half-written key", "empty key", "swapped files"])
+    def test_damaged_pair_keeps_the_current_one(self, damage: Callable[[bytes, bytes], Pair]) -> None:
+        reloader = self.started_reloader()
+        before = reloader.options.current
+        good = new_leaf(self.pki)
+        self.secret.write(*damage(*good))
+        self.clock.advance(INTERVAL)
+        assert reloader.options.current is before
+        assert reloader.failures == 1
+        # The completed files are picked up on the next tick.
+        self.secret.write(*good)
+        self.clock.advance(INTERVAL)
+        assert leaf_of(reloader.options) == x509.load_pem_x509_certificate(good[0])
+        assert reloader.last_error is None
 
-def test_mismatched_key_keeps_the_current_one_and_never_logs_the_key(
-    pki: TestPKI, secret: MountedSecret, clock: Clock, reloader: CertificateReloader
-) -> None:
-    before = reloader.options.current
-    cert_pem, _ = new_leaf(pki)
-    _, other_key_pem = new_leaf(pki)
-    with capturedLogs() as events:
-        secret.write(cert_pem, other_key_pem)
-        clock.advance(INTERVAL)
-    assert reloader.options.current is before
-    assert reloader.failures == 1
-    [warning] = warnings_in(list(events))
-    assert "is not the key of" in warning["reason"]
-    key_body = other_key_pem.decode().splitlines()[1]
-    assert key_body not in repr(list(events))
-    assert all(key_body not in formatEvent(e) for e in events)
+    def test_missing_files_keep_the_current_one_and_the_loop_running(self) -> None:
+        reloader = self.started_reloader()
+        before = reloader.options.current
+        (self.secret.root / "..data").unlink()
+        self.clock.advance(INTERVAL)
+        assert reloader.options.current is before
+        assert reloader.last_error is not None and "cannot read" in reloader.last_error
+        assert reloader._timer._loop.running
 
-    good = new_leaf(pki)
-    secret.write(*good)
-    clock.advance(INTERVAL)
-    assert leaf_of(reloader.options) == x509.load_pem_x509_certificate(good[0])
+        self.secret.write(*new_leaf(self.pki))
+        self.clock.advance(INTERVAL)
+        assert reloader.reloads == 1
 
+    def test_an_unexpected_error_is_logged_and_the_loop_keeps_running(self) -> None:
+        reloader = self.started_reloader()
+        def broken(*args: object) -> None:
+            raise RuntimeError("bug")
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        pytest.param(lambda c, k: (c[: len(c) // 2], k), id="half-written certificate"),
-        pytest.param(lambda c, k: (c, k[: len(k) // 2]), id="half-written key"),
-        pytest.param(lambda c, k: (c, b""), id="empty key"),
-        pytest.param(lambda c, k: (k, c), id="swapped files"),
-    ],
-)
-def test_damaged_pair_keeps_the_current_one(
-    damage: Callable[[bytes, bytes], Pair],
-    pki: TestPKI,
-    secret: MountedSecret,
-    clock: Clock,
-    reloader: CertificateReloader,
-) -> None:
-    before = reloader.options.current
-    good = new_leaf(pki)
-    secret.write(*damage(*good))
-    clock.advance(INTERVAL)
-    assert reloader.options.current is before
-    assert reloader.failures == 1
-    # The completed files are picked up on the next tick.
-    secret.write(*good)
-    clock.advance(INTERVAL)
-    assert leaf_of(reloader.options) == x509.load_pem_x509_certificate(good[0])
-    assert reloader.last_error is None
+        patched = self.patch(certreload, "_load", broken)
+        self.secret.write(*new_leaf(self.pki))
+        with capturedLogs() as events:
+            self.clock.advance(INTERVAL)
+        assert reloader.failures == 1
+        assert any("log_failure" in e for e in events)
+        assert len(self.flushLoggedErrors(RuntimeError)) == 1  # (logged, not raised)
+        assert reloader._timer._loop.running
 
+        patched.restore()
+        self.clock.advance(INTERVAL)
+        assert reloader.reloads == 1
 
-def test_missing_files_keep_the_current_one_and_the_loop_running(
-    pki: TestPKI, secret: MountedSecret, clock: Clock, reloader: CertificateReloader
-) -> None:
-    before = reloader.options.current
-    (secret.root / "..data").unlink()
-    clock.advance(INTERVAL)
-    assert reloader.options.current is before
-    assert reloader.last_error is not None and "cannot read" in reloader.last_error
-    assert reloader._timer._loop.running
+    def test_a_not_yet_valid_certificate_waits_until_it_is_valid(self) -> None:
+        reloader = self.started_reloader()
+        # A new certificate whose notBefore is a minute ahead (self.clock skew
+        # between the issuer and this node): clients would refuse it now.
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(self.pki.ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now + datetime.timedelta(seconds=60))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(self.pki.ca_key, hashes.SHA256())
+        )
+        before = reloader.options.current
+        self.secret.write(_pem(cert), _key_pem(key))
+        self.clock.advance(INTERVAL)
+        assert reloader.options.current is before
+        assert reloader.last_error is not None and "valid only from" in reloader.last_error
 
-    secret.write(*new_leaf(pki))
-    clock.advance(INTERVAL)
-    assert reloader.reloads == 1
+        self.clock.pump([INTERVAL] * 13)  # 65 s later
+        assert leaf_of(reloader.options) == cert
+        assert reloader.reloads == 1
 
+    def test_a_swap_while_reading_is_read_again(self) -> None:
+        reloader = self.started_reloader()
+        # The symlink is swapped right after the certificate was read, so the
+        # key read next is the new one: the pair is read again, not rejected.
+        cert_pem, key_pem = new_leaf(self.pki)
+        real_read = certreload._read
+        swapped = []
 
-def test_an_unexpected_error_is_logged_and_the_loop_keeps_running(
-    pki: TestPKI,
-    secret: MountedSecret,
-    clock: Clock,
-    reloader: CertificateReloader,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def broken(*args: object) -> None:
-        raise RuntimeError("bug")
+        def read(path: str) -> bytes:
+            content = real_read(path)
+            if path == self.secret.cert_path and not swapped:
+                swapped.append(True)
+                self.secret.write(cert_pem, key_pem)
+            return content
 
-    monkeypatch.setattr(certreload, "_load", broken)
-    secret.write(*new_leaf(pki))
-    with capturedLogs() as events:
-        clock.advance(INTERVAL)
-    assert reloader.failures == 1
-    assert any("log_failure" in e for e in events)
-    assert reloader._timer._loop.running
+        self.patch(certreload, "_read", read)
+        with capturedLogs() as events:
+            assert reloader.check() is True
+        assert swapped
+        assert leaf_of(reloader.options) == x509.load_pem_x509_certificate(cert_pem)
+        assert reloader.failures == 0
+        assert warnings_in(list(events)) == []
 
-    monkeypatch.undo()
-    clock.advance(INTERVAL)
-    assert reloader.reloads == 1
+    def test_a_bad_pair_at_start_up_raises(self) -> None:
+        _, other_key_pem = new_leaf(self.pki)
+        self.secret.write(self.pki.cert_path.read_bytes(), other_key_pem)
+        with self.assertRaisesRegex(CertificateLoadError, "is not the key of") as raised:
+            CertificateReloader(self.secret.cert_path, self.secret.key_path, self.clock)
+        assert other_key_pem.decode().splitlines()[1] not in str(raised.exception)
 
+        with self.assertRaisesRegex(CertificateLoadError, "cannot read"):
+            CertificateReloader(str(self.secret.root / "nothing.crt"), self.secret.key_path, self.clock)
 
-def test_a_not_yet_valid_certificate_waits_until_it_is_valid(
-    pki: TestPKI, secret: MountedSecret, clock: Clock, reloader: CertificateReloader
-) -> None:
-    # A new certificate whose notBefore is a minute ahead (clock skew
-    # between the issuer and this node): clients would refuse it now.
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.fromtimestamp(clock.seconds(), datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(pki.ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now + datetime.timedelta(seconds=60))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(pki.ca_key, hashes.SHA256())
-    )
-    before = reloader.options.current
-    secret.write(_pem(cert), _key_pem(key))
-    clock.advance(INTERVAL)
-    assert reloader.options.current is before
-    assert reloader.last_error is not None and "valid only from" in reloader.last_error
+        with self.assertRaisesRegex(ValueError, "interval"):
+            CertificateReloader(self.secret.cert_path, self.pki.key_path.as_posix(), self.clock, interval=0)
 
-    clock.pump([INTERVAL] * 13)  # 65 s later
-    assert leaf_of(reloader.options) == cert
-    assert reloader.reloads == 1
-
-
-def test_a_swap_while_reading_is_read_again(
-    pki: TestPKI,
-    secret: MountedSecret,
-    clock: Clock,
-    reloader: CertificateReloader,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The symlink is swapped right after the certificate was read, so the
-    # key read next is the new one: the pair is read again, not rejected.
-    cert_pem, key_pem = new_leaf(pki)
-    real_read = certreload._read
-    swapped = []
-
-    def read(path: str) -> bytes:
-        content = real_read(path)
-        if path == secret.cert_path and not swapped:
-            swapped.append(True)
-            secret.write(cert_pem, key_pem)
-        return content
-
-    monkeypatch.setattr(certreload, "_read", read)
-    with capturedLogs() as events:
-        assert reloader.check() is True
-    assert swapped
-    assert leaf_of(reloader.options) == x509.load_pem_x509_certificate(cert_pem)
-    assert reloader.failures == 0
-    assert warnings_in(list(events)) == []
-
-
-def test_a_bad_pair_at_start_up_raises(
-    pki: TestPKI, secret: MountedSecret, clock: Clock
-) -> None:
-    _, other_key_pem = new_leaf(pki)
-    secret.write(pki.cert_path.read_bytes(), other_key_pem)
-    with pytest.raises(CertificateLoadError, match="is not the key of") as raised:
-        CertificateReloader(secret.cert_path, secret.key_path, clock)
-    assert other_key_pem.decode().splitlines()[1] not in str(raised.value)
-
-    with pytest.raises(CertificateLoadError, match="cannot read"):
-        CertificateReloader(str(secret.root / "nothing.crt"), secret.key_path, clock)
-
-    with pytest.raises(ValueError, match="interval"):
-        CertificateReloader(secret.cert_path, pki.key_path.as_posix(), clock, interval=0)
-
-
-def test_stop_service_stops_polling(clock: Clock, reloader: CertificateReloader) -> None:
-    done = reloader.stopService()
-    assert done is not None
-    assert done.called
-    assert clock.getDelayedCalls() == []
+    def test_stop_service_stops_polling(self) -> None:
+        reloader = self.started_reloader()
+        done = reloader.stopService()
+        assert done is not None
+        assert done.called
+        assert self.clock.getDelayedCalls() == []
 
 
 # --- over loopback -------------------------------------------------------------
@@ -471,51 +427,57 @@ class EchoFactory(Factory):
         return protocol
 
 
-@pytest_twisted.ensureDeferred
-async def test_over_loopback_old_connection_survives_new_one_gets_new_certificate(
-    pki: TestPKI, secret: MountedSecret, clock: Clock
-) -> None:
-    reloader = CertificateReloader(secret.cert_path, secret.key_path, clock)
-    server_factory = EchoFactory()
-    port = await SSL4ServerEndpoint(
-        reactor, 0, reloader.options, interface="127.0.0.1"
-    ).listen(server_factory)
-    clients: list[EchoClient] = []
+class OverLoopbackTests(TestCase):
+    def setUp(self) -> None:
+        self.pki, self.secret = mounted_secret(temporary_directory(self))
+        self.clock = Clock()
+        self.clock.advance(time.time())
 
-    async def connect() -> EchoClient:
-        endpoint = SSL4ClientEndpoint(
-            reactor, "127.0.0.1", port.getHost().port, pki.client_options("127.0.0.1")
-        )
-        client = await connectProtocol(endpoint, EchoClient())
-        clients.append(client)
-        return client
+    async def test_over_loopback_old_connection_survives_new_one_gets_new_certificate(self) -> None:
+        reloader = CertificateReloader(self.secret.cert_path, self.secret.key_path, self.clock)
+        server_factory = EchoFactory()
+        port = await SSL4ServerEndpoint(
+            reactor, 0, reloader.options, interface="127.0.0.1"
+        ).listen(server_factory)
+        clients: list[EchoClient] = []
 
-    try:
-        a = await connect()
-        assert await a.roundtrip(b"before\n") == b"before\n"
-        assert await a.handshake == pki.cert
+        async def connect() -> EchoClient:
+            endpoint = SSL4ClientEndpoint(
+                reactor, "127.0.0.1", port.getHost().port, self.pki.client_options("127.0.0.1")
+            )
+            client = await connectProtocol(endpoint, EchoClient())
+            clients.append(client)
+            return client
 
-        cert_pem, key_pem = new_leaf(pki)
-        secret.write(cert_pem, key_pem)
-        assert reloader.check() is True
+        try:
+            a = await connect()
+            assert await a.roundtrip(b"before\n") == b"before\n"
+            assert await a.handshake == self.pki.cert
 
-        b = await connect()
-        assert await b.roundtrip(b"new\n") == b"new\n"
-        seen_by_b = await b.handshake
-        assert seen_by_b == x509.load_pem_x509_certificate(cert_pem)
-        assert seen_by_b.serial_number != pki.cert.serial_number
+            cert_pem, key_pem = new_leaf(self.pki)
+            self.secret.write(cert_pem, key_pem)
+            assert reloader.check() is True
 
-        # A, made before the reload, still works, with its certificate.
-        assert a.transport is not None and a.transport.connected  # type: ignore[attr-defined]
-        assert await a.roundtrip(b"after\n") == b"after\n"
-        assert a.transport.getPeerCertificate().to_cryptography() == pki.cert  # type: ignore[union-attr]
-        assert len(server_factory.connections) == 2
-        assert not any(c.lost.called for c in server_factory.connections)
-    finally:
-        for client in clients:
-            client.transport.loseConnection()  # type: ignore[union-attr]
-        for client in clients:
-            await client.lost
-        for connection in server_factory.connections:
-            await connection.lost
-        await port.stopListening()
+            b = await connect()
+            assert await b.roundtrip(b"new\n") == b"new\n"
+            seen_by_b = await b.handshake
+            assert seen_by_b == x509.load_pem_x509_certificate(cert_pem)
+            assert seen_by_b.serial_number != self.pki.cert.serial_number
+
+            # A, made before the reload, still works, with its certificate.
+            assert a.transport is not None and a.transport.connected  # type: ignore[attr-defined]
+            assert await a.roundtrip(b"after\n") == b"after\n"
+            assert a.transport.getPeerCertificate().to_cryptography() == self.pki.cert  # type: ignore[union-attr]
+            assert len(server_factory.connections) == 2
+            assert not any(c.lost.called for c in server_factory.connections)
+        finally:
+            for client in clients:
+                client.transport.loseConnection()  # type: ignore[union-attr]
+            for client in clients:
+                await client.lost
+            for connection in server_factory.connections:
+                await connection.lost
+            await port.stopListening()
+
+
+globals().update(pytest_twisted_functions(OverLoopbackTests))

@@ -15,11 +15,12 @@ import pytest_twisted
 import yaml
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
 
 from stsd.ops.check import run_check
 from stsd.ops.rbac import PERMISSIONS
 from stsd.testing.world import World, free_port
-from tests._trial import pytest_only
+from tests._trial import pytest_only, pytest_twisted_functions, temporary_directory
 
 # config, TLS, API server, one SelfSubjectAccessReview per permission,
 # list Tenants, the two tenants.
@@ -39,81 +40,99 @@ def rows(output: str) -> dict[str, str]:
     return table
 
 
-@pytest_twisted.ensureDeferred
-async def test_check_passes_on_the_demo_cluster(world: World, tmp_path: Path) -> None:
-    out = StringIO()
-    assert await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
-    text = out.getvalue()
-    assert text.splitlines()[-1] == f"verdict: OK (all {CHECKS} checks passed)", text
-    table = rows(text)
-    assert table["RBAC create tokenreviews.authentication.k8s.io"].startswith("ok")
-    assert table["RBAC get secrets"].startswith("ok")
-    assert "region us-east-1" in table["tenant tenant-1/storage"]
-    assert "region eu-west-1" in table["tenant tenant-2/archive"]
-    assert world.client_token not in text
+class CheckTests(TestCase):
+    """C{stsd check}, in this process, against a test world on loopback (no daemon)."""
 
+    def setUp(self) -> None:
+        self.directory = temporary_directory(self)
+        self.world = World.start(self.directory / "world", reactor)
 
-@pytest_twisted.ensureDeferred
-async def test_check_reports_a_missing_permission(world: World, tmp_path: Path) -> None:
-    world.kubernetes.revoke("sts.min.io", "policybindings", "watch")
-    try:
+    async def tearDown(self) -> None:
+        await self.world.stop()
+
+    async def test_check_passes_on_the_demo_cluster(self) -> None:
         out = StringIO()
-        assert not await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
-    finally:
-        world.kubernetes.granted.add(("sts.min.io", "policybindings", "watch"))
-    text = out.getvalue()
-    assert rows(text)["RBAC watch policybindings.sts.min.io"].startswith("FAIL")
-    assert text.splitlines()[-1] == f"verdict: FAILED (1 of {CHECKS} checks failed)", text
+        assert await run_check(reactor, write_config(self.world, self.directory / "c.yaml"), out)
+        text = out.getvalue()
+        assert text.splitlines()[-1] == f"verdict: OK (all {CHECKS} checks passed)", text
+        table = rows(text)
+        assert table["RBAC create tokenreviews.authentication.k8s.io"].startswith("ok")
+        assert table["RBAC get secrets"].startswith("ok")
+        assert "region us-east-1" in table["tenant tenant-1/storage"]
+        assert "region eu-west-1" in table["tenant tenant-2/archive"]
+        assert self.world.client_token not in text
 
+    async def test_check_reports_a_missing_permission(self) -> None:
+        self.world.kubernetes.revoke("sts.min.io", "policybindings", "watch")
+        try:
+            out = StringIO()
+            assert not await run_check(reactor, write_config(self.world, self.directory / "c.yaml"), out)
+        finally:
+            self.world.kubernetes.granted.add(("sts.min.io", "policybindings", "watch"))
+        text = out.getvalue()
+        assert rows(text)["RBAC watch policybindings.sts.min.io"].startswith("FAIL")
+        assert text.splitlines()[-1] == f"verdict: FAILED (1 of {CHECKS} checks failed)", text
 
-@pytest_twisted.ensureDeferred
-async def test_check_asks_only_for_get_on_secrets(world: World, tmp_path: Path) -> None:
-    # Least privilege: stsd check asks for get on Secrets and nothing more,
-    # and a missing get is a failure (the tenants' credentials are read by name).
-    world.kubernetes.revoke("", "secrets", "get")
-    try:
-        out = StringIO()
-        assert not await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
-    finally:
-        world.kubernetes.granted.add(("", "secrets", "get"))
-    table = rows(out.getvalue())
-    assert table["RBAC get secrets"].startswith("FAIL")
-    assert "RBAC list secrets" not in table and "RBAC watch secrets" not in table
-    assert table["tenant tenant-1/storage"].startswith("FAIL")
-
-
-@pytest_twisted.ensureDeferred
-async def test_check_reads_the_users_in_parent_user_mode(world: World, tmp_path: Path) -> None:
-    minio = world.tenants["tenant-1"].minio
-    minio.add_user("stsd-aaaaaaaaaaaaaaa", "s" * 40, ["readonly"])
-    minio.add_user("alice", "a" * 40)
-    try:
-        out = StringIO()
-        path = write_config(world, tmp_path / "c.yaml", tenants={"authorization": "parent-user"})
-        assert await run_check(reactor, path, out)
+    async def test_check_asks_only_for_get_on_secrets(self) -> None:
+        # Least privilege: stsd check asks for get on Secrets and nothing more,
+        # and a missing get is a failure (the tenants' credentials are read by name).
+        self.world.kubernetes.revoke("", "secrets", "get")
+        try:
+            out = StringIO()
+            assert not await run_check(reactor, write_config(self.world, self.directory / "c.yaml"), out)
+        finally:
+            self.world.kubernetes.granted.add(("", "secrets", "get"))
         table = rows(out.getvalue())
-        assert table["tenant tenant-1/storage"].endswith("list-users ok (1 parent users)")
-        minio.fail("list-users", "500", times=1)
-        out = StringIO()
-        assert not await run_check(reactor, path, out)
-        assert rows(out.getvalue())["tenant tenant-1/storage"].startswith("FAIL")
-    finally:
-        minio.remove_user("stsd-aaaaaaaaaaaaaaa")
-        minio.remove_user("alice")
-        minio.clear_faults()
+        assert table["RBAC get secrets"].startswith("FAIL")
+        assert "RBAC list secrets" not in table and "RBAC watch secrets" not in table
+        assert table["tenant tenant-1/storage"].startswith("FAIL")
+
+    async def test_check_reads_the_users_in_parent_user_mode(self) -> None:
+        minio = self.world.tenants["tenant-1"].minio
+        minio.add_user("stsd-aaaaaaaaaaaaaaa", "s" * 40, ["readonly"])
+        minio.add_user("alice", "a" * 40)
+        try:
+            out = StringIO()
+            path = write_config(self.world, self.directory / "c.yaml", tenants={"authorization": "parent-user"})
+            assert await run_check(reactor, path, out)
+            table = rows(out.getvalue())
+            assert table["tenant tenant-1/storage"].endswith("list-users ok (1 parent users)")
+            minio.fail("list-users", "500", times=1)
+            out = StringIO()
+            assert not await run_check(reactor, path, out)
+            assert rows(out.getvalue())["tenant tenant-1/storage"].startswith("FAIL")
+        finally:
+            minio.remove_user("stsd-aaaaaaaaaaaaaaa")
+            minio.remove_user("alice")
+            minio.clear_faults()
+
+    async def test_check_reports_an_unreachable_tenant(self) -> None:
+        self.world.tenants["tenant-2"].minio.fail("info", "500")
+        try:
+            out = StringIO()
+            assert not await run_check(reactor, write_config(self.world, self.directory / "c.yaml"), out)
+        finally:
+            self.world.tenants["tenant-2"].minio.clear_faults()
+        table = rows(out.getvalue())
+        assert table["tenant tenant-2/archive"].startswith("FAIL")
+        assert table["tenant tenant-1/storage"].startswith("ok")
+
+    async def test_check_says_a_tenants_secret_is_missing(self) -> None:
+        tenant = self.world.tenants["tenant-2"]
+        name = f"{tenant.name}-env-configuration"
+        self.world.kubernetes.delete_secret(tenant.namespace, name)
+        try:
+            out = StringIO()
+            assert not await run_check(reactor, write_config(self.world, self.directory / "c.yaml"), out)
+        finally:
+            self.world.kubernetes.config_env_secret(
+                tenant.namespace, name, tenant.minio.access_key, tenant.minio.secret_key)
+        table = rows(out.getvalue())
+        assert table["tenant tenant-2/archive"] == f"FAIL    Secret {name} not found"
+        assert table["tenant tenant-1/storage"].startswith("ok")
 
 
-@pytest_twisted.ensureDeferred
-async def test_check_reports_an_unreachable_tenant(world: World, tmp_path: Path) -> None:
-    world.tenants["tenant-2"].minio.fail("info", "500")
-    try:
-        out = StringIO()
-        assert not await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
-    finally:
-        world.tenants["tenant-2"].minio.clear_faults()
-    table = rows(out.getvalue())
-    assert table["tenant tenant-2/archive"].startswith("FAIL")
-    assert table["tenant tenant-1/storage"].startswith("ok")
+globals().update(pytest_twisted_functions(CheckTests))
 
 
 @pytest_twisted.ensureDeferred
@@ -135,22 +154,5 @@ async def test_check_command_exit_codes(world: World, tmp_path: Path) -> None:
     assert "server.port" in failed.stdout and "verdict: FAILED" in failed.stdout
 
 
-@pytest_twisted.ensureDeferred
-async def test_check_says_a_tenants_secret_is_missing(world: World, tmp_path: Path) -> None:
-    tenant = world.tenants["tenant-2"]
-    name = f"{tenant.name}-env-configuration"
-    world.kubernetes.delete_secret(tenant.namespace, name)
-    try:
-        out = StringIO()
-        assert not await run_check(reactor, write_config(world, tmp_path / "c.yaml"), out)
-    finally:
-        world.kubernetes.config_env_secret(
-            tenant.namespace, name, tenant.minio.access_key, tenant.minio.secret_key)
-    table = rows(out.getvalue())
-    assert table["tenant tenant-2/archive"] == f"FAIL    Secret {name} not found"
-    assert table["tenant tenant-1/storage"].startswith("ok")
-
-
 # For trial: these need what only pytest gives; it reports them as skipped.
-PytestOnly = pytest_only(
-    globals(), "starts the daemon as a process (pytest fixtures world, tmp_path); run under pytest")
+PytestOnly = pytest_only(globals(), "runs stsd check as a process; run under pytest")

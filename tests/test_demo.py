@@ -11,18 +11,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from twisted.trial.unittest import SynchronousTestCase
 
 from stsd.demo import DemoFailed, stopped
 from tests._trial import pytest_only
 
 
-def test_stop_reported_truthfully() -> None:
-    assert stopped(0) == "stsd stopped cleanly (exit status 0)"
-    assert "SIGTERM" in stopped(-signal.SIGTERM)
-    for code in (1, -signal.SIGKILL, None):
-        with pytest.raises(DemoFailed):
-            stopped(code)
+class StoppedTests(SynchronousTestCase):
+    def test_stop_reported_truthfully(self) -> None:
+        assert stopped(0) == "stsd stopped cleanly (exit status 0)"
+        assert "SIGTERM" in stopped(-signal.SIGTERM)
+        for code in (1, -signal.SIGKILL, None):
+            with self.assertRaises(DemoFailed):
+                stopped(code)
 
 
 def test_demo_runs_and_keeps_its_log(tmp_path: Path) -> None:

@@ -78,54 +78,54 @@ def referring_texts() -> dict[Path, str]:
             if path.is_file() and path != Path(__file__).resolve() and "__pycache__" not in path.parts}
 
 
-def test_references_to_the_design_document_resolve() -> None:
-    """Every mention names docs/design.md, and every section it names is a heading there."""
-    headings = set(re.findall(r"^#+ (.+?)\s*$", DESIGN_DOC.read_text(), re.MULTILINE))
-    referenced = sections = 0
-    for path, text in referring_texts().items():
-        # The old name of a document that was never in the repository.
-        assert not re.search(r"\bDESIGN\b", text), f"{path} refers to DESIGN, not docs/design.md"
-        for match in re.finditer(r'docs/design\.md(?:,\s*"([^"]+)")?', text):
-            referenced += 1
-            if match.group(1) is not None:
-                sections += 1
-                # A name wrapped over comment lines reads as one line.
-                name = re.sub(r"\s*\n\s*#?\s*", " ", match.group(1))
-                assert name in headings, f"{path}: no section {name!r}"
-    assert referenced >= 5 and sections >= 3, (referenced, sections)
-
-
 def error_table_codes(text: str) -> set[str]:
     rows = re.findall(r"^\| [^|\n]+ \| ([^|\n]+) \| [0-9 /]+ \|$", text, re.MULTILINE)
     return {code for row in rows for code in re.findall(r"\b[A-Z][A-Za-z]+\b", row)}
 
 
-def test_the_design_documents_error_table_is_the_readmes() -> None:
-    design = error_table_codes(DESIGN_DOC.read_text())
-    assert design == error_table_codes(README)
-    assert {"AccessDenied", "STSNotInitialized", "PackedPolicyTooLarge", "Throttling"} <= design
+class DesignDocumentTests(SynchronousTestCase):
+    def test_references_to_the_design_document_resolve(self) -> None:
+        """Every mention names docs/design.md, and every section it names is a heading there."""
+        headings = set(re.findall(r"^#+ (.+?)\s*$", DESIGN_DOC.read_text(), re.MULTILINE))
+        referenced = sections = 0
+        for path, text in referring_texts().items():
+            # The old name of a document that was never in the repository.
+            assert not re.search(r"\bDESIGN\b", text), f"{path} refers to DESIGN, not docs/design.md"
+            for match in re.finditer(r'docs/design\.md(?:,\s*"([^"]+)")?', text):
+                referenced += 1
+                if match.group(1) is not None:
+                    sections += 1
+                    # A name wrapped over comment lines reads as one line.
+                    name = re.sub(r"\s*\n\s*#?\s*", " ", match.group(1))
+                    assert name in headings, f"{path}: no section {name!r}"
+        assert referenced >= 5 and sections >= 3, (referenced, sections)
 
+    def test_the_design_documents_error_table_is_the_readmes(self) -> None:
+        design = error_table_codes(DESIGN_DOC.read_text())
+        assert design == error_table_codes(README)
+        assert {"AccessDenied", "STSNotInitialized", "PackedPolicyTooLarge", "Throttling"} <= design
 
-def test_the_design_document_knows_what_the_code_does() -> None:
-    """The points it once got wrong: Secrets, ServiceAccounts, the mode, the order of checks."""
-    from stsd.config import TenantsConfig
-    from stsd.ops.rbac import PERMISSIONS
+    def test_the_design_document_knows_what_the_code_does(self) -> None:
+        """The points it once got wrong: Secrets, ServiceAccounts, the mode, the order of checks."""
+        from stsd.config import TenantsConfig
+        from stsd.ops.rbac import PERMISSIONS
 
-    text = DESIGN_DOC.read_text()
-    verbs = {p.resource: p.verbs for p in PERMISSIONS}
-    assert verbs["secrets"] == ("get",) and "`get` on `secrets`, and nothing else" in text
-    assert verbs["serviceaccounts"] == ("list", "watch")
-    assert "`list`, `watch` on `serviceaccounts`" in text
-    assert TenantsConfig().authorization == "parent-user" and "**parent-user (default).**" in text
-    assert "identity, the per-ServiceAccount limit, tenant, bindings, policy, MinIO" in text
+        text = DESIGN_DOC.read_text()
+        verbs = {p.resource: p.verbs for p in PERMISSIONS}
+        assert verbs["secrets"] == ("get",) and "`get` on `secrets`, and nothing else" in text
+        assert verbs["serviceaccounts"] == ("list", "watch")
+        assert "`list`, `watch` on `serviceaccounts`" in text
+        assert TenantsConfig().authorization == "parent-user" and "**parent-user (default).**" in text
+        assert "identity, the per-ServiceAccount limit, tenant, bindings, policy, MinIO" in text
 
 
 # -- the test kit's README section ------------------------------------------------------------
 
 
-def test_the_readme_shows_the_example_tests_as_they_are() -> None:
-    section = README.split("## Testing your application against stsd", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
-    assert len(blocks) == 2
-    for block, name in zip(blocks, ["test_app_pytest.py", "test_app_trial.py"]):
-        assert block.strip() in (ROOT / "examples" / name).read_text(), name
+class KitSectionTests(SynchronousTestCase):
+    def test_the_readme_shows_the_example_tests_as_they_are(self) -> None:
+        section = README.split("## Testing your application against stsd", 1)[1].split("\n## ", 1)[0]
+        blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+        assert len(blocks) == 2
+        for block, name in zip(blocks, ["test_app_pytest.py", "test_app_trial.py"]):
+            assert block.strip() in (ROOT / "examples" / name).read_text(), name

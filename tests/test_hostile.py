@@ -33,7 +33,6 @@ from xml.etree import ElementTree
 
 import jwt
 import pytest
-import pytest_twisted
 import treq
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -49,7 +48,7 @@ from twisted.internet.task import Clock, LoopingCall
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from stsd import errors
 
@@ -59,7 +58,7 @@ from stsd.http.server import STSResource, STSSite
 from stsd.model import Grant, Identity
 from stsd.upstream.minio import MINIO_POLICY_LIMIT
 from tests.test_wire import TOKEN
-from tests._trial import cases, expand, pytest_only
+from tests._trial import cases, expand, pytest_only, pytest_twisted_functions
 
 NS = {"sts": wire.STS_NAMESPACE}
 ERROR_ROOT = f"{{{wire.STS_NAMESPACE}}}ErrorResponse"
@@ -751,55 +750,55 @@ def _sleep(seconds: float) -> Deferred[None]:
     return d
 
 
-@pytest_twisted.ensureDeferred
-async def test_many_trickling_connections_do_not_starve_others() -> None:
-    """
-    Real loopback connections; the request deadlines run on a L{Clock}, so
-    what is asserted does not depend on how loaded the machine is.
-    """
-    timeout = 10.0
-    deadlines = Clock()
-    resource = STSResource(StandInExchange(), default_duration=3600,  # type: ignore[arg-type]
-                           max_duration=43200, clock=global_reactor, is_ready=lambda: True)
-    site = STSSite(resource.resource(), reactor=deadlines, request_timeout=timeout)
-    port = global_reactor.listenTCP(  # type: ignore[attr-defined]
-        0, site, backlog=512, interface="127.0.0.1")
-    endpoint = TCP4ClientEndpoint(global_reactor, "127.0.0.1", port.getHost().port)
-    # 100 idle connections and 100 sending a request a byte every 50 ms (which
-    # takes 6 s, and keeps Twisted's idle timeout off all along).
-    slow = [_Client(trickle=valid_request() if i % 2 else b"") for i in range(200)]
-    fresh = _Client(at_once=valid_request(connection=b"close"))
-    try:
-        await gatherResults([connectProtocol(endpoint, client) for client in slow])
-        await _sleep(0.05)
-        await connectProtocol(endpoint, fresh)
-        await fresh.closed
-        # Answered while every slow connection is open and no trickled request
-        # is whole yet: the slow ones hold nothing up.
-        assert not any(client.closed.called for client in slow)
-        assert all(client.trickle for client in slow if client._loop is not None)
-        [(status, headers, body)] = responses(fresh.received, [b"POST"])
-        assert status == 200
-        assert_sts_success(headers, body)
-        # Every slow connection is closed by the server at its deadline, not
-        # before: the tricklers with a partial request answered 408.
-        deadlines.advance(timeout - 0.5)
-        await _sleep(0.2)
-        assert not any(client.closed.called for client in slow)
-        deadlines.advance(0.5)
-        await gatherResults([client.closed for client in slow])
-        for client in slow:
-            if client._loop is not None:  # a trickler: a partial request, answered 408
-                assert client.trickle, "the request was cut off, not completed"
-                [(status, headers, body)] = responses(client.received, [b"POST"])
-                assert assert_sts_error(status, headers, body) == "RequestTimeout"
-            else:
-                assert client.received == b""
-    finally:
-        for client in [*slow, fresh]:
-            if client.transport is not None and not client.closed.called:
-                client.transport.abortConnection()
-        await port.stopListening()
+class SlowClientsTests(TestCase):
+    async def test_many_trickling_connections_do_not_starve_others(self) -> None:
+        """
+        Real loopback connections; the request deadlines run on a L{Clock}, so
+        what is asserted does not depend on how loaded the machine is.
+        """
+        timeout = 10.0
+        deadlines = Clock()
+        resource = STSResource(StandInExchange(), default_duration=3600,  # type: ignore[arg-type]
+                               max_duration=43200, clock=global_reactor, is_ready=lambda: True)
+        site = STSSite(resource.resource(), reactor=deadlines, request_timeout=timeout)
+        port = global_reactor.listenTCP(  # type: ignore[attr-defined]
+            0, site, backlog=512, interface="127.0.0.1")
+        endpoint = TCP4ClientEndpoint(global_reactor, "127.0.0.1", port.getHost().port)
+        # 100 idle connections and 100 sending a request a byte every 50 ms (which
+        # takes 6 s, and keeps Twisted's idle timeout off all along).
+        slow = [_Client(trickle=valid_request() if i % 2 else b"") for i in range(200)]
+        fresh = _Client(at_once=valid_request(connection=b"close"))
+        try:
+            await gatherResults([connectProtocol(endpoint, client) for client in slow])
+            await _sleep(0.05)
+            await connectProtocol(endpoint, fresh)
+            await fresh.closed
+            # Answered while every slow connection is open and no trickled request
+            # is whole yet: the slow ones hold nothing up.
+            assert not any(client.closed.called for client in slow)
+            assert all(client.trickle for client in slow if client._loop is not None)
+            [(status, headers, body)] = responses(fresh.received, [b"POST"])
+            assert status == 200
+            assert_sts_success(headers, body)
+            # Every slow connection is closed by the server at its deadline, not
+            # before: the tricklers with a partial request answered 408.
+            deadlines.advance(timeout - 0.5)
+            await _sleep(0.2)
+            assert not any(client.closed.called for client in slow)
+            deadlines.advance(0.5)
+            await gatherResults([client.closed for client in slow])
+            for client in slow:
+                if client._loop is not None:  # a trickler: a partial request, answered 408
+                    assert client.trickle, "the request was cut off, not completed"
+                    [(status, headers, body)] = responses(client.received, [b"POST"])
+                    assert assert_sts_error(status, headers, body) == "RequestTimeout"
+                else:
+                    assert client.received == b""
+        finally:
+            for client in [*slow, fresh]:
+                if client.transport is not None and not client.closed.called:
+                    client.transport.abortConnection()
+            await port.stopListening()
 
 
 @expand
@@ -1237,5 +1236,5 @@ def test_zz_report_counts(capsys: pytest.CaptureFixture[str]) -> None:
             print(f"  {name}: {count}")
 
 
-PytestOnly = pytest_only(globals(), "real loopback connections in pytest-twisted's reactor, "
-                                    "or a report of pytest's: run under pytest")
+globals().update(pytest_twisted_functions(SlowClientsTests))
+PytestOnly = pytest_only(globals(), "a report of pytest's (with its capsys): run under pytest")

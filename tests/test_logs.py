@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
 import yaml
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -35,13 +34,13 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 from twisted.scripts.twistd import ServerOptions
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from stsd.model import RootCredentials, Tenant
 from stsd.ops import audit, logs
 from stsd.testing.pki import TestPKI
 from stsd.testing.world import twistd_command
-from tests._trial import pytest_only, temporary_directory
+from tests._trial import pytest_twisted_functions, temporary_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 1_800_000_000.123  # 2027-01-15T08:00:00.123Z
@@ -70,20 +69,6 @@ def line_of(event: dict[str, Any]) -> dict[str, Any]:
 # -- twistd's --logfile and --syslog -------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_factory_name_carries_the_log_file(tmp_path: Path) -> None:
-    target = tmp_path / "dir.with.dots" / "stsd.log"
-    target.parent.mkdir()
-    name = logs.factory_name("json", "info", str(target))
-    observer = namedAny(name)()
-    Logger(namespace="t", observer=observer).info("to the file {x}", x=1)
-    await deferLater(reactor, 0, lambda: None)  # the end of the reactor turn
-    [line] = target.read_text().splitlines()
-    assert json.loads(line)["message"] == "to the file 1"
-    with pytest.raises(AttributeError):
-        namedAny("stsd.ops.logs.observe_json_info_zz")
-
-
 @functools.cache
 def shared_config_file() -> Path:
     """One configuration for the module's tests (they only read it), removed at exit."""
@@ -108,21 +93,30 @@ def shared_config_file() -> Path:
     return config
 
 
-@pytest.fixture(scope="module")
-def config_file() -> Path:
-    return shared_config_file()
+class TwistdLogFileTests(TestCase):
+    async def test_factory_name_carries_the_log_file(self) -> None:
+        await deferLater(reactor, 0, lambda: None)  # (trial calls a test before its reactor runs)
+        target = temporary_directory(self) / "dir.with.dots" / "stsd.log"
+        target.parent.mkdir()
+        name = logs.factory_name("json", "info", str(target))
+        observer = namedAny(name)()
+        Logger(namespace="t", observer=observer).info("to the file {x}", x=1)
+        await deferLater(reactor, 0, lambda: None)  # the end of the reactor turn
+        [line] = target.read_text().splitlines()
+        assert json.loads(line)["message"] == "to the file 1"
+        with self.assertRaises(AttributeError):
+            namedAny("stsd.ops.logs.observe_json_info_zz")
 
-
-@pytest_twisted.ensureDeferred
-async def test_twistd_logfile_option_is_honoured(config_file: Path, tmp_path: Path) -> None:
-    target = tmp_path / "stsd.log"
-    options = ServerOptions()
-    options.parseOptions(["-n", "--pidfile=", "-l", str(target), "stsd", "--config",
-                          str(config_file), "--log-format", "text"])
-    observer = options["logger"]()  # what twistd calls to begin logging
-    Logger(namespace="t", observer=observer).info("in the file")
-    await deferLater(reactor, 0, lambda: None)
-    assert "[t#info] in the file" in target.read_text()
+    async def test_twistd_logfile_option_is_honoured(self) -> None:
+        await deferLater(reactor, 0, lambda: None)  # (trial calls a test before its reactor runs)
+        target, config_file = temporary_directory(self) / "stsd.log", shared_config_file()
+        options = ServerOptions()
+        options.parseOptions(["-n", "--pidfile=", "-l", str(target), "stsd", "--config",
+                              str(config_file), "--log-format", "text"])
+        observer = options["logger"]()  # what twistd calls to begin logging
+        Logger(namespace="t", observer=observer).info("in the file")
+        await deferLater(reactor, 0, lambda: None)
+        assert "[t#info] in the file" in target.read_text()
 
 
 # -- the per-turn writer -------------------------------------------------------------------
@@ -352,5 +346,5 @@ class LogsTests(SynchronousTestCase):
         assert all(re.fullmatch(r"\{.*\}", line) for line in lines)
 
 
-# For trial: these need what only pytest gives; it reports them as skipped.
-PytestOnly = pytest_only(globals(), "under pytest-twisted's reactor; run under pytest")
+# For pytest: the tests that wait for the end of a reactor turn, on pytest-twisted's reactor.
+globals().update(pytest_twisted_functions(TwistdLogFileTests))

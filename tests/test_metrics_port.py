@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
@@ -19,13 +18,13 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from stsd.config import MetricsConfig
 from stsd.http.server import MetricsSite
 from stsd.ops.metrics import Metrics, metrics_site_root
 from tests.test_hostile import responses
-from tests._trial import pytest_only
+from tests._trial import pytest_twisted_functions
 
 ADDRESS = IPv4Address("TCP", "10.0.0.7", 40000)
 
@@ -61,32 +60,32 @@ class _Client(Protocol):
         self.closed.callback(None)
 
 
-@pytest_twisted.ensureDeferred
-async def test_over_loopback() -> None:
-    site = make_site(reactor, request_timeout=0.5, max_connections=4)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-    half = [_Client(b"GET /metrics HTTP/1.1\r\n") for _ in range(4)]
-    extra = _Client()
-    try:
-        await gatherResults([connectProtocol(endpoint, c) for c in half])
-        deadline = time.monotonic() + 30  # accepted by the server (generous: a loaded machine)
-        while site.connections < 4 and time.monotonic() < deadline:
-            await deferLater(reactor, 0.01, lambda: None)
-        assert site.connections == 4
-        await connectProtocol(endpoint, extra)
-        await extra.closed  # closed at once by the server, long before any deadline
-        assert not any(c.closed.called for c in half)
-        await gatherResults([c.closed for c in half])  # then the deadline
-        for client in half:
-            [(status, _, _)] = responses(client.received, [b"GET"])
-            assert status == 408
-        fresh = _Client(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
-        await connectProtocol(endpoint, fresh)
-        await fresh.closed
-        assert responses(fresh.received, [b"GET"])[0][:3:2] == (200, b"ok\n")
-    finally:
-        await port.stopListening()
+class OverLoopbackTests(TestCase):
+    async def test_over_loopback(self) -> None:
+        site = make_site(reactor, request_timeout=0.5, max_connections=4)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        half = [_Client(b"GET /metrics HTTP/1.1\r\n") for _ in range(4)]
+        extra = _Client()
+        try:
+            await gatherResults([connectProtocol(endpoint, c) for c in half])
+            deadline = time.monotonic() + 30  # accepted by the server (generous: a loaded machine)
+            while site.connections < 4 and time.monotonic() < deadline:
+                await deferLater(reactor, 0.01, lambda: None)
+            assert site.connections == 4
+            await connectProtocol(endpoint, extra)
+            await extra.closed  # closed at once by the server, long before any deadline
+            assert not any(c.closed.called for c in half)
+            await gatherResults([c.closed for c in half])  # then the deadline
+            for client in half:
+                [(status, _, _)] = responses(client.received, [b"GET"])
+                assert status == 408
+            fresh = _Client(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+            await connectProtocol(endpoint, fresh)
+            await fresh.closed
+            assert responses(fresh.received, [b"GET"])[0][:3:2] == (200, b"ok\n")
+        finally:
+            await port.stopListening()
 
 
 class MetricsSiteTests(SynchronousTestCase):
@@ -153,6 +152,4 @@ class MetricsSiteTests(SynchronousTestCase):
         assert MetricsConfig().interface == "0.0.0.0"
 
 
-# For trial: these need what only pytest gives; it reports them as skipped.
-PytestOnly = pytest_only(
-    globals(), "a real loopback connection under pytest-twisted; run under pytest")
+globals().update(pytest_twisted_functions(OverLoopbackTests))

@@ -19,11 +19,12 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from stsd.ops import logs
 from stsd.testing.world import Daemon, World
 from tests.test_e2e import params, post
-from tests._trial import pytest_only
+from tests._trial import pytest_only, pytest_twisted_functions, temporary_directory
 
 
 @pytest.fixture(scope="module")
@@ -142,45 +143,49 @@ async def test_json_logs_and_audit_events(world: World, json_daemon: Daemon, htt
     assert refusal["bindings"] == [] and "access_key_id" not in refusal
 
 
-def test_log_observer_json_and_level() -> None:
-    out = StringIO()
-    observer = logs.observer_factory("json", "warn", out)()
-    log = Logger(namespace="t", observer=observer)
-    log.info("hidden {x}", x=1)
-    log.warn("shown {x}", x=2)
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 1
-    assert json.loads(lines[0])["x"] == 2
-    out = StringIO()
-    observer = logs.observer_factory("text", "debug", out)()
-    Logger(namespace="t", observer=observer).debug("plain {x}", x=3)
-    assert "plain 3" in out.getvalue()
-    with pytest.raises(ValueError):
-        logs.observer_factory("xml", "info")
-    assert logs.factory_name("json", "info") == "stsd.ops.logs.observe_json_info"
-    from twisted.python.reflect import namedAny
+class LogObserverTests(SynchronousTestCase):
+    def test_log_observer_json_and_level(self) -> None:
+        out = StringIO()
+        observer = logs.observer_factory("json", "warn", out)()
+        log = Logger(namespace="t", observer=observer)
+        log.info("hidden {x}", x=1)
+        log.warn("shown {x}", x=2)
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1
+        assert json.loads(lines[0])["x"] == 2
+        out = StringIO()
+        observer = logs.observer_factory("text", "debug", out)()
+        Logger(namespace="t", observer=observer).debug("plain {x}", x=3)
+        assert "plain 3" in out.getvalue()
+        with self.assertRaises(ValueError):
+            logs.observer_factory("xml", "info")
+        assert logs.factory_name("json", "info") == "stsd.ops.logs.observe_json_info"
+        from twisted.python.reflect import namedAny
 
-    assert callable(namedAny(logs.factory_name("text", "error")))
+        assert callable(namedAny(logs.factory_name("text", "error")))
 
+    def test_audit_line_same_as_twisted_classic_text(self) -> None:
+        # The audit fast path of the text observer writes what Twisted's own
+        # classic formatting would.
+        from twisted.logger import formatEventAsClassicLogText, formatTime
 
-@pytest_twisted.ensureDeferred
-async def test_secret_scan_finds_a_leak(tmp_path) -> None:
-    """The scan that guards every end-to-end module can fail."""
-    from stsd.testing.world import Daemon as DaemonRecord
-
-    other = World.start(tmp_path / "w", reactor)
-    try:
-        token = other.mint()
-        log_path = tmp_path / "leaky.log"
-        log_path.write_text(f"line one\nPOST /sts/x?WebIdentityToken={token}\n")
-        other._daemons.append(DaemonRecord("https://x", tmp_path / "c", log_path, None, None))
-        count, lines, leaks = other.scan_logs()
-        assert leaks == [str(log_path)] and lines == 2 and count >= 4
-        log_path.write_text("line one\nPOST /sts/x\n")
-        assert other.scan_logs()[2] == []
-        other._daemons.clear()
-    finally:
-        await other.stop()
+        from stsd.ops import audit
+        captured: list[dict] = []
+        log = Logger(namespace="stsd.ops.audit", observer=captured.append)
+        log.info(logs.AUDIT_FORMAT, audit_json=json.dumps({"a": 1, "b": "x y"}), audit={"a": 1})
+        [event] = captured
+        fast = logs._text_line()(event)
+        assert fast == formatEventAsClassicLogText(event, formatTime=lambda t: formatTime(int(t)))
+        assert fast.endswith(' [stsd.ops.audit#info] {"a": 1, "b": "x y"}\n')
+        # And audit.emit's events take that path.
+        captured.clear()
+        original = audit.log.observer
+        audit.log.observer = captured.append
+        try:
+            audit.emit({"event": "x"})
+        finally:
+            audit.log.observer = original
+        assert logs._text_line()(captured[0]).endswith(' [stsd.ops.audit#info] {"event": "x"}\n')
 
 
 class _Recorded:
@@ -195,53 +200,53 @@ class _Recorded:
         self.flushes += 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_log_lines_of_a_reactor_turn_are_written_once() -> None:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
+class GlobalReactorTests(TestCase):
+    """A test world on loopback, and the end of a reactor turn."""
 
-    out = _Recorded()
-    writer = logs._TurnWriter(out)  # type: ignore[arg-type]
-    writer.write("one\n")
-    writer.write("two\n")
-    assert out.writes == [], "held until the turn ends"
-    await deferLater(reactor, 0, lambda: None)
-    assert (out.writes, out.flushes) == (["one\ntwo\n"], 1)
-    # A flood within one turn is written in bounded pieces, nothing lost.
-    for i in range(logs._TurnWriter.MAX_PENDING + 10):
-        writer.write(f"{i}\n")
-    await deferLater(reactor, 0, lambda: None)
-    written = "".join(out.writes[1:]).splitlines()
-    assert written == [str(i) for i in range(logs._TurnWriter.MAX_PENDING + 10)]
-    assert len(out.writes) == 3
-    writer.write("at exit\n")
-    writer.flush()  # what atexit calls
-    assert out.writes[-1] == "at exit\n"
+    async def test_secret_scan_finds_a_leak(self) -> None:
+        """The scan that guards every end-to-end module can fail."""
+        from stsd.testing.world import Daemon as DaemonRecord
+
+        tmp_path = temporary_directory(self)
+        other = World.start(tmp_path / "w", reactor)
+        try:
+            token = other.mint()
+            log_path = tmp_path / "leaky.log"
+            log_path.write_text(f"line one\nPOST /sts/x?WebIdentityToken={token}\n")
+            other._daemons.append(DaemonRecord("https://x", tmp_path / "c", log_path, None, None))
+            count, lines, leaks = other.scan_logs()
+            assert leaks == [str(log_path)] and lines == 2 and count >= 4
+            log_path.write_text("line one\nPOST /sts/x\n")
+            assert other.scan_logs()[2] == []
+            other._daemons.clear()
+        finally:
+            await other.stop()
+
+    async def test_log_lines_of_a_reactor_turn_are_written_once(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0, lambda: None)  # (trial calls a test before its reactor runs)
+        out = _Recorded()
+        writer = logs._TurnWriter(out)  # type: ignore[arg-type]
+        writer.write("one\n")
+        writer.write("two\n")
+        assert out.writes == [], "held until the turn ends"
+        await deferLater(reactor, 0, lambda: None)
+        assert (out.writes, out.flushes) == (["one\ntwo\n"], 1)
+        # A flood within one turn is written in bounded pieces, nothing lost.
+        for i in range(logs._TurnWriter.MAX_PENDING + 10):
+            writer.write(f"{i}\n")
+        await deferLater(reactor, 0, lambda: None)
+        written = "".join(out.writes[1:]).splitlines()
+        assert written == [str(i) for i in range(logs._TurnWriter.MAX_PENDING + 10)]
+        assert len(out.writes) == 3
+        writer.write("at exit\n")
+        writer.flush()  # what atexit calls
+        assert out.writes[-1] == "at exit\n"
 
 
-def test_audit_line_same_as_twisted_classic_text() -> None:
-    # The audit fast path of the text observer writes what Twisted's own
-    # classic formatting would.
-    from twisted.logger import formatEventAsClassicLogText, formatTime
-
-    from stsd.ops import audit
-    captured: list[dict] = []
-    log = Logger(namespace="stsd.ops.audit", observer=captured.append)
-    log.info(logs.AUDIT_FORMAT, audit_json=json.dumps({"a": 1, "b": "x y"}), audit={"a": 1})
-    [event] = captured
-    fast = logs._text_line()(event)
-    assert fast == formatEventAsClassicLogText(event, formatTime=lambda t: formatTime(int(t)))
-    assert fast.endswith(' [stsd.ops.audit#info] {"a": 1, "b": "x y"}\n')
-    # And audit.emit's events take that path.
-    captured.clear()
-    original = audit.log.observer
-    audit.log.observer = captured.append
-    try:
-        audit.emit({"event": "x"})
-    finally:
-        audit.log.observer = original
-    assert logs._text_line()(captured[0]).endswith(' [stsd.ops.audit#info] {"event": "x"}\n')
-
+globals().update(pytest_twisted_functions(GlobalReactorTests))
 
 # For trial: these need what only pytest gives; it reports them as skipped.
 PytestOnly = pytest_only(

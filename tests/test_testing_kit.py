@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 import pytest_twisted
 import yaml
+from twisted.trial.unittest import SynchronousTestCase
 
 from stsd.testing import pytest_plugin
 from stsd.testing.cluster import ROLE_ARN
+from tests._trial import pytest_only
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -34,14 +36,15 @@ def plugin_fixtures() -> dict[str, object]:
             or type(value).__name__ == "FixtureFunctionDefinition"}
 
 
-def test_the_plugin_is_a_pytest11_entry_point() -> None:
-    # Every stsd distribution found, as pytest (pluggy) looks: a stale stsd.egg-info in the
-    # source tree may come first on sys.path.
-    installed = {ep.value for dist in distributions() if dist.metadata["Name"] == "stsd"
-                 for ep in dist.entry_points if ep.group == "pytest11" and ep.name == "stsd"}
-    assert installed == {"stsd.testing.pytest_plugin"}, "reinstall: pip install -e ."
-    setup = (ROOT / "setup.py").read_text()
-    assert '"pytest11": ["stsd = stsd.testing.pytest_plugin"]' in setup
+class EntryPointTests(SynchronousTestCase):
+    def test_the_plugin_is_a_pytest11_entry_point(self) -> None:
+        # Every stsd distribution found, as pytest (pluggy) looks: a stale stsd.egg-info in the
+        # source tree may come first on sys.path.
+        installed = {ep.value for dist in distributions() if dist.metadata["Name"] == "stsd"
+                     for ep in dist.entry_points if ep.group == "pytest11" and ep.name == "stsd"}
+        assert installed == {"stsd.testing.pytest_plugin"}, "reinstall: pip install -e ."
+        setup = (ROOT / "setup.py").read_text()
+        assert '"pytest11": ["stsd = stsd.testing.pytest_plugin"]' in setup
 
 
 def test_the_plugin_is_loaded_here_and_its_fixtures_are_opt_in(
@@ -127,3 +130,10 @@ async def test_the_cluster_fixture_binds_unbinds_and_takes_the_config(stsd_clust
     await stsd_cluster.unbind("kit")
     assert await exchange_code(stsd_cluster, token) == "AccessDenied"
     assert stsd_cluster.leaked_secrets() == []
+
+
+# For trial: these need pytest itself (its plugin manager, the kit's fixtures, which spawn
+# the daemon) or spawn a test runner; it reports them as skipped.
+PytestOnly = pytest_only(
+    globals(), "needs pytest (its plugin manager, the stsd_cluster fixture's daemon) "
+               "or spawns a test runner; run under pytest")

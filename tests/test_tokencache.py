@@ -285,29 +285,28 @@ class CachingAuthenticatorTests(SynchronousTestCase):
             with self.assertRaises(ValueError, msg=kw):
                 CachingAuthenticator(self.inner, self.clock, **kw)  # type: ignore[arg-type]
 
+    def test_verified_expiry_from_the_identity_bounds_the_ttl(self) -> None:
+        # An authenticator that verified the token hands its exp over; the
+        # cache does not decode the token again (this one has no readable exp).
+        clock = Clock()
+        clock.advance(T0)
 
-def test_verified_expiry_from_the_identity_bounds_the_ttl() -> None:
-    # An authenticator that verified the token hands its exp over; the
-    # cache does not decode the token again (this one has no readable exp).
-    clock = Clock()
-    clock.advance(T0)
+        class Verified:
+            audience = "sts.min.io"
+            calls = 0
 
-    class Verified:
-        audience = "sts.min.io"
-        calls = 0
+            async def authenticate(self, token: str) -> Identity:
+                self.calls += 1
+                return Identity("apps", "sa", None, T0 + 2)
 
-        async def authenticate(self, token: str) -> Identity:
-            self.calls += 1
-            return Identity("apps", "sa", None, T0 + 2)
-
-    inner = Verified()
-    cache = CachingAuthenticator(inner, clock, ttl=10)
-    for _ in range(2):
+        inner = Verified()
+        cache = CachingAuthenticator(inner, clock, ttl=10)
+        for _ in range(2):
+            _settled(cache.authenticate("not.a.jwt"))
+        assert inner.calls == 1
+        clock.advance(2)
         _settled(cache.authenticate("not.a.jwt"))
-    assert inner.calls == 1
-    clock.advance(2)
-    _settled(cache.authenticate("not.a.jwt"))
-    assert inner.calls == 2, "expired with the verified exp, before the 10 s ttl"
+        assert inner.calls == 2, "expired with the verified exp, before the 10 s ttl"
 
 
 def _settled(coroutine: Any) -> Any:
