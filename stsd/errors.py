@@ -10,6 +10,8 @@ unexpected exception, which becomes InternalError with a generic message
 
 from __future__ import annotations
 
+from functools import partial
+
 
 class STSError(Exception):
     """
@@ -39,37 +41,14 @@ class STSError(Exception):
         return "Sender" if self.status < 500 else "Receiver"
 
 
-def invalid_parameter(message: str) -> STSError:
-    return STSError("InvalidParameterValue", message, 400)
-
-
-def missing_parameter(message: str) -> STSError:
-    return STSError("MissingParameter", message, 400)
-
-
-def invalid_identity_token(message: str) -> STSError:
-    return STSError("InvalidIdentityToken", message, 400)
-
-
-def access_denied(message: str) -> STSError:
-    return STSError("AccessDenied", message, 403)
-
-
-def malformed_policy(message: str) -> STSError:
-    return STSError("MalformedPolicyDocument", message, 400)
-
-
-def packed_policy_too_large(message: str) -> STSError:
-    return STSError("PackedPolicyTooLarge", message, 400)
-
-
-def idp_communication_error(message: str) -> STSError:
-    return STSError("IDPCommunicationError", message, 400)
-
-
-def not_initialized(message: str) -> STSError:
-    return STSError("STSNotInitialized", message, 503)
-
-
-def internal_error(message: str) -> STSError:
-    return STSError("InternalError", message, 500)
+# One constructor per Code, each taking the message for the client:
+# raise errors.access_denied("...").
+invalid_parameter = partial(STSError, "InvalidParameterValue", status=400)
+missing_parameter = partial(STSError, "MissingParameter", status=400)
+invalid_identity_token = partial(STSError, "InvalidIdentityToken", status=400)
+access_denied = partial(STSError, "AccessDenied", status=403)
+malformed_policy = partial(STSError, "MalformedPolicyDocument", status=400)
+packed_policy_too_large = partial(STSError, "PackedPolicyTooLarge", status=400)
+idp_communication_error = partial(STSError, "IDPCommunicationError", status=400)
+not_initialized = partial(STSError, "STSNotInitialized", status=503)
+internal_error = partial(STSError, "InternalError", status=500)

@@ -1,14 +1,15 @@
 # -*- test-case-name: tests.test_minio_policy -*-
 """MinIO's action tables, as data: which actions belong to which namespace, which admin
-actions have their Resource checked, and which literal actions allow further actions.
+actions have their Resource checked, and which literal actions allow further actions;
+and the resource ARN types.
 
 Read from minio/pkg C{policy/} (commit 876a725, Dec 2026): C{admin-action.go}
 (C{SupportedAdminActions}, C{AdminActionsWithResource}), C{sts-action.go}
 (C{supportedSTSActions}), C{kms-action.go} (C{supportedKMSActions}),
 C{table-action.go} (C{SupportedTableActions}) and C{actionset.go}
-(C{implicitActions}).  Both the session-policy algebra (L{stsd.core.policy}) and the
-test-support evaluator (L{stsd.testing.minio_policy}) read them; a MinIO release that
-changes them must be mirrored here.
+(C{implicitActions}), and C{resource.go} (the ARN prefixes).  Both the session-policy
+algebra (L{stsd.core.policy}) and the test-support evaluator (L{stsd.testing.minio_policy})
+read them; a MinIO release that changes them must be mirrored here.
 """
 
 from __future__ import annotations
@@ -289,3 +290,8 @@ IMPLIED_ACTIONS: Mapping[str, frozenset[str]] = {
     "s3tables:PutWarehouseMaintenanceConfiguration": frozenset({"s3tables:PutTableBucketMaintenanceConfiguration"}),
     "s3tables:PutWarehousePolicy": frozenset({"s3tables:PutTableBucketPolicy"}),
 }
+
+#: C{ResourceARNPrefix} and its siblings: the ARN types a Resource may have (C{*} alone
+#: is C{ResourceARNAll}).
+ARN_PREFIXES: tuple[str, ...] = (
+    "arn:aws:s3:::", "arn:aws:s3tables:::", "arn:minio:kms:::", "arn:minio:memory:::")

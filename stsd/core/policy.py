@@ -51,12 +51,13 @@ C{Version} other than C{2012-10-17}, unknown ARN types, mixed action namespaces)
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from stsd.core.minio_actions import (
     ADMIN_ACTIONS,
     ADMIN_ACTIONS_WITH_RESOURCE,
+    ARN_PREFIXES,
     IMPLIED_ACTIONS,
     KMS_ACTIONS,
     STS_ACTIONS,
@@ -69,8 +70,6 @@ _EFFECTS = ("Allow", "Deny")
 _POLICY_KEYS = {"id": "ID", "version": "Version", "statement": "Statement"}
 _STATEMENT_KEYS = {k.lower(): k for k in ("Sid", "Effect", "Action", "NotAction", "Resource",
                                           "NotResource", "Condition")}
-# policy/resource.go: the ARN types; "*" alone is ResourceARNAll.
-_ARN_PREFIXES = ("arn:aws:s3:::", "arn:aws:s3tables:::", "arn:minio:kms:::", "arn:minio:memory:::")
 _S3_ARN = "arn:aws:s3:::"
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
@@ -311,7 +310,7 @@ def _check_resource(resource: object, what: str) -> None:
     text = _text(resource, what)
     if text == "*":
         return
-    for prefix in _ARN_PREFIXES:
+    for prefix in ARN_PREFIXES:
         if text.startswith(prefix):
             if text[len(prefix):].startswith("/"):
                 raise PolicyError(f"{what} must not start with '/' after the ARN prefix")
@@ -645,6 +644,18 @@ def merge(policies: Iterable[Policy]) -> Policy:
 # -- the algebra ---------------------------------------------------------------------
 
 
+def _narrower_of_pairs(
+    outer: frozenset[str], inner: frozenset[str], kind: str, work: Work
+) -> Iterator[tuple[str, str, str | None]]:
+    """Each pair of patterns, one of each side, with the one the other contains (C{None}
+    when neither does)."""
+    covers = _covers(outer | inner, kind, work)
+    for a in outer:
+        for b in inner:
+            work.spend(1)
+            yield a, b, b if covers(a, b) else a if covers(b, a) else None
+
+
 def _narrow_actions(outer: frozenset[str], inner: frozenset[str], work: Work) -> frozenset[str]:
     """C{s3:} patterns allowing only what a pattern of each side allows (rule 2).
 
@@ -653,32 +664,21 @@ def _narrow_actions(outer: frozenset[str], inner: frozenset[str], work: Work) ->
     contains the other (s3:Get* and s3:*Object) are dropped: grant less.
     """
     result = set()
-    covers = _covers(outer | inner, "actions", work)
-    for a in outer:
-        for b in inner:
-            work.spend(1)
-            if covers(a, b):
-                result.add(b)
-            elif covers(b, a):
-                result.add(a)
-            for x, y in ((a, b), (b, a)):
-                for implied in IMPLIED_ACTIONS.get(x, ()):
-                    if _action_contains(y, implied, work):
-                        result.add(implied)
+    for a, b, narrower in _narrower_of_pairs(outer, inner, "actions", work):
+        if narrower is not None:
+            result.add(narrower)
+        for x, y in ((a, b), (b, a)):
+            for implied in IMPLIED_ACTIONS.get(x, ()):
+                if _action_contains(y, implied, work):
+                    result.add(implied)
     return frozenset(x for x in result if x.startswith("s3:"))
 
 
 def _narrow_resources(outer: frozenset[str], inner: frozenset[str], work: Work) -> frozenset[str]:
-    result = set()
-    covers = _covers(outer | inner, "resources", work)
-    for a in outer:
-        for b in inner:
-            work.spend(1)
-            if covers(a, b):
-                result.add(b)
-            elif covers(b, a):
-                result.add(a)
-    return frozenset(result)
+    """Resource patterns matching only what a pattern of each side matches: of each pair,
+    the one the other contains."""
+    pairs = _narrower_of_pairs(outer, inner, "resources", work)
+    return frozenset(narrower for _, _, narrower in pairs if narrower is not None)
 
 
 def _meet(a: Statement, b: Statement, work: Work) -> list[Statement]:

@@ -623,12 +623,21 @@ class FakeMinIO:
         if "accessKey" not in query:
             return _version_mismatch(error)
         access_key = query["accessKey"]
-        if access_key in self._temporary or access_key == self.access_key:
-            return error(403, "XMinioIAMActionNotAllowed", "Specified IAM action is not allowed")
-        if access_key not in self.users:
-            return error(404, "XMinioAdminNoSuchUser", "The specified user does not exist.")
+        user = self._user_to_change(access_key, error)
+        if isinstance(user, bytes):
+            return user
         self.remove_user(access_key)
         return _send(request, 200, "application/json", b"")
+
+    def _user_to_change(self, name: str, error: Callable[[int, str, str], bytes]) -> User | bytes:
+        """The user an admin call changes, or MinIO's refusal: temporary credentials and
+        root are no users to change (403), an unknown name is not found (404)."""
+        if name in self._temporary or name == self.access_key:
+            return error(403, "XMinioIAMActionNotAllowed", "Specified IAM action is not allowed")
+        user = self.users.get(name)
+        if user is None:
+            return error(404, "XMinioAdminNoSuchUser", "The specified user does not exist.")
+        return user
 
     def _admin_set_user_policy(self, request: Request, query: dict[str, str], body: bytes, error: Callable[[int, str, str], bytes]) -> bytes:
         if not {"policyName", "userOrGroup", "isGroup"} <= set(query) or query["isGroup"] not in ("true", "false"):
@@ -636,11 +645,9 @@ class FakeMinIO:
         name = query["userOrGroup"]
         if query["isGroup"] == "true":
             return error(404, "XMinioAdminNoSuchGroup", "The specified group does not exist.")
-        if name in self._temporary or name == self.access_key:
-            return error(403, "XMinioIAMActionNotAllowed", "Specified IAM action is not allowed")
-        user = self.users.get(name)
-        if user is None:
-            return error(404, "XMinioAdminNoSuchUser", "The specified user does not exist.")
+        user = self._user_to_change(name, error)
+        if isinstance(user, bytes):
+            return user
         policies = _policy_names(query["policyName"])
         if any(p not in self._policies for p in policies):
             return error(404, "XMinioAdminNoSuchPolicy", "The canned policy does not exist.")
@@ -688,11 +695,9 @@ class FakeMinIO:
             return error(500, "InternalError", problem)
         if group:
             return error(404, "XMinioAdminNoSuchGroup", "The specified group does not exist.")
-        if user in self._temporary or user == self.access_key:
-            return error(403, "XMinioIAMActionNotAllowed", "Specified IAM action is not allowed")
-        entry = self.users.get(user)
-        if entry is None:
-            return error(404, "XMinioAdminNoSuchUser", "The specified user does not exist.")
+        entry = self._user_to_change(user, error)
+        if isinstance(entry, bytes):
+            return entry
         current = set(entry.policies)
         wanted = set(policies)
         if attach:

@@ -37,6 +37,7 @@ from typing import Any, cast
 from stsd.core.minio_actions import (
     ADMIN_ACTIONS,
     ADMIN_ACTIONS_WITH_RESOURCE,
+    ARN_PREFIXES,
     IMPLIED_ACTIONS,
     KMS_ACTIONS,
     STS_ACTIONS,
@@ -45,8 +46,6 @@ from stsd.core.minio_actions import (
 
 __all__ = ["allowed", "allowed_with_session", "path_clean", "wildcard_match"]
 
-# policy/resource.go: ResourceARNPrefix and friends; "*" alone is ResourceARNAll.
-_ARN_PREFIXES = ("arn:aws:s3:::", "arn:aws:s3tables:::", "arn:minio:kms:::", "arn:minio:memory:::")
 _MEMORY_PREFIX = "arn:minio:memory:::"
 # condition/keyname.go: toTrim, the service prefixes stripped from a key's name.
 _TRIMMED = frozenset({"aws", "jwt", "ldap", "sts", "svc", "s3", "s3tables", "memory"})
@@ -305,7 +304,7 @@ def _actions_match(patterns: list[str], action: str) -> bool:
 def _split_resource(resource: str) -> tuple[str, str, bool]:
     """An ARN (or bare C{bucket/key}) as MinIO's Args: bucket, object, memory ARN."""
     memory = resource.startswith(_MEMORY_PREFIX)
-    for prefix in _ARN_PREFIXES:
+    for prefix in ARN_PREFIXES:
         if resource.startswith(prefix):
             resource = resource[len(prefix):]
             break
@@ -334,7 +333,7 @@ def _pattern_matches(raw: str, candidate: str, context: Mapping[str, Sequence[st
         pattern = "*"
     else:
         pattern = raw
-        for prefix in _ARN_PREFIXES:
+        for prefix in ARN_PREFIXES:
             if raw.startswith(prefix):
                 pattern = raw[len(prefix):]
                 if prefix == _MEMORY_PREFIX:

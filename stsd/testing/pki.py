@@ -87,27 +87,11 @@ class TestPKI:
         directory.mkdir(parents=True, exist_ok=True)
         ca_key = _key()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stsd test CA")])
-        now = _now()
-        ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
         ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            _certificate(name, name, ca_key.public_key(), ca=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False, content_commitment=False,
-                    key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
+                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
             )
-            .add_extension(ski, critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         cert, key = _leaf(ca_cert, ca_key, hostnames, ips)
@@ -154,28 +138,12 @@ def _leaf(
     if not hostnames and not ips:
         raise ValueError("a leaf certificate needs at least one hostname or IP")
     key = _key()
-    now = _now()
     sans: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     cn = hostnames[0] if hostnames else ips[0]
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        _certificate(subject, ca_cert.subject, key.public_key(), ca=False)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
@@ -190,3 +158,31 @@ def _leaf(
         .sign(ca_key, hashes.SHA256())
     )
     return cert, key
+
+
+def _certificate(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, *, ca: bool
+) -> x509.CertificateBuilder:
+    """What the CA and a leaf share: names, key, a random serial, the validity window
+    (backdated), and the critical constraints: a CA signs certificates, a leaf signs
+    handshakes."""
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca, content_commitment=False,
+                key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
