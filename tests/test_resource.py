@@ -21,6 +21,8 @@ from stsd.http import wire
 from stsd.http.channel import STSSite
 from stsd.http.resource import STSResource
 from stsd.model import Grant, Identity
+from tests._trial import cases, expand
+from tests.test_hostile import assert_sts_error, responses
 from tests.test_wire import TOKEN
 
 NS = {"sts": wire.STS_NAMESPACE}
@@ -194,7 +196,32 @@ def post_through_site(exchange: StandInExchange):
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body))
 
 
+@expand
 class ThroughTheSiteTests(SynchronousTestCase):
+    @cases("method, target, code", [
+        # Klein would route these as /sts/tenant-1: Twisted percent-decodes
+        # the path and drops a target's first byte, werkzeug strips leading
+        # slashes and upper-cases the method. The port routes what was sent.
+        (b"POST", b"/%73ts/tenant-1", "NotFound"),
+        (b"POST", b"//sts/tenant-1", "NotFound"),
+        (b"POST", b"xsts/tenant-1", "NotFound"),
+        (b"post", b"/sts/tenant-1", "MethodNotAllowed"),
+        (b"POST", b"/sts/tenant%2D1", "InvalidParameterValue"),
+        # Not UTF-8 once Twisted has dropped the "%": Klein's own page was
+        # text/html.
+        (b"GET", b"%C3%BC", "NotFound"),
+    ])
+    def test_the_path_is_routed_as_sent(self, method: bytes, target: bytes, code: str) -> None:
+        exchange = StandInExchange()
+        body = body_params()
+        _, transport = through_site(exchange, (
+            method + b" " + target + b" HTTP/1.1\r\nHost: sts\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body))
+        [(status, headers, content)] = responses(transport.inner.value(), [method])
+        self.assertEqual(assert_sts_error(status, headers, content), code)
+        self.assertEqual(exchange.calls, [])
+
     def test_client_going_away_is_audited_not_an_error(self) -> None:
         """Klein cancels the request of a client that disconnected: that is a
         499 in the audit trail, not a critical 'unexpected error'."""

@@ -3,10 +3,13 @@
 The STS endpoint: a Klein application answering C{POST /sts/{namespace}}
 in the AWS STS wire format, plus C{/healthz} and C{/readyz}.
 
-Every response of this port is STS XML (Klein's own 404/405 pages are
-HTML, and Klein decodes C{%2F} before routing, so paths are dispatched
-here from the raw request path), every response carries
-C{x-amz-request-id}, and no traceback ever reaches a client.
+Klein routes, and what it would answer itself is STS XML here: an unknown
+path is a C{NotFound} (404), another method on the endpoint a
+C{MethodNotAllowed} (405), not Klein's HTML pages. Every answer but the
+probes' is STS XML with an C{x-amz-request-id}, and no traceback ever
+reaches a client. Klein routes the path as the client sent it
+(L{_RawPathGuard}): a percent-escape is never decoded into a slash or
+into the endpoint's name.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import BaseConverter
 
 from stsd import errors
 from stsd.core.exchange import Exchange, Issued, Trail
@@ -32,7 +39,9 @@ from stsd.ops.metrics import Metrics
 
 log = Logger()
 
-_STS_PREFIX = b"/sts/"
+
+def _not_found() -> errors.STSError:
+    return errors.STSError("NotFound", "stsd answers POST /sts/{tenantNamespace}", 404)
 
 
 def _body(request: Request) -> bytes:
@@ -66,7 +75,18 @@ def _unroutable(raw_path: bytes) -> bool:
 class _RawPathGuard(Resource):
     """
     The STS port's root: paths Klein cannot route are refused here, as STS
-    XML; every other request goes to the Klein application.
+    XML; every other request goes to the Klein application, with the path
+    as the client sent it.
+
+    Klein routes on C{request.postpath}, which Twisted has percent-decoded
+    segment by segment (C{/sts/a%2Fb} would reach a route as C{/sts/a/b},
+    C{/%73ts/x} as C{/sts/x}); a werkzeug converter only ever sees the
+    decoded text, so no route could tell. Klein gets the segments as sent
+    instead: the namespace is judged as sent, and only a path that starts
+    C{/sts/} reaches the endpoint. Werkzeug also strips every leading
+    slash, and Twisted drops a target's first byte whatever it is
+    (C{xsts/x} is C{/sts/x} to both): a path that does not start with
+    exactly one slash is no route's.
     """
 
     isLeaf = True
@@ -81,7 +101,21 @@ class _RawPathGuard(Resource):
         if _unroutable(request.path) or _unroutable(host):
             return self._sts.refuse(request, errors.invalid_parameter(
                 "the request path is not valid UTF-8 text"))
+        if not request.path.startswith(b"/") or request.path.startswith(b"//"):
+            return self._sts.refuse(request, _not_found())
+        request.postpath = request.path[1:].split(b"/")
         return self._klein.render(request)
+
+
+class _Rest(BaseConverter):
+    """
+    The rest of the path, slashes and all, possibly empty: what follows
+    C{/sts/} is the namespace's to judge (L{wire.check_namespace}: a 400),
+    not the router's (a 404).
+    """
+
+    regex = ".*"
+    part_isolating = False
 
 
 class STSResource:
@@ -90,6 +124,10 @@ class STSResource:
     """
 
     app = Klein()
+    app.url_map.converters["rest"] = _Rest
+    # No route of werkzeug's own making: a path with "//" in it is not
+    # redirected to one without (a 308, not STS XML).
+    app.url_map.merge_slashes = False
 
     def __init__(
         self,
@@ -132,12 +170,15 @@ class STSResource:
         request.setResponseCode(503)
         return f"not ready: {problem}\n".encode()
 
-    @app.route("/", branch=True)  # every method: a wrong one gets STS XML too
-    async def sts(self, request: Request) -> bytes:
+    @app.route("/sts/<rest:namespace>", methods=["POST"])
+    async def sts(self, request: Request, namespace: str) -> bytes:
+        if request.method != b"POST":
+            # werkzeug matches methods case-insensitively; HTTP's are not.
+            return self._wrong_method(request)
         request_id, started, trail = self._start(request)
         issued = None
         try:
-            issued, body = await self._handle(request, request_id, trail)
+            issued, body = await self._handle(request, namespace, request_id, trail)
             outcome, status = "Success", 200
         except CancelledError:
             # The client went away (Klein cancels its request): nothing to
@@ -155,15 +196,33 @@ class STSResource:
             outcome, status = "InternalError", 500
         return self._finish(request, request_id, started, trail, outcome, status, body, issued)
 
-    def refuse(self, request: Request, error: errors.STSError) -> bytes:
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return self.refuse(request, _not_found())
+
+    @app.handle_errors(MethodNotAllowed)
+    def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, MethodNotAllowed)
+        if "POST" not in (error.valid_methods or ()):
+            # A probe's path: another method on it is as unknown as any path.
+            return self.refuse(request, _not_found())
+        return self._wrong_method(request)
+
+    def _wrong_method(self, request: IRequest) -> bytes:
+        request.setHeader(b"allow", b"POST")
+        return self.refuse(request, errors.STSError("MethodNotAllowed", "use POST", 405))
+
+    def refuse(self, request: IRequest, error: errors.STSError) -> bytes:
         """
-        Answer a request that cannot be routed (see L{_RawPathGuard}).
+        Answer a request that no route takes, or that L{_RawPathGuard}
+        refuses: an audited STS error.
         """
         request_id, started, trail = self._start(request)
         body = self._error(request, error, request_id)
         return self._finish(request, request_id, started, trail, error.code, error.status, body)
 
-    def _start(self, request: Request) -> tuple[str, float, Trail]:
+    def _start(self, request: IRequest) -> tuple[str, float, Trail]:
         request_id = self._request_id()
         request.setHeader(b"x-amz-request-id", request_id.encode())
         request.setHeader(b"content-type", b"text/xml")
@@ -171,7 +230,7 @@ class STSResource:
         return request_id, self._clock.seconds(), Trail(client=client)
 
     def _finish(
-        self, request: Request, request_id: str, started: float, trail: Trail, outcome: str,
+        self, request: IRequest, request_id: str, started: float, trail: Trail, outcome: str,
         status: int, body: bytes, issued: Issued | None = None,
     ) -> bytes:
         latency = self._clock.seconds() - started
@@ -196,18 +255,10 @@ class STSResource:
         return "other"
 
     async def _handle(
-        self, request: Request, request_id: str, trail: Trail
+        self, request: Request, namespace: str, request_id: str, trail: Trail
     ) -> tuple[Issued, bytes]:
-        path = request.path
-        if not path.startswith(_STS_PREFIX):
-            raise errors.STSError(
-                "NotFound", "stsd answers POST /sts/{tenantNamespace}", 404
-            )
-        if request.method != b"POST":
-            request.setHeader(b"allow", b"POST")
-            raise errors.STSError("MethodNotAllowed", "use POST", 405)
-        # The raw path: an encoded slash or dot-segment is not a DNS label.
-        namespace = wire.check_namespace(path[len(_STS_PREFIX):].decode("latin-1"))
+        # As sent (see _RawPathGuard): an encoded slash or dot-segment is not a DNS label.
+        namespace = wire.check_namespace(namespace)
         # BoundedRequest (from STSSite) flags an oversized body without keeping
         # it; any other request is still held to the limit by parse_request.
         if getattr(request, "body_too_large", False):
@@ -233,7 +284,7 @@ class STSResource:
         )
         return issued, body
 
-    def _error(self, request: Request, error: errors.STSError, request_id: str) -> bytes:
+    def _error(self, request: IRequest, error: errors.STSError, request_id: str) -> bytes:
         request.setResponseCode(error.status)
         if error.retry_after is not None:
             request.setHeader(b"retry-after", str(error.retry_after).encode())
