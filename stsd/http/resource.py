@@ -35,7 +35,7 @@ from stsd.core.exchange import Exchange, Issued, Trail
 from stsd.http import wire
 from stsd.http.channel import new_request_id
 from stsd.ops import audit
-from stsd.ops.metrics import Metrics
+from stsd.ops.metrics import Metrics, answer_probe
 
 log = Logger()
 
@@ -158,17 +158,11 @@ class STSResource:
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain")
-        return b"ok\n"
+        return answer_probe(request, None)
 
     @app.route("/readyz", methods=["GET", "HEAD"])
     def readyz(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain")
-        problem = self._readiness()
-        if problem is None:
-            return b"ready\n"
-        request.setResponseCode(503)
-        return f"not ready: {problem}\n".encode()
+        return answer_probe(request, self._readiness(), b"ready\n")
 
     @app.route("/sts/<rest:namespace>", methods=["POST"])
     async def sts(self, request: Request, namespace: str) -> bytes:
