@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_channel,tests.test_hostile -*-
 """
-The STS port's transport: HTTP/1.1 connections hardened for a hostile
-network, whatever resource they serve.
+The transport of stsd's ports: HTTP/1.1 connections hardened for a hostile
+network, whatever resource they serve (L{STSSite} the STS port's,
+L{MetricsSite} the metrics port's).
 
 Every request must arrive whole within a deadline (a trickling client does
 not hold a connection open), its request line and headers within a size,
@@ -9,9 +10,10 @@ its body in memory up to L{wire.MAX_BODY_BYTES}; a site holds a bounded
 number of connections and knows them, for a graceful stop
 (L{stsd.ops.drain}). The refusals the channel writes itself (bad request
 line or headers, a request over its deadline) are STS XML with an
-C{x-amz-request-id}, like every answer of the resource
-(L{stsd.http.resource}); the access log leaves out the query string,
-where minio-py sends the WebIdentityToken.
+C{x-amz-request-id} on the STS port, like every answer of its resource
+(L{stsd.http.resource}), and plain text on the metrics port. The STS
+port's access log leaves out the query string, where minio-py sends the
+WebIdentityToken.
 """
 
 from __future__ import annotations

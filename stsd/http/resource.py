@@ -58,9 +58,10 @@ _PLAIN = re.compile(rb"[\x21-\x24\x26-\x7e]*").fullmatch
 
 def _unroutable(raw_path: bytes) -> bool:
     """
-    A path Klein cannot route: not UTF-8 once percent-decoded (Klein answers
-    with plain text and logs a traceback), or with control characters
-    (werkzeug answers with HTML).
+    A path (or Host) that is not UTF-8 text once percent-decoded, or holds
+    control characters: refused as such (a 400), never routed. (Klein's
+    own answer to one that is not UTF-8 as sent is a text/html 400 and a
+    logged traceback.)
     """
     if _PLAIN(raw_path):
         return False  # printable ASCII, nothing encoded: the common case
@@ -83,10 +84,11 @@ class _RawPathGuard(Resource):
     C{/%73ts/x} as C{/sts/x}); a werkzeug converter only ever sees the
     decoded text, so no route could tell. Klein gets the segments as sent
     instead: the namespace is judged as sent, and only a path that starts
-    C{/sts/} reaches the endpoint. Werkzeug also strips every leading
-    slash, and Twisted drops a target's first byte whatever it is
-    (C{xsts/x} is C{/sts/x} to both): a path that does not start with
-    exactly one slash is no route's.
+    C{/sts/} reaches the endpoint. Twisted also drops a target's first
+    byte whatever it is (C{xsts/x} would reach Klein as C{/sts/x}), and
+    werkzeug strips every leading slash (C{//sts/x} would match
+    C{/sts/x}): a path that does not start with exactly one slash is no
+    route's.
     """
 
     isLeaf = True
@@ -168,7 +170,7 @@ class STSResource:
     async def sts(self, request: Request, namespace: str) -> bytes:
         if request.method != b"POST":
             # werkzeug matches methods case-insensitively; HTTP's are not.
-            return self._wrong_method(request)
+            return self._refuse_method(request)
         request_id, started, trail = self._start(request)
         issued = None
         try:
@@ -201,9 +203,9 @@ class STSResource:
         if "POST" not in (error.valid_methods or ()):
             # A probe's path: another method on it is as unknown as any path.
             return self.refuse(request, _not_found())
-        return self._wrong_method(request)
+        return self._refuse_method(request)
 
-    def _wrong_method(self, request: IRequest) -> bytes:
+    def _refuse_method(self, request: IRequest) -> bytes:
         request.setHeader(b"allow", b"POST")
         return self.refuse(request, errors.STSError("MethodNotAllowed", "use POST", 405))
 
