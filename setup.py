@@ -21,6 +21,8 @@ setup(
         # upgrade (relock, run the suite), not something a user's resolver picks.
         "twisted[tls]>=26.10,<27",
         "klein>=24.8",
+        # Klein's router: stsd.http.resource uses its converters and routing errors.
+        "werkzeug>=2.2",
         "treq>=24.9",
         "pyopenssl>=24.0",
         "cryptography>=42",

@@ -3,7 +3,7 @@ The framework ceiling for the stsd benchmark: a bare Klein resource over TLS
 answering C{POST /sts/<namespace>} with a fixed, STS-sized
 AssumeRoleWithWebIdentityResponse and an C{x-amz-request-id} header.
 
-Same TLS as stsd (L{stsd.upstream.tls.server_options}, C{SSL4ServerEndpoint}), same
+Same TLS as stsd (L{stsd.http.tls.server_options}, C{SSL4ServerEndpoint}), same
 kind of request (Twisted's HTTP/1.1 channel, keep-alive, Klein routing, the
 form body read into memory), no work behind it: nothing stsd does per
 request (parsing the form, authenticating, the exchange, the access log and
@@ -27,7 +27,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.task import react
 from twisted.web.server import Request, Site
 
-from stsd.upstream import tls
+from stsd.http import tls
 # What stsd answers for the benchmark's ServiceAccount, with fixed values of
 # the same lengths (stsd.http.wire.success_xml): about 1 KiB, and the same size
 # on the wire as stsd's answers in the benchmark (~1,335 bytes with headers).

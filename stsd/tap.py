@@ -34,7 +34,8 @@ from stsd.auth.tokencache import CachingAuthenticator
 from stsd.auth.tokenreview import TokenReviewAuthenticator
 from stsd.core.exchange import Exchange, Limits
 from stsd.core.ratelimit import Rate, RateLimiter
-from stsd.http.server import MetricsSite, STSResource, STSSite
+from stsd.http.channel import MetricsSite, STSSite
+from stsd.http.resource import STSResource
 from stsd.model import Authenticator
 from stsd.ops import logs
 from stsd.ops.certreload import CertificateLoadError, CertificateReloader

@@ -8,7 +8,7 @@ moves one of them fails tests/test_twisted_private.py, which checks that
 each name still exists with the signature and behaviour relied on here.
 
 Two are overrides rather than calls: Twisted calls them by name on
-stsd's subclasses (L{stsd.http.server}), so they stay methods there and are
+stsd's subclasses (L{stsd.http.channel}), so they stay methods there and are
 listed in L{OVERRIDDEN}.
 """
 
@@ -160,12 +160,12 @@ def send_now(transport: Any) -> None:
 #: still exists on the Twisted class, takes only C{self}, and is called in
 #: the situation stsd overrides it for.
 OVERRIDDEN: tuple[tuple[str, str, str, str], ...] = (
-    ("twisted.web.server.Request", "_handleStar", "stsd.http.server.BoundedRequest._handleStar",
+    ("twisted.web.server.Request", "_handleStar", "stsd.http.channel.BoundedRequest._handleStar",
      "a '*' request-target is answered by Twisted itself (an empty 405, no "
      "x-amz-request-id); stsd answers it in STS XML. Removed: test_hostile.py's "
      "test_no_server_header and test_star_target_is_sts_xml[GET,POST,OPTIONS] fail"),
     ("twisted.web.http.HTTPChannel", "_respondToBadRequestAndDisconnect",
-     "stsd.http.server._DeadlineChannel._respondToBadRequestAndDisconnect",
+     "stsd.http.channel._DeadlineChannel._respondToBadRequestAndDisconnect",
      "Twisted's answer to a malformed request is a bare 400 without a body; "
      "stsd's is an STS XML error. Removed: test_hostile.py's "
      "test_raw_bytes_through_the_site and test_oversized_and_malformed_heads_are_sts_xml fail"),

@@ -27,7 +27,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from stsd.core.exchange import Issued
-from stsd.http.server import MetricsSite, STSResource, STSSite
+from stsd.http.channel import MetricsSite, STSSite
+from stsd.http.resource import STSResource
 from stsd.ops.drain import LINGER_SECONDS, SHUTTING_DOWN, GracefulStop
 from stsd.ops.metrics import Metrics, metrics_site_root
 from stsd.testing.world import World

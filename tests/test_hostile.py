@@ -54,7 +54,8 @@ from stsd import errors
 
 from stsd.core.exchange import AssumeRoleRequest, Issued
 from stsd.http import wire
-from stsd.http.server import STSResource, STSSite
+from stsd.http.channel import STSSite
+from stsd.http.resource import STSResource
 from stsd.model import Grant, Identity
 from stsd.upstream.minio import MINIO_POLICY_LIMIT
 from tests.test_wire import TOKEN

@@ -1,5 +1,5 @@
 """
-Tests for the metrics port's site (L{stsd.http.server.MetricsSite}): the STS
+Tests for the metrics port's site (L{stsd.http.channel.MetricsSite}): the STS
 port's request deadline, a bound on connections, plain-text refusals; in
 memory and once over loopback.
 """
@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from stsd.config import MetricsConfig
-from stsd.http.server import MetricsSite
+from stsd.http.channel import MetricsSite
 from stsd.ops.metrics import Metrics, metrics_site_root
 from tests.test_hostile import responses
 from tests._trial import pytest_twisted_functions

@@ -270,7 +270,7 @@ class TapTests(SynchronousTestCase):
         monkeypatch = pytest.MonkeyPatch()
         self.addCleanup(monkeypatch.undo)
         from stsd.ops.drain import GracefulStop
-        from stsd.http.server import MetricsSite, STSSite
+        from stsd.http.channel import MetricsSite, STSSite
 
         made: list[dict[str, Any]] = []
         real = tap.KeepAliveClient

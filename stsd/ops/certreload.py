@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from stsd.core.periodic import PeriodicService, timer_service
-from stsd.upstream import tls
+from stsd.http import tls
 
 if TYPE_CHECKING:
     from twisted.protocols.tls import TLSMemoryBIOProtocol

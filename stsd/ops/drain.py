@@ -35,7 +35,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from stsd.http.server import DeadlineSite
+from stsd.http.channel import DeadlineSite
 from stsd.twisted_private import clear_exit_signal
 
 log = Logger()

@@ -160,6 +160,20 @@ class MetricsResource(Resource):
         return encoder(self._registry)
 
 
+def answer_probe(request: Request, problem: str | None, healthy: bytes = b"ok\n") -> bytes:
+    """
+    A probe's plain-text answer, on either port: C{healthy}, or a 503
+    saying what is wrong.
+
+    @param problem: C{None} when all is well, else why not.
+    """
+    request.setHeader(b"content-type", b"text/plain")
+    if problem is None:
+        return healthy
+    request.setResponseCode(503)
+    return f"not ready: {problem}\n".encode()
+
+
 class _Probe(Resource):
     isLeaf = True
 
@@ -168,12 +182,7 @@ class _Probe(Resource):
         self._check = check
 
     def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain")
-        problem = self._check()
-        if problem is None:
-            return b"ok\n"
-        request.setResponseCode(503)
-        return f"not ready: {problem}\n".encode()
+        return answer_probe(request, self._check())
 
 
 def metrics_site_root(

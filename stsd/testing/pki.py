@@ -110,17 +110,10 @@ class TestPKI:
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
     def server_options(self) -> CertificateOptions:
-        """TLS >= 1.2 server options for C{reactor.listenSSL} with the leaf."""
-        from twisted.internet.ssl import CertificateOptions, TLSVersion
+        """TLS >= 1.2 server options for C{reactor.listenSSL} with the leaf: stsd's own."""
+        from stsd.http.tls import server_options_for
 
-        # pyOpenSSL >= 24.3 takes cryptography objects directly (and warns on
-        # its own deprecated X509/PKey), so no conversion is needed.
-        # (Twisted annotates pyOpenSSL's types only: see stsd.upstream.tls.server_options_for.)
-        return CertificateOptions(
-            privateKey=self.key,  # type: ignore[arg-type]
-            certificate=self.cert,  # type: ignore[arg-type]
-            raiseMinimumTo=TLSVersion.TLSv1_2,
-        )
+        return server_options_for([self.cert], self.key)
 
     def client_options(self, hostname: str = "localhost") -> IOpenSSLClientConnectionCreator:
         """Client TLS options trusting only this CA (for tests talking to fakes)."""

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_tls -*-
 """
-TLS for both sides of stsd: the server's certificate options (TLS 1.2+)
-and the verified client connections to Kubernetes and the tenants.
+TLS for stsd's calls: the verified client connections to Kubernetes and
+the tenants (TLS 1.2+), and the PEM readers and minimum version the STS
+port's server options (L{stsd.http.tls}) share.
 
 Everything is built from C{cryptography} objects (pyOpenSSL's X509/PKey
 are deprecated), and files are read when the options are built, at
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
+from twisted.internet.ssl import TLSVersion, optionsForClientTLS
 from twisted.web.iweb import IPolicyForHTTPS
 # Private to Twisted; stsd.twisted_private says why it is used and its test checks
 # it. Imported from Twisted by name here so that the API docs resolve the interface.
@@ -37,34 +38,6 @@ def read_certificates(path: str) -> list[x509.Certificate]:
 def read_private_key(path: str) -> PrivateKeyTypes:
     with open(path, "rb") as f:
         return serialization.load_pem_private_key(f.read(), password=None)
-
-
-def server_options(cert_path: str, key_path: str) -> CertificateOptions:
-    """
-    Server TLS options from a PEM certificate chain and key: TLS 1.2 or
-    newer, Twisted's default (modern, forward-secret) cipher list.
-    """
-    chain = read_certificates(cert_path)
-    key = read_private_key(key_path)
-    return server_options_for(chain, key)
-
-
-def server_options_for(
-    chain: Sequence[x509.Certificate], key: PrivateKeyTypes
-) -> CertificateOptions:
-    """
-    The same server TLS options as L{server_options}, from a chain (leaf
-    first) and key already parsed, e.g. from bytes read once and checked
-    by L{stsd.ops.certreload}.
-    """
-    # Twisted annotates pyOpenSSL's X509/PKey only, but hands them to pyOpenSSL's
-    # context, which takes cryptography's objects as well (and deprecates its own).
-    return CertificateOptions(
-        privateKey=key,  # type: ignore[arg-type]
-        certificate=chain[0],  # type: ignore[arg-type]
-        extraCertChain=list(chain[1:]),  # type: ignore[arg-type]
-        raiseMinimumTo=MINIMUM_TLS,
-    )
 
 
 @implementer(IOpenSSLTrustRoot)

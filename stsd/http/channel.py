@@ -1,12 +1,19 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.test_channel,tests.test_hostile -*-
 """
-The STS endpoint: a Klein resource answering C{POST /sts/{namespace}} in
-the AWS STS wire format, plus C{/healthz} and C{/readyz}.
+The transport of stsd's ports: HTTP/1.1 connections hardened for a hostile
+network, whatever resource they serve (L{STSSite} the STS port's,
+L{MetricsSite} the metrics port's).
 
-Every response of this port is STS XML (Klein's own 404/405 pages are
-HTML, and Klein decodes C{%2F} before routing, so paths are dispatched
-here from the raw request path), every response carries
-C{x-amz-request-id}, and no traceback ever reaches a client.
+Every request must arrive whole within a deadline (a trickling client does
+not hold a connection open), its request line and headers within a size,
+its body in memory up to L{wire.MAX_BODY_BYTES}; a site holds a bounded
+number of connections and knows them, for a graceful stop
+(L{stsd.ops.drain}). The refusals the channel writes itself (bad request
+line or headers, a request over its deadline) are STS XML with an
+C{x-amz-request-id} on the STS port, like every answer of its resource
+(L{stsd.http.resource}), and plain text on the metrics port. The STS
+port's access log leaves out the query string, where minio-py sends the
+WebIdentityToken.
 """
 
 from __future__ import annotations
@@ -14,34 +21,23 @@ from __future__ import annotations
 import io
 import os
 import random
-import re
-from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
-from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import RESPONSES, HTTPChannel
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from stsd import errors
-
 from stsd.http import wire
-
-from stsd.core.exchange import Exchange, Issued, Trail
-from stsd.ops import audit
-from stsd.ops.metrics import Metrics
 from stsd.twisted_private import line_buffer
 
 log = Logger()
-
-_STS_PREFIX = b"/sts/"
 
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
@@ -52,6 +48,19 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 MAX_HEADER_BYTES = 32 * 1024
 # Connections closed at a site's max_connections are logged at most this often.
 BOUND_WARNING_SECONDS = 60.0
+
+
+# Request ids need to be unique, not secret: a generator seeded from the
+# system's randomness once, rather than a system call per request.
+_ids = random.Random(os.urandom(32))
+
+
+def new_request_id() -> str:
+    """
+    A request id for an answer's C{x-amz-request-id} and C{RequestId}: 128
+    random bits, spelled like the operator's (32 upper-case hex digits).
+    """
+    return f"{_ids.getrandbits(128):032X}"
 
 
 class BoundedRequest(Request):
@@ -479,218 +488,3 @@ class MetricsSite(DeadlineSite):
 
     protocol = _PlainDeadlineChannel
     noisy = False
-
-
-# Request ids need to be unique, not secret: a generator seeded from the
-# system's randomness once, rather than a system call per request.
-_ids = random.Random(os.urandom(32))
-
-
-def new_request_id() -> str:
-    # 128 random bits, spelled like the operator's (32 upper-case hex digits).
-    return f"{_ids.getrandbits(128):032X}"
-
-
-def _body(request: Request) -> bytes:
-    # In memory with BoundedRequest; any other request may have spooled a
-    # large body to a file: read no more than the limit (and one byte).
-    if request.content is None:  # a request whose body was never started
-        return b""
-    request.content.seek(0)
-    return request.content.read(wire.MAX_BODY_BYTES + 1)
-
-
-_PLAIN = re.compile(rb"[\x21-\x24\x26-\x7e]*").fullmatch
-
-
-def _unroutable(raw_path: bytes) -> bool:
-    """
-    A path Klein cannot route: not UTF-8 once percent-decoded (Klein answers
-    with plain text and logs a traceback), or with control characters
-    (werkzeug answers with HTML).
-    """
-    if _PLAIN(raw_path):
-        return False  # printable ASCII, nothing encoded: the common case
-    decoded = unquote_to_bytes(raw_path)
-    try:
-        text = decoded.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
-
-
-class _RawPathGuard(Resource):
-    """
-    The STS port's root: paths Klein cannot route are refused here, as STS
-    XML; every other request goes to the Klein application.
-    """
-
-    isLeaf = True
-
-    def __init__(self, sts: STSResource, klein: IResource) -> None:
-        super().__init__()
-        self._sts = sts
-        self._klein = klein
-
-    def render(self, request: Request) -> Any:
-        host = request.requestHeaders.getRawHeaders(b"host", [b""])[0]
-        if _unroutable(request.path) or _unroutable(host):
-            return self._sts.refuse(request, errors.invalid_parameter(
-                "the request path is not valid UTF-8 text"))
-        return self._klein.render(request)
-
-
-class STSResource:
-    """
-    The Klein application of the STS port.
-    """
-
-    app = Klein()
-
-    def __init__(
-        self,
-        exchange: Exchange,
-        *,
-        default_duration: int,
-        max_duration: int,
-        clock: IReactorTime,
-        is_ready: Callable[[], bool],
-        request_id: Callable[[], str] = new_request_id,
-        metrics: Metrics | None = None,
-        known_namespace: Callable[[str], bool] = lambda namespace: False,
-        readiness: Callable[[], str | None] | None = None,
-    ) -> None:
-        # Why stsd is not ready (None when it is); by default, the initial sync.
-        self._readiness = readiness or (
-            lambda: None if is_ready() else "PolicyBindings and Tenants not listed yet")
-        self._metrics = metrics
-        self._known_namespace = known_namespace
-        self._exchange = exchange
-        self._default_duration = default_duration
-        self._max_duration = max_duration
-        self._clock = clock
-        self._request_id = request_id
-
-    def resource(self) -> IResource:
-        return _RawPathGuard(self, self.app.resource())
-
-    @app.route("/healthz", methods=["GET", "HEAD"])
-    def healthz(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain")
-        return b"ok\n"
-
-    @app.route("/readyz", methods=["GET", "HEAD"])
-    def readyz(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain")
-        problem = self._readiness()
-        if problem is None:
-            return b"ready\n"
-        request.setResponseCode(503)
-        return f"not ready: {problem}\n".encode()
-
-    @app.route("/", branch=True)  # every method: a wrong one gets STS XML too
-    async def sts(self, request: Request) -> bytes:
-        request_id, started, trail = self._start(request)
-        issued = None
-        try:
-            issued, body = await self._handle(request, request_id, trail)
-            outcome, status = "Success", 200
-        except CancelledError:
-            # The client went away (Klein cancels its request): nothing to
-            # answer, nothing unexpected; audited as nginx's 499.
-            self._finish(request, request_id, started, trail, "ClientClosedRequest", 499, b"")
-            raise
-        except errors.STSError as e:
-            body = self._error(request, e, request_id)
-            outcome, status = e.code, e.status
-        except Exception:
-            log.failure("unexpected error answering request {request_id}", request_id=request_id)
-            body = self._error(
-                request, errors.internal_error("stsd failed unexpectedly; see its log"), request_id
-            )
-            outcome, status = "InternalError", 500
-        return self._finish(request, request_id, started, trail, outcome, status, body, issued)
-
-    def refuse(self, request: Request, error: errors.STSError) -> bytes:
-        """
-        Answer a request that cannot be routed (see L{_RawPathGuard}).
-        """
-        request_id, started, trail = self._start(request)
-        body = self._error(request, error, request_id)
-        return self._finish(request, request_id, started, trail, error.code, error.status, body)
-
-    def _start(self, request: Request) -> tuple[str, float, Trail]:
-        request_id = self._request_id()
-        request.setHeader(b"x-amz-request-id", request_id.encode())
-        request.setHeader(b"content-type", b"text/xml")
-        client = getattr(request.getClientAddress(), "host", "-")
-        return request_id, self._clock.seconds(), Trail(client=client)
-
-    def _finish(
-        self, request: Request, request_id: str, started: float, trail: Trail, outcome: str,
-        status: int, body: bytes, issued: Issued | None = None,
-    ) -> bytes:
-        latency = self._clock.seconds() - started
-        # The audit event is this request's log line: the access log skips it.
-        # A mark for STSSite.log on whatever Request Twisted made (a plain one in tests).
-        request.audited = True  # type: ignore[attr-defined]
-        audit.emit(audit.audit_event(request_id=request_id, trail=trail, outcome=outcome,
-                                     status=status, latency=latency, issued=issued))
-        if self._metrics is not None:
-            self._metrics.observe_request(
-                outcome, self._namespace_label(trail.namespace), latency, status == 200)
-        # A known length: no chunked encoding, and the client need not wait
-        # for a trailer.
-        request.setHeader(b"content-length", b"%d" % len(body))
-        return body
-
-    def _namespace_label(self, namespace: str | None) -> str:
-        # Only namespaces with a Tenant become label values: the path is the
-        # caller's choice, and label values must stay few.
-        if namespace is not None and self._known_namespace(namespace):
-            return namespace
-        return "other"
-
-    async def _handle(
-        self, request: Request, request_id: str, trail: Trail
-    ) -> tuple[Issued, bytes]:
-        path = request.path
-        if not path.startswith(_STS_PREFIX):
-            raise errors.STSError(
-                "NotFound", "stsd answers POST /sts/{tenantNamespace}", 404
-            )
-        if request.method != b"POST":
-            request.setHeader(b"allow", b"POST")
-            raise errors.STSError("MethodNotAllowed", "use POST", 405)
-        # The raw path: an encoded slash or dot-segment is not a DNS label.
-        namespace = wire.check_namespace(path[len(_STS_PREFIX):].decode("latin-1"))
-        # BoundedRequest (from STSSite) flags an oversized body without keeping
-        # it; any other request is still held to the limit by parse_request.
-        if getattr(request, "body_too_large", False):
-            raise errors.invalid_parameter(
-                f"the request body is larger than {wire.MAX_BODY_BYTES} bytes"
-            )
-        query = request.uri.partition(b"?")[2]
-        content_type = request.getHeader(b"content-type")
-        parsed = wire.parse_request(
-            content_type=content_type.decode("latin-1") if content_type else None,
-            body=_body(request),
-            query=query,
-            default_duration=self._default_duration,
-            max_duration=self._max_duration,
-        )
-        issued = await self._exchange.exchange(namespace, parsed, trail)
-        body = wire.success_xml(
-            issued.credentials,
-            subject=issued.identity.username,
-            audience=self._exchange.audience,
-            policy_bytes=issued.policy_bytes,
-            request_id=request_id,
-        )
-        return issued, body
-
-    def _error(self, request: Request, error: errors.STSError, request_id: str) -> bytes:
-        request.setResponseCode(error.status)
-        if error.retry_after is not None:
-            request.setHeader(b"retry-after", str(error.retry_after).encode())
-        return wire.error_xml(error, request_id)

@@ -1,5 +1,5 @@
 """
-Tests for L{stsd.http.server}: the Klein resource in memory (StubTreq), with a
+Tests for L{stsd.http.resource}: the Klein resource in memory (StubTreq), with a
 stand-in exchange, so routing and the error rendering are checked alone.
 """
 
@@ -18,8 +18,11 @@ from stsd import errors
 
 from stsd.core.exchange import AssumeRoleRequest, Issued, Trail
 from stsd.http import wire
-from stsd.http.server import STSResource
+from stsd.http.channel import STSSite
+from stsd.http.resource import STSResource
 from stsd.model import Grant, Identity
+from tests._trial import cases, expand
+from tests.test_hostile import assert_sts_error, responses
 from tests.test_wire import TOKEN
 
 NS = {"sts": wire.STS_NAMESPACE}
@@ -168,12 +171,10 @@ class CountingTransport:
         self.inner.writeSequence(data)
 
 
-def post_through_site(exchange: StandInExchange):
-    """A valid STS request through the real STSSite, in memory."""
+def through_site(exchange: StandInExchange, data: bytes):
+    """C{data} (raw requests) through the real STSSite, in memory."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactorClock
-
-    from stsd.http.server import STSSite
 
     reactor = MemoryReactorClock()
     resource = STSResource(exchange, default_duration=3600, max_duration=43200,
@@ -182,22 +183,44 @@ def post_through_site(exchange: StandInExchange):
         IPv4Address("TCP", "127.0.0.1", 5555))
     transport = CountingTransport()
     protocol.makeConnection(transport)
-    body = body_params()
-    protocol.dataReceived(
-        b"POST /sts/tenant-1 HTTP/1.1\r\nHost: sts\r\n"
-        b"Content-Type: application/x-www-form-urlencoded\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    protocol.dataReceived(data)
     return protocol, transport
 
 
-class ServerFunctionTests(SynchronousTestCase):
-    def test_one_write_per_response(self) -> None:
-        protocol, transport = post_through_site(StandInExchange())
-        response = transport.inner.value()
-        assert response.startswith(b"HTTP/1.1 200 OK")
-        assert b"<AccessKeyId>AKID</AccessKeyId>" in response
-        assert transport.writes == 1
-        protocol.connectionLost(None)
+def post_through_site(exchange: StandInExchange):
+    """A valid STS request through the real STSSite, in memory."""
+    body = body_params()
+    return through_site(exchange, (
+        b"POST /sts/tenant-1 HTTP/1.1\r\nHost: sts\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body))
+
+
+@expand
+class ThroughTheSiteTests(SynchronousTestCase):
+    @cases("method, target, code", [
+        # Klein would route these as /sts/tenant-1: Twisted percent-decodes
+        # the path and drops a target's first byte, werkzeug strips leading
+        # slashes and upper-cases the method. The port routes what was sent.
+        (b"POST", b"/%73ts/tenant-1", "NotFound"),
+        (b"POST", b"//sts/tenant-1", "NotFound"),
+        (b"POST", b"xsts/tenant-1", "NotFound"),
+        (b"post", b"/sts/tenant-1", "MethodNotAllowed"),
+        (b"POST", b"/sts/tenant%2D1", "InvalidParameterValue"),
+        # Not UTF-8 once Twisted has dropped the "%": Klein's own page was
+        # text/html.
+        (b"GET", b"%C3%BC", "NotFound"),
+    ])
+    def test_the_path_is_routed_as_sent(self, method: bytes, target: bytes, code: str) -> None:
+        exchange = StandInExchange()
+        body = body_params()
+        _, transport = through_site(exchange, (
+            method + b" " + target + b" HTTP/1.1\r\nHost: sts\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body))
+        [(status, headers, content)] = responses(transport.inner.value(), [method])
+        self.assertEqual(assert_sts_error(status, headers, content), code)
+        self.assertEqual(exchange.calls, [])
 
     def test_client_going_away_is_audited_not_an_error(self) -> None:
         """Klein cancels the request of a client that disconnected: that is a
