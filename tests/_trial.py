@@ -191,7 +191,7 @@ def in_memory(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[...,
 def pytest_twisted_functions(case: type[TestCase]) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
     """
     For pytest, each test method of C{case} (a trial C{TestCase}, for tests
-    that need the global reactor: real loopback connections) as a
+    that need the global reactor: real loopback connections, threads) as a
     pytest-twisted test function, to put in the module's namespace; pytest
     no longer collects C{case} itself (it would run it as trial does, by
     spinning the reactor that pytest-twisted already runs).
