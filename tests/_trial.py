@@ -9,10 +9,10 @@ the tests of a module that need what only pytest gives (a spawned daemon
 behind a pytest fixture): trial reports each as skipped, with the reason,
 and pytest does not see them. L{pytest_twisted_functions} is the other way
 round, for the tests of a trial C{TestCase} that need the global reactor:
-pytest runs each as a pytest-twisted function. L{on_reactor} runs a test
-method that needs the global reactor (loopback sockets, threads) under both
-runners; L{serve_loopback} listens for it and closes every connection when
-it ends.
+pytest runs each as a pytest-twisted function (trial runs them as it runs
+any C{TestCase}, its janitor checking that the reactor is left clean);
+L{serve_loopback} listens on loopback for such a test and closes every
+connection when it ends.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import os
 import re
 import shutil
 import tempfile
@@ -117,45 +116,9 @@ def pytest_only(namespace: dict[str, Any], reason: str) -> type[SynchronousTestC
                 {"__test__": False, "skip": reason, "__module__": namespace["__name__"], **tests})
 
 
-# A test on the global reactor may take this long before it is failed (trial's TestCase default).
-REACTOR_TEST_TIMEOUT = 120.0
-
-
 def _raise_failure(outcome: object) -> None:
     if isinstance(outcome, Failure):
         outcome.raiseException()
-
-
-def on_reactor(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """
-    Run an C{async} test method of a C{SynchronousTestCase} to its end on the
-    global reactor, under either runner; it closes what it opens
-    (L{serve_loopback} does for a server).
-
-    Under pytest, pytest-twisted runs the reactor in a greenlet and the test
-    waits for it there (C{pytest_twisted.blockon}), as an C{ensureDeferred}
-    function does: trial's C{TestCase} cannot run there (it runs the reactor
-    itself, and its janitor strips it of every socket). Under trial, which
-    runs no reactor for a C{SynchronousTestCase}, the test runs the reactor
-    until its Deferred fires, as trial's C{TestCase} does.
-    """
-    @functools.wraps(method)
-    def test(self: SynchronousTestCase, **cases: Any) -> None:
-        from twisted.internet import reactor
-
-        done = Deferred.fromCoroutine(method(self, **cases))
-        if "PYTEST_CURRENT_TEST" in os.environ:
-            pytest_twisted.blockon(done)
-            return
-        outcome: list[object] = []
-        done.addBoth(outcome.append)
-        if not outcome:
-            timeout = reactor.callLater(REACTOR_TEST_TIMEOUT, done.cancel)  # type: ignore[attr-defined]
-            done.addBoth(lambda _: timeout.active() and timeout.cancel())
-            done.addBoth(lambda _: reactor.crash())  # type: ignore[attr-defined]
-            reactor.run()  # type: ignore[attr-defined]
-        _raise_failure(outcome[0])
-    return test
 
 
 class _Tracked(ProtocolWrapper):
@@ -228,7 +191,7 @@ def in_memory(method: Callable[..., Coroutine[Any, Any, None]]) -> Callable[...,
 def pytest_twisted_functions(case: type[TestCase]) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
     """
     For pytest, each test method of C{case} (a trial C{TestCase}, for tests
-    that need the global reactor: real loopback connections) as a
+    that need the global reactor: real loopback connections, threads) as a
     pytest-twisted test function, to put in the module's namespace; pytest
     no longer collects C{case} itself (it would run it as trial does, by
     spinning the reactor that pytest-twisted already runs).

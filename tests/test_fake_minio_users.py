@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
@@ -41,7 +41,8 @@ from stsd.testing.madmin_crypto import (
     encrypt_data,
 )
 from stsd.testing.pki import TestPKI
-from tests._trial import cases, expand, in_memory, on_reactor, serve_loopback, temporary_directory
+from tests._trial import (cases, expand, in_memory, pytest_twisted_functions, serve_loopback,
+                          temporary_directory)
 
 AK, SK = "rootuser", "rootpass/with+chars"
 REGION = "eu-central-1"
@@ -568,7 +569,7 @@ class UsersTests(UsersCase):
 # -- real clients on loopback TLS -----------------------------------------------------------
 
 
-class LoopbackCase(SynchronousTestCase):
+class LoopbackCase(TestCase):
     """
     The fake MinIO behind its router over loopback TLS (served by each test);
     its payload crypto and the clients run in the test's own thread pool.
@@ -591,7 +592,6 @@ class LoopbackCase(SynchronousTestCase):
 class LoopbackClientsTests(LoopbackCase):
     """Real clients (boto3, minio-py) in threads, over loopback TLS."""
 
-    @on_reactor
     async def test_boto3_uses_minted_credentials_through_the_router(self) -> None:
         pki, minio = self.pki, self.minio
         async with serve_loopback(self.site, pki.server_options()) as listening:
@@ -623,7 +623,6 @@ class LoopbackClientsTests(LoopbackCase):
             assert (got, head, keys, denied) == (b"jpeg-bytes", 10, ["dir/a b.jpg"], "AccessDenied")
             assert minio.get_object("photos", "dir/a b.jpg") == b"jpeg-bytes"
 
-    @on_reactor
     async def test_minio_py_uses_minted_credentials_and_loses_them_with_the_user(self) -> None:
         pki, minio = self.pki, self.minio
         async with serve_loopback(self.site, pki.server_options()) as listening:
@@ -664,7 +663,6 @@ class LoopbackClientsTests(LoopbackCase):
             assert await self.in_thread(refused) == "InvalidAccessKeyId"
             assert minio.live_credentials("py-user") == []
 
-    @on_reactor
     async def test_minio_admin_client_manages_users(self) -> None:
         """minio-py's MinioAdmin (MinIO's own admin client) drives the fake's user APIs."""
         pki, minio = self.pki, self.minio
@@ -699,3 +697,6 @@ class LoopbackClientsTests(LoopbackCase):
             assert info["status"] == "enabled" and detached["policiesDetached"] == ["readwrite"]
             assert after == ("no-delete",) and "admin-made" not in minio.users
             assert minio.count("add-user") >= 1 and minio.count("remove-user") == 1
+
+
+globals().update(pytest_twisted_functions(LoopbackClientsTests))

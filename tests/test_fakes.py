@@ -26,7 +26,7 @@ from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.server import Site
 
@@ -34,7 +34,8 @@ from stsd.testing.fake_kube import FakeKubernetes
 from stsd.testing.fake_minio import FakeMinIO, FakeMinIORouter
 from stsd.testing.pki import TestPKI
 from stsd.testing.tokens import TokenIssuer
-from tests._trial import cases, expand, in_memory, on_reactor, serve_loopback, temporary_directory
+from tests._trial import (cases, expand, in_memory, pytest_twisted_functions, serve_loopback,
+                          temporary_directory)
 
 T0 = 1_800_000_000.0
 CLIENT = "client-token-xyz"
@@ -531,10 +532,9 @@ def _tls_agent(pki: TestPKI):
     return Agent(reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False))
 
 
-class LoopbackTLSTests(KubernetesCase):
+class LoopbackTLSTests(KubernetesCase, TestCase):
     """The fake Kubernetes API over a real TLS socket (the global reactor)."""
 
-    @on_reactor
     async def test_watch_over_loopback_tls(self) -> None:
         from OpenSSL import SSL
 
@@ -570,7 +570,6 @@ class LoopbackTLSTests(KubernetesCase):
             finally:
                 kube.shutdown()
 
-    @on_reactor
     async def test_tls_client_refuses_a_certificate_for_another_host(self) -> None:
         from cryptography import x509
         from twisted.internet.ssl import CertificateOptions
@@ -891,3 +890,6 @@ class MinIOTests(MinIOCase):
         resp, content = await send(stub, "GET", f"{MINIO}/tenant-3/minio/admin/v3/info", b"", {})
         assert resp.code == 404
         assert (one.count("info"), len(one.minted), len(two.minted)) == (2, 0, 2)
+
+
+globals().update(pytest_twisted_functions(LoopbackTLSTests))

@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 from stsd.model import RootCredentials, TenantEndpoint
@@ -33,7 +33,7 @@ from stsd.upstream import keepalive, tls
 from stsd.upstream.http import UpstreamError
 from stsd.upstream.keepalive import KeepAliveClient
 from stsd.upstream.minio import MinIOClient, MinIOError
-from tests._trial import cases, expand, on_reactor, serve_loopback, temporary_directory
+from tests._trial import cases, expand, pytest_twisted_functions, serve_loopback, temporary_directory
 
 READWRITE = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::*"]}]}
@@ -407,7 +407,7 @@ async def pooled() -> AsyncIterator[tuple[KeepAliveClient, Any, str]]:
             await client.close()
 
 
-class LoopbackTests(SynchronousTestCase):
+class LoopbackTests(TestCase):
     """On the global reactor: each test closes its client, then its server (L{serve_loopback})."""
 
     def setUp(self) -> None:
@@ -420,7 +420,6 @@ class LoopbackTests(SynchronousTestCase):
         return TenantEndpoint("ns/t", f"https://localhost:{port.getHost().port}/ns",  # type: ignore[attr-defined]
                               RootCredentials("root", "root-secret-Kq2"))
 
-    @on_reactor
     async def test_minio_over_verified_tls(self) -> None:
         minio = self.minio
 
@@ -444,7 +443,6 @@ class LoopbackTests(SynchronousTestCase):
             finally:
                 await http.close()
 
-    @on_reactor
     async def test_untrusted_certificate_refused(self) -> None:
         minio = self.minio
         other = TestPKI.create(temporary_directory(self) / "other")
@@ -462,12 +460,10 @@ class LoopbackTests(SynchronousTestCase):
             finally:
                 await http.close()
 
-    @on_reactor
     async def test_connections_disable_nagle(self) -> None:
         async with pooled() as (client, connection, url):
             assert connection.transport.getTcpNoDelay()
 
-    @on_reactor
     async def test_request_leaves_before_the_reactor_turn_ends(self) -> None:
         # Written and sent within the call: the server has it before this
         # reactor turn ends (and with it every other request of the turn).
@@ -657,3 +653,6 @@ class BoundTests(SynchronousTestCase):
         connection.dataReceived(ok(b"later"))
         assert later.result.body == b"later"  # type: ignore[attr-defined]
         assert client.connections(HOST) == (1, 0)
+
+
+globals().update(pytest_twisted_functions(LoopbackTests))

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
 from cryptography.hazmat.primitives.asymmetric import rsa
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -46,7 +45,7 @@ from stsd.upstream import tls
 from stsd.upstream.http import close_connections, make_client
 from stsd.upstream.kube import KubeAccess, KubernetesClient
 
-from tests._trial import pytest_only
+from tests._trial import pytest_twisted_functions, temporary_directory
 from tests.test_listwatch import Jitter
 
 ROLE = [(p.group, p.resource, verb) for p in PERMISSIONS for verb in p.verbs]
@@ -820,11 +819,11 @@ class Counting(Site):
 
 
 class Loopback:
-    def __init__(self, tmp_path: Path, random: Callable[[], float]) -> None:
+    def __init__(self, directory: Path, random: Callable[[], float]) -> None:
         from twisted.internet import reactor
 
         self.reactor = reactor
-        pki = TestPKI.create(tmp_path)
+        pki = TestPKI.create(directory)
         self.fake = FakeKubernetes(TokenIssuer(key=_rsa_key(), clock=reactor), client_token=CLIENT)
         self.site = Counting(self.fake.resource())
         self.port = reactor.listenSSL(0, self.site, pki.server_options(), interface="127.0.0.1")
@@ -859,69 +858,68 @@ class Loopback:
         await self.port.stopListening()
 
 
-@pytest_twisted.ensureDeferred
-async def test_binding_change_latency_over_loopback_tls(tmp_path: Path) -> None:
-    world = Loopback(tmp_path, random=lambda: 0.1)
-    try:
-        world.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_1)
-        world.fake.add_tenant("tenant-1", "storage", configuration_secret="storage-env")
-        world.sync.startService()
-        await world.until(lambda: world.sync.ready)
-        assert world.tenants.endpoint("tenant-1").credentials.secret_key == PASSWORD_1
+class LoopbackTLSTests(TestCase):
+    """L{WatchSync} against the fake Kubernetes API over real loopback TLS (the global reactor)."""
 
-        async def timed(change: Callable[[], object], seen: Callable[[], bool]) -> float:
-            world.applied = Deferred()
-            start = time.perf_counter()
-            change()
-            await world.applied
-            elapsed = time.perf_counter() - start
-            assert seen()
-            return elapsed
+    async def test_binding_change_latency_over_loopback_tls(self) -> None:
+        world = Loopback(temporary_directory(self), random=lambda: 0.1)
+        try:
+            world.fake.config_env_secret("tenant-1", "storage-env", "root", PASSWORD_1)
+            world.fake.add_tenant("tenant-1", "storage", configuration_secret="storage-env")
+            world.sync.startService()
+            await world.until(lambda: world.sync.ready)
+            assert world.tenants.endpoint("tenant-1").credentials.secret_key == PASSWORD_1
 
-        added = []
-        for i in range(20):
-            added.append(await timed(
-                lambda i=i: world.fake.add_policybinding(
-                    "tenant-1", f"b{i}", app_namespace="apps", serviceaccount=f"sa-{i}",
-                    policies=["readonly"]),
-                lambda i=i: world.bindings.lookup("tenant-1", "apps", f"sa-{i}") is not None))
-        moved = await timed(
-            lambda: world.fake.update_policybinding("tenant-1", "b0", serviceaccount="sa-moved"),
-            lambda: world.bindings.lookup("tenant-1", "apps", "sa-0") is None)
-        deleted = await timed(
-            lambda: world.fake.delete_policybinding("tenant-1", "b1"),
-            lambda: world.bindings.lookup("tenant-1", "apps", "sa-1") is None)
-        median = statistics.median(added)
-        print(f"\nadd_policybinding -> BindingIndex.lookup over loopback TLS: "
-              f"median {median * 1000:.2f} ms, max {max(added) * 1000:.2f} ms (n=20); "
-              f"moved {moved * 1000:.2f} ms, deleted {deleted * 1000:.2f} ms")
-        # How quick is measured (printed), not asserted: that would time the machine's
-        # load. What is asserted: every change arrived as a watch event, not a re-list.
-        assert world.fake.count(BINDINGS_PATH) == 2, "one list, one watch: events, not lists"
-    finally:
-        await world.close()
-    assert world.fake.open_watches == 0
+            async def timed(change: Callable[[], object], seen: Callable[[], bool]) -> float:
+                world.applied = Deferred()
+                start = time.perf_counter()
+                change()
+                await world.applied
+                elapsed = time.perf_counter() - start
+                assert seen()
+                return elapsed
+
+            added = []
+            for i in range(20):
+                added.append(await timed(
+                    lambda i=i: world.fake.add_policybinding(
+                        "tenant-1", f"b{i}", app_namespace="apps", serviceaccount=f"sa-{i}",
+                        policies=["readonly"]),
+                    lambda i=i: world.bindings.lookup("tenant-1", "apps", f"sa-{i}") is not None))
+            moved = await timed(
+                lambda: world.fake.update_policybinding("tenant-1", "b0", serviceaccount="sa-moved"),
+                lambda: world.bindings.lookup("tenant-1", "apps", "sa-0") is None)
+            deleted = await timed(
+                lambda: world.fake.delete_policybinding("tenant-1", "b1"),
+                lambda: world.bindings.lookup("tenant-1", "apps", "sa-1") is None)
+            median = statistics.median(added)
+            print(f"\nadd_policybinding -> BindingIndex.lookup over loopback TLS: "
+                  f"median {median * 1000:.2f} ms, max {max(added) * 1000:.2f} ms (n=20); "
+                  f"moved {moved * 1000:.2f} ms, deleted {deleted * 1000:.2f} ms")
+            # How quick is measured (printed), not asserted: that would time the machine's
+            # load. What is asserted: every change arrived as a watch event, not a re-list.
+            assert world.fake.count(BINDINGS_PATH) == 2, "one list, one watch: events, not lists"
+        finally:
+            await world.close()
+        assert world.fake.open_watches == 0
+
+    async def test_cut_over_loopback_tls_relists_with_changes_made_meanwhile(self) -> None:
+        world = Loopback(temporary_directory(self), random=lambda: 0.1)
+        try:
+            world.fake.add_policybinding("tenant-1", "keep", app_namespace="apps",
+                                         serviceaccount="photo-sa", policies=["readonly"])
+            world.sync.startService()
+            await world.until(lambda: world.sync.ready and world.fake.open_watches == 2)
+            world.fake.cut_watches()
+            world.fake.delete_policybinding("tenant-1", "keep")
+            world.fake.add_policybinding("tenant-1", "new", app_namespace="apps",
+                                         serviceaccount="photo-sa", policies=["photos"])
+            await world.until(lambda: world.fake.open_watches == 2
+                              and world.fake.count(BINDINGS_PATH) == 4)
+            grant = world.bindings.lookup("tenant-1", "apps", "photo-sa")
+            assert grant is not None and grant.policies == ("photos",)
+        finally:
+            await world.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_cut_over_loopback_tls_relists_with_changes_made_meanwhile(tmp_path: Path) -> None:
-    world = Loopback(tmp_path, random=lambda: 0.1)
-    try:
-        world.fake.add_policybinding("tenant-1", "keep", app_namespace="apps",
-                                     serviceaccount="photo-sa", policies=["readonly"])
-        world.sync.startService()
-        await world.until(lambda: world.sync.ready and world.fake.open_watches == 2)
-        world.fake.cut_watches()
-        world.fake.delete_policybinding("tenant-1", "keep")
-        world.fake.add_policybinding("tenant-1", "new", app_namespace="apps",
-                                     serviceaccount="photo-sa", policies=["photos"])
-        await world.until(lambda: world.fake.open_watches == 2
-                          and world.fake.count(BINDINGS_PATH) == 4)
-        grant = world.bindings.lookup("tenant-1", "apps", "photo-sa")
-        assert grant is not None and grant.policies == ("photos",)
-    finally:
-        await world.close()
-
-
-PytestOnly = pytest_only(globals(), "real loopback TLS in pytest-twisted's reactor (a trial "
-                                    "TestCase cannot run that reactor under pytest): run under pytest")
+globals().update(pytest_twisted_functions(LoopbackTLSTests))
