@@ -446,6 +446,16 @@ def summarize(rounds: list[Round], modes: Sequence[str]) -> list[dict[str, Any]]
     return rows
 
 
+def _versus_first(modes: Sequence[str]) -> list[str]:
+    """C{modes} with each C{M@versus} moved before C{M}: every other round runs the
+    other checkout first, so neither side always follows the other."""
+    out = list(modes)
+    for i, mode in enumerate(out):
+        if mode.endswith(VERSUS) and i and out[i - 1] == mode.removesuffix(VERSUS):
+            out[i - 1], out[i] = mode, out[i - 1]
+    return out
+
+
 def versus_pairs(rounds: list[Round], modes: Sequence[str]) -> list[dict[str, Any]]:
     """
     For each mode run by both daemons: the median, over rounds, of this
@@ -672,8 +682,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     try:
         modes = [m for m in MODES if m in args.modes]
         if args.versus:
-            # Each stsd mode right after the same mode of the other checkout:
-            # paired rounds, so the machine's drift hits both alike.
+            # Each stsd mode next to the same mode of the other checkout (which
+            # one first alternates by round): paired rounds, so the machine's
+            # drift hits both alike.
             modes = [v for m in modes for v in ((m,) if m == "baseline" else (m, m + VERSUS))]
         print(f"stsd benchmark: daemon on core {args.daemon_core}; fakes and wrk on core "
               f"{args.load_core}; wrk -t{args.threads} -c{args.connections}, "
@@ -724,7 +735,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
 
         rounds: list[Round] = []
         for n in range(1, args.rounds + 1):
-            for mode in modes:
+            for mode in (modes if n % 2 else _versus_first(modes)):
                 for attempt in range(1 + args.noise_retries):
                     path, fresh = await token_file(mode, f"round{n}-{attempt}", args.duration)
                     r = await measure(world, server_for(mode), mode, n, path, fresh, args)

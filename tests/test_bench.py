@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.run import VERSUS, Round, parse_args, versus_pairs, versus_table
+from bench.run import VERSUS, Round, _versus_first, parse_args, versus_pairs, versus_table
 
 
 def _round(mode: str, n: int, rate: float, cpu: float, *, valid: bool = True,
@@ -51,3 +51,9 @@ class VersusTests(SynchronousTestCase):
     def test_versus_is_an_option(self) -> None:
         self.assertIsNone(parse_args([]).versus)
         self.assertEqual(parse_args(["--versus", "/tmp/old"]).versus, "/tmp/old")
+
+    def test_every_other_round_runs_the_other_checkout_first(self) -> None:
+        modes = ["baseline", "jwks-reused", "jwks-reused" + VERSUS, "jwks-fresh", "jwks-fresh" + VERSUS]
+        self.assertEqual(_versus_first(modes), ["baseline", "jwks-reused" + VERSUS, "jwks-reused",
+                                                "jwks-fresh" + VERSUS, "jwks-fresh"])
+        self.assertEqual(_versus_first(["baseline", "jwks-fresh"]), ["baseline", "jwks-fresh"])
