@@ -809,7 +809,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                   "those credentials/s are a lower bound for stsd, set by the simulated cluster.")
         if args.versus:
             print(f"\nthis tree against {args.versus}, round by round (each ratio: this tree's "
-                  "round over the other's round that ran right after it; medians):")
+                  "round over the other's round run next to it; medians):")
             print(versus_table(paired))
             print("(the calls-per-credential figures and targets are left out of a --versus run: "
                   "both daemons call the same fakes; run without --versus for them)")
