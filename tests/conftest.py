@@ -9,6 +9,7 @@ run in threads with C{deferToThread}.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import pytest
@@ -49,3 +50,16 @@ def http(world: World):
     client = world.https_client()
     yield client
     pytest_twisted.blockon(close_connections(client))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many hypothesis examples each test of tests/test_hostile.py ran, when it ran."""
+    hostile = sys.modules.get("tests.test_hostile")
+    examples = getattr(hostile, "EXAMPLES", None)
+    if not examples:
+        return
+    # Names with a colon count a subset of their test's examples.
+    total = sum(n for name, n in examples.items() if ":" not in name)
+    terminalreporter.write_line(f"hypothesis examples run in tests/test_hostile.py: {total}")
+    for name, count in sorted(examples.items()):
+        terminalreporter.write_line(f"  {name}: {count}")

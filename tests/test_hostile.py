@@ -59,7 +59,7 @@ from stsd.http.resource import STSResource
 from stsd.model import Grant, Identity
 from stsd.upstream.minio import MINIO_POLICY_LIMIT
 from tests.test_wire import TOKEN
-from tests._trial import cases, expand, pytest_only, pytest_twisted_functions
+from tests._trial import cases, expand, pytest_twisted_functions
 
 NS = {"sts": wire.STS_NAMESPACE}
 ERROR_ROOT = f"{{{wire.STS_NAMESPACE}}}ErrorResponse"
@@ -67,7 +67,7 @@ SUCCESS_ROOT = f"{{{wire.STS_NAMESPACE}}}AssumeRoleWithWebIdentityResponse"
 SECRET = "wJalrXUtnFEMI-stand-in-secret"
 
 # Hypothesis examples run per test, reported with --hypothesis-show-statistics
-# as well; kept here so a run can print them (see test_zz_report_counts).
+# as well; kept here so a pytest run can print them (tests/conftest.py's summary).
 EXAMPLES: Counter[str] = Counter()
 
 
@@ -1226,16 +1226,4 @@ class HostileTests(SynchronousTestCase):
         assert transport.value().count(b"HTTP/1.1") == 1, "closed without an answer"
 
 
-def test_zz_report_counts(capsys: pytest.CaptureFixture[str]) -> None:
-    # Runs last in this file (defined after the class, whose tests pytest runs
-    # first): print how many hypothesis examples each test ran
-    # (names with a colon count a subset of their test's examples).
-    with capsys.disabled():
-        total = sum(n for name, n in EXAMPLES.items() if ":" not in name)
-        print(f"\nhypothesis examples run in tests/test_hostile.py: {total}")
-        for name, count in sorted(EXAMPLES.items()):
-            print(f"  {name}: {count}")
-
-
 globals().update(pytest_twisted_functions(SlowClientsTests))
-PytestOnly = pytest_only(globals(), "a report of pytest's (with its capsys): run under pytest")
