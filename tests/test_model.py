@@ -91,8 +91,10 @@ class RecordTests(SynchronousTestCase):
 
 @expand
 class DNSLabelTests(SynchronousTestCase):
-    @cases("name, ok", [("a", True), ("tenant-1", True), ("a" * 63, True), ("a" * 64, False),
-                        ("-a", False), ("a-", False), ("A", False), ("a.b", False), ("", False),
-                        ("a\n", False)])
+    @cases("name, ok", [
+        ("tenant-1", True), ("a", True), ("a" * 63, True), ("a" * 64, False), ("Tenant", False),
+        ("-a", False), ("a-", False), ("a.b", False), ("..", False), ("a%2Fb", False), ("", False),
+        ("a\n", False),
+    ])
     def test_dns_label(self, name: str, ok: bool) -> None:
         self.assertIs(is_dns_label(name), ok)
