@@ -85,15 +85,38 @@ async def poll_until(check: Any, wanted: str, timeout: float = 30.0) -> tuple[st
         await deferLater(reactor, 0.05, lambda: None)
 
 
+async def bound_client(world: World, daemon: Daemon, serviceaccount: str, binding: str,
+                       policies: list[str], **extra: Any) -> tuple[dict, Any]:
+    """
+    A new ServiceAccount of C{apps} bound to C{policies} in tenant-1: its
+    credentials, once the daemon has seen the binding, and an S3 client using them.
+    """
+    world.kubernetes.create_serviceaccount("apps", serviceaccount)
+    world.kubernetes.add_policybinding("tenant-1", binding, app_namespace="apps",
+                                       serviceaccount=serviceaccount, policies=policies)
+    credentials = await poll_exchange(world, daemon, serviceaccount, **extra)
+    return credentials, s3(world, credentials)
+
+
+async def refused_after(change: Any, call: Any, wanted: str, what: str) -> tuple[str, float]:
+    """
+    Make C{change}, then poll the blocking S3 C{call} until it is refused
+    with C{wanted}: (the last outcome, seconds from the change), printed as C{what}.
+    """
+    changed_at = time.monotonic()
+    change()
+    got, _ = await poll_until(lambda: outcome(call), wanted)
+    latency = time.monotonic() - changed_at
+    print(f"\n{what}: {latency * 1000:.0f} ms")
+    return got, latency
+
+
 @pytest_twisted.ensureDeferred
 async def test_removing_the_binding_revokes_issued_credentials(
         world: World, parent_daemon: Daemon) -> None:
-    world.kubernetes.create_serviceaccount("apps", "revoke-sa")
-    world.kubernetes.add_policybinding("tenant-1", "revoke-readonly", app_namespace="apps",
-                                       serviceaccount="revoke-sa", policies=["readonly"])
     minio = world.tenants["tenant-1"].minio
-    credentials = await poll_exchange(world, parent_daemon, "revoke-sa")
-    client = s3(world, credentials)
+    credentials, client = await bound_client(world, parent_daemon, "revoke-sa", "revoke-readonly",
+                                             ["readonly"])
     assert await outcome(lambda: client.get_object(Bucket="photos", Key="cat.jpg")) == "ok"
     # Minted by the ServiceAccount's parent user, without a session policy.
     [minted] = [m for m in minio.minted if m.access_key == credentials["AccessKeyId"]]
@@ -102,13 +125,10 @@ async def test_removing_the_binding_revokes_issued_credentials(
     assert (f'"authorization": "parent-user", "parent_user": "{minted.parent}"'
             in parent_daemon.log_text())
 
-    removed_at = time.monotonic()
-    world.kubernetes.delete_policybinding("tenant-1", "revoke-readonly")
-    got, _ = await poll_until(
-        lambda: outcome(lambda: client.get_object(Bucket="photos", Key="cat.jpg")),
-        "InvalidAccessKeyId")
-    latency = time.monotonic() - removed_at
-    print(f"\nrevocation latency (binding deleted -> GetObject refused): {latency * 1000:.0f} ms")
+    got, latency = await refused_after(
+        lambda: world.kubernetes.delete_policybinding("tenant-1", "revoke-readonly"),
+        lambda: client.get_object(Bucket="photos", Key="cat.jpg"), "InvalidAccessKeyId",
+        "revocation latency (binding deleted -> GetObject refused)")
     assert got == "InvalidAccessKeyId"
     assert latency < REVOCATION_BOUND
     assert user_name("apps", "revoke-sa") not in minio.users
@@ -120,21 +140,13 @@ async def test_removing_the_binding_revokes_issued_credentials(
 @pytest_twisted.ensureDeferred
 async def test_deleting_the_serviceaccount_revokes_issued_credentials(
         world: World, parent_daemon: Daemon) -> None:
-    world.kubernetes.create_serviceaccount("apps", "doomed-sa")
-    world.kubernetes.add_policybinding("tenant-1", "doomed", app_namespace="apps",
-                                       serviceaccount="doomed-sa", policies=["readonly"])
-    credentials = await poll_exchange(world, parent_daemon, "doomed-sa")
-    client = s3(world, credentials)
+    _, client = await bound_client(world, parent_daemon, "doomed-sa", "doomed", ["readonly"])
     assert await outcome(lambda: client.get_object(Bucket="photos", Key="cat.jpg")) == "ok"
 
-    deleted_at = time.monotonic()
-    world.kubernetes.delete_serviceaccount("apps", "doomed-sa")
-    got, _ = await poll_until(
-        lambda: outcome(lambda: client.get_object(Bucket="photos", Key="cat.jpg")),
-        "InvalidAccessKeyId")
-    latency = time.monotonic() - deleted_at
-    print(f"\nrevocation latency (ServiceAccount deleted -> GetObject refused): "
-          f"{latency * 1000:.0f} ms")
+    got, latency = await refused_after(
+        lambda: world.kubernetes.delete_serviceaccount("apps", "doomed-sa"),
+        lambda: client.get_object(Bucket="photos", Key="cat.jpg"), "InvalidAccessKeyId",
+        "revocation latency (ServiceAccount deleted -> GetObject refused)")
     assert got == "InvalidAccessKeyId" and latency < REVOCATION_BOUND
     # The binding stays, but no user comes back for a ServiceAccount that is gone.
     assert user_name("apps", "doomed-sa") not in world.tenants["tenant-1"].minio.users
@@ -143,21 +155,13 @@ async def test_deleting_the_serviceaccount_revokes_issued_credentials(
 @pytest_twisted.ensureDeferred
 async def test_a_binding_change_narrows_live_credentials(
         world: World, parent_daemon: Daemon) -> None:
-    world.kubernetes.create_serviceaccount("apps", "narrow-sa")
-    world.kubernetes.add_policybinding("tenant-1", "narrow", app_namespace="apps",
-                                       serviceaccount="narrow-sa", policies=["readwrite"])
-    credentials = await poll_exchange(world, parent_daemon, "narrow-sa")
-    client = s3(world, credentials)
+    _, client = await bound_client(world, parent_daemon, "narrow-sa", "narrow", ["readwrite"])
     assert await outcome(lambda: client.put_object(Bucket="photos", Key="a", Body=b"1")) == "ok"
 
-    changed_at = time.monotonic()
-    world.kubernetes.update_policybinding("tenant-1", "narrow", policies=["readonly"])
-    got, _ = await poll_until(
-        lambda: outcome(lambda: client.put_object(Bucket="photos", Key="b", Body=b"2")),
-        "AccessDenied")
-    latency = time.monotonic() - changed_at
-    print(f"\nnarrowing latency (policies readwrite -> readonly, PutObject refused): "
-          f"{latency * 1000:.0f} ms")
+    got, latency = await refused_after(
+        lambda: world.kubernetes.update_policybinding("tenant-1", "narrow", policies=["readonly"]),
+        lambda: client.put_object(Bucket="photos", Key="b", Body=b"2"), "AccessDenied",
+        "narrowing latency (policies readwrite -> readonly, PutObject refused)")
     assert got == "AccessDenied" and latency < REVOCATION_BOUND
     # Still the same credentials, still allowed to read.
     assert await outcome(lambda: client.get_object(Bucket="photos", Key="cat.jpg")) == "ok"
@@ -166,14 +170,10 @@ async def test_a_binding_change_narrows_live_credentials(
 @pytest_twisted.ensureDeferred
 async def test_the_callers_policy_is_intersected_by_minio(
         world: World, parent_daemon: Daemon) -> None:
-    world.kubernetes.create_serviceaccount("apps", "caller-sa")
-    world.kubernetes.add_policybinding("tenant-1", "caller", app_namespace="apps",
-                                       serviceaccount="caller-sa", policies=["readwrite"])
     only_get = {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::photos/*"]}]}
-    credentials = await poll_exchange(world, parent_daemon, "caller-sa",
-                                      Policy=json.dumps(only_get))
-    client = s3(world, credentials)
+    _, client = await bound_client(world, parent_daemon, "caller-sa", "caller", ["readwrite"],
+                                   Policy=json.dumps(only_get))
     assert await outcome(lambda: client.get_object(Bucket="photos", Key="cat.jpg")) == "ok"
     assert await outcome(
         lambda: client.put_object(Bucket="photos", Key="c", Body=b"3")) == "AccessDenied"
@@ -189,12 +189,8 @@ async def test_fifty_bound_policies(world: World, parent_daemon: Daemon) -> None
             "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket"],
             "Resource": [f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"]}]})
         names.append(name)
-    world.kubernetes.create_serviceaccount("apps", "many-sa")
-    world.kubernetes.add_policybinding("tenant-1", "many", app_namespace="apps",
-                                       serviceaccount="many-sa", policies=names)
     minio.make_bucket("bucket-42")
-    credentials = await poll_exchange(world, parent_daemon, "many-sa")
-    client = s3(world, credentials)
+    _, client = await bound_client(world, parent_daemon, "many-sa", "many", names)
     assert await outcome(lambda: client.put_object(Bucket="bucket-42", Key="k", Body=b"x")) == "ok"
     assert await outcome(
         lambda: client.put_object(Bucket="photos", Key="k", Body=b"x")) == "AccessDenied"
